@@ -1,0 +1,1 @@
+//! Benchmarks of the Kasmina backends (criterion targets under benches/).

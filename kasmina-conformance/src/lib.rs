@@ -1,0 +1,1 @@
+//! kasmina-conformance: not implemented yet (see the project's issues).

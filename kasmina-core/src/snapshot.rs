@@ -1,0 +1,417 @@
+//! Snapshots (SPEC 2.2): one safetensors tensor per state field, metadata with
+//! the schema version, sizes, epoch, CRC-32 and config; atomic writes; strict,
+//! typed verification on load.
+//!
+//! Beyond the SPEC's keys, the writer adds `kasmina.metadata_crc32`, a CRC-32
+//! over the other `kasmina.*` metadata entries, because the config JSON is not
+//! covered by the state checksum: without it a flipped digit in the config
+//! could load as a different, valid config. Snapshots without that key (from
+//! other writers) still load. Unknown metadata keys are rejected, so a flipped
+//! bit in a key name cannot hide an entry.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::Path;
+
+use safetensors::tensor::{Dtype, TensorView};
+
+use crate::blueprint::{BlueprintType, GraftingStrategy};
+use crate::config::LayerConfig;
+use crate::error::{Result, SnapshotError};
+use crate::lifecycle::LifecycleState;
+use crate::state::{BlueprintParams, LayerState, SeedStates};
+use crate::{SCHEMA_VERSION, checksum};
+
+/// The oldest schema version a migration chain leads from. Version 1 is the
+/// first, so the chain is empty today; a version 2 adds `migrate_1_to_2` here.
+pub const OLDEST_SCHEMA_VERSION: u8 = 1;
+
+const KEY_SCHEMA: &str = "kasmina.schema_version";
+const KEY_H: &str = "kasmina.hidden_dim";
+const KEY_S: &str = "kasmina.num_seeds";
+const KEY_EPOCH: &str = "kasmina.epoch";
+const KEY_CRC: &str = "kasmina.crc32";
+const KEY_CONFIG: &str = "kasmina.config";
+const KEY_META_CRC: &str = "kasmina.metadata_crc32";
+const KNOWN_KEYS: [&str; 7] = [KEY_SCHEMA, KEY_H, KEY_S, KEY_EPOCH, KEY_CRC, KEY_CONFIG, KEY_META_CRC];
+
+fn metadata_crc(meta: &BTreeMap<String, String>) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    for (k, v) in meta.iter().filter(|(k, _)| k.as_str() != KEY_META_CRC) {
+        h.update(k.as_bytes());
+        h.update(b"=");
+        h.update(v.as_bytes());
+        h.update(b"\n");
+    }
+    h.finalize()
+}
+
+/// The snapshot bytes of a state (a complete safetensors file).
+pub fn to_bytes(state: &LayerState) -> Result<Vec<u8>> {
+    state.validate()?;
+    let s = &state.seeds;
+    let n = state.num_seeds();
+    let raw = checksum::RawArrays::of(state);
+    let le16 = |v: &[u16]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let le32 = |v: &[u32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let lef = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let c = state.config.chunk_size();
+    let tensors: Vec<(&str, Dtype, Vec<usize>, Vec<u8>)> = vec![
+        ("lifecycle", Dtype::U8, vec![n], raw.lifecycle.clone()),
+        ("blueprint_id", Dtype::U16, vec![n], le16(&s.blueprint_id)),
+        ("blueprint_type", Dtype::U8, vec![n], raw.blueprint_type.clone()),
+        ("grafting_strategy", Dtype::U8, vec![n], raw.grafting_strategy.clone()),
+        ("alpha", Dtype::F32, vec![n], lef(&s.alpha)),
+        ("epochs_in_state", Dtype::U16, vec![n], le16(&s.epochs_in_state)),
+        ("last_update_epoch", Dtype::U32, vec![n], le32(&s.last_update_epoch)),
+        ("clamp_mean", Dtype::F32, vec![n], lef(&s.clamp_mean)),
+        ("clamp_std", Dtype::F32, vec![n], lef(&s.clamp_std)),
+        ("weights", Dtype::F32, vec![n, c], lef(&state.params.weights)),
+        ("scales", Dtype::F32, vec![n], lef(&state.params.scales)),
+    ];
+    let mut views = Vec::with_capacity(tensors.len());
+    for (name, dtype, shape, data) in &tensors {
+        let v = TensorView::new(*dtype, shape.clone(), data).map_err(|e| SnapshotError::Format(e.to_string()))?;
+        views.push((name.to_string(), v));
+    }
+    let config = serde_json::to_string(&state.config).map_err(|e| SnapshotError::Metadata(e.to_string()))?;
+    let mut meta = BTreeMap::new();
+    meta.insert(KEY_SCHEMA.to_string(), SCHEMA_VERSION.to_string());
+    meta.insert(KEY_H.to_string(), state.config.hidden_dim.to_string());
+    meta.insert(KEY_S.to_string(), n.to_string());
+    meta.insert(KEY_EPOCH.to_string(), state.epoch.to_string());
+    meta.insert(KEY_CRC.to_string(), format!("{:08x}", checksum::checksum(state)));
+    meta.insert(KEY_CONFIG.to_string(), config);
+    meta.insert(KEY_META_CRC.to_string(), format!("{:08x}", metadata_crc(&meta)));
+    let meta: HashMap<String, String> = meta.into_iter().collect();
+    Ok(safetensors::serialize(views, Some(meta)).map_err(|e| SnapshotError::Format(e.to_string()))?)
+}
+
+/// Writes a snapshot atomically: a temporary file in the same folder, fsync,
+/// rename over `path`, fsync of the folder. A crash leaves either the old file
+/// or the new one, never a torn one.
+pub fn save(state: &LayerState, path: impl AsRef<Path>) -> Result<()> {
+    let bytes = to_bytes(state)?;
+    write_atomic(path.as_ref(), &bytes)?;
+    Ok(())
+}
+
+/// Writes `bytes` to `path` atomically (temporary file, fsync, rename, fsync of the folder).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::result::Result<(), SnapshotError> {
+    let io = |source| SnapshotError::Io { path: path.display().to_string(), source };
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let mut tmp = tempfile::Builder::new().prefix(".kasmina-").suffix(".tmp").tempfile_in(&dir).map_err(io)?;
+    tmp.write_all(bytes).map_err(io)?;
+    tmp.as_file().sync_all().map_err(io)?;
+    tmp.persist(path).map_err(|e| io(e.error))?;
+    // Make the rename itself durable. Opening a folder fails on some platforms: ignore that there.
+    if let Ok(d) = std::fs::File::open(&dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Reads and verifies a snapshot file.
+pub fn load(path: impl AsRef<Path>) -> Result<LayerState> {
+    let path = path.as_ref();
+    let bytes = std::fs::read(path).map_err(|source| SnapshotError::Io { path: path.display().to_string(), source })?;
+    from_bytes(&bytes)
+}
+
+fn meta_err(msg: impl Into<String>) -> SnapshotError {
+    SnapshotError::Metadata(msg.into())
+}
+
+fn parse_u64(meta: &HashMap<String, String>, key: &str) -> std::result::Result<u64, SnapshotError> {
+    let v = meta.get(key).ok_or_else(|| meta_err(format!("missing key '{key}'")))?;
+    // Only canonical decimal: no sign, no leading zeros, no spaces.
+    let canonical = !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) && (v == "0" || !v.starts_with('0'));
+    if !canonical {
+        return Err(meta_err(format!("'{key}' = '{v}' is not a decimal integer")));
+    }
+    v.parse().map_err(|_| meta_err(format!("'{key}' = '{v}' is out of range")))
+}
+
+fn parse_hex32(meta: &HashMap<String, String>, key: &str) -> std::result::Result<u32, SnapshotError> {
+    let v = meta.get(key).ok_or_else(|| meta_err(format!("missing key '{key}'")))?;
+    if v.len() != 8 || !v.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        return Err(meta_err(format!("'{key}' = '{v}' is not 8 lowercase hex digits")));
+    }
+    u32::from_str_radix(v, 16).map_err(|_| meta_err(format!("'{key}' = '{v}' is not hex")))
+}
+
+struct Tensors<'a> {
+    st: safetensors::SafeTensors<'a>,
+}
+
+impl Tensors<'_> {
+    fn get(&self, name: &str, dtype: Dtype, shape: &[usize]) -> std::result::Result<Vec<u8>, SnapshotError> {
+        let err = |message: String| SnapshotError::Tensor { name: name.to_string(), message };
+        let t = self.st.tensor(name).map_err(|_| err("missing".into()))?;
+        if t.dtype() != dtype {
+            return Err(err(format!("dtype {:?}, expected {:?}", t.dtype(), dtype)));
+        }
+        if t.shape() != shape {
+            return Err(err(format!("shape {:?}, expected {:?}", t.shape(), shape)));
+        }
+        Ok(t.data().to_vec())
+    }
+
+    fn f32s(&self, name: &str, shape: &[usize]) -> std::result::Result<Vec<f32>, SnapshotError> {
+        Ok(self
+            .get(name, Dtype::F32, shape)?
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect())
+    }
+
+    fn u16s(&self, name: &str, n: usize) -> std::result::Result<Vec<u16>, SnapshotError> {
+        Ok(self.get(name, Dtype::U16, &[n])?.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect())
+    }
+
+    fn u32s(&self, name: &str, n: usize) -> std::result::Result<Vec<u32>, SnapshotError> {
+        Ok(self
+            .get(name, Dtype::U32, &[n])?
+            .chunks_exact(4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect())
+    }
+
+    fn enums<T>(
+        &self,
+        name: &str,
+        n: usize,
+        f: impl Fn(u8) -> crate::Result<T>,
+    ) -> std::result::Result<Vec<T>, SnapshotError> {
+        self.get(name, Dtype::U8, &[n])?
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| f(v).map_err(|e| SnapshotError::InvalidState(format!("{name}[{i}]: {e}"))))
+            .collect()
+    }
+}
+
+/// Parses and verifies snapshot bytes: safetensors structure, metadata keys,
+/// schema version (newer = error, older = migration chain), shapes, dtypes,
+/// enum values, the state's own invariants and the CRC-32.
+pub fn from_bytes(bytes: &[u8]) -> Result<LayerState> {
+    let (_, header) =
+        safetensors::SafeTensors::read_metadata(bytes).map_err(|e| SnapshotError::Format(e.to_string()))?;
+    let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| SnapshotError::Format(e.to_string()))?;
+    let meta = header.metadata().clone().ok_or_else(|| meta_err("no __metadata__ (not a Kasmina snapshot)"))?;
+    if let Some(k) = meta.keys().find(|k| !KNOWN_KEYS.contains(&k.as_str())) {
+        return Err(meta_err(format!("unknown key '{k}' (corrupt, or written by a newer kasmina)")).into());
+    }
+    if meta.contains_key(KEY_META_CRC) {
+        let recorded = parse_hex32(&meta, KEY_META_CRC)?;
+        let sorted: BTreeMap<String, String> = meta.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let computed = metadata_crc(&sorted);
+        if recorded != computed {
+            return Err(meta_err(format!(
+                "metadata checksum mismatch: recorded {recorded:08x}, computed {computed:08x} (corrupt metadata)"
+            ))
+            .into());
+        }
+    }
+    let version = parse_u64(&meta, KEY_SCHEMA)?;
+    if version > SCHEMA_VERSION as u64 {
+        return Err(SnapshotError::NewerSchema { found: version, supported: SCHEMA_VERSION }.into());
+    }
+    if version < OLDEST_SCHEMA_VERSION as u64 {
+        return Err(SnapshotError::UnsupportedSchema { found: version, oldest: OLDEST_SCHEMA_VERSION }.into());
+    }
+    // Migration chain: each step lifts version v to v + 1. Empty while 1 is the only version.
+    let h = parse_u64(&meta, KEY_H)? as usize;
+    let n = parse_u64(&meta, KEY_S)? as usize;
+    let epoch =
+        u32::try_from(parse_u64(&meta, KEY_EPOCH)?).map_err(|_| meta_err("'kasmina.epoch' does not fit u32"))?;
+    let recorded = parse_hex32(&meta, KEY_CRC)?;
+    let mut config = match meta.get(KEY_CONFIG) {
+        Some(c) => serde_json::from_str::<LayerConfig>(c)
+            .map_err(|e| meta_err(format!("'kasmina.config' is not a valid config: {e}")))?,
+        None => LayerConfig::default(),
+    };
+    if meta.contains_key(KEY_CONFIG) && (config.hidden_dim != h || config.num_seeds != n) {
+        return Err(meta_err(format!(
+            "config says H={} S={}, metadata says H={h} S={n}",
+            config.hidden_dim, config.num_seeds
+        ))
+        .into());
+    }
+    config.hidden_dim = h;
+    config.num_seeds = n;
+    config.validate()?;
+    let c = config.chunk_size();
+    let t = Tensors { st };
+    let names: Vec<String> = t.st.names().into_iter().map(str::to_string).collect();
+    const TENSORS: [&str; 11] = [
+        "lifecycle",
+        "blueprint_id",
+        "blueprint_type",
+        "grafting_strategy",
+        "alpha",
+        "epochs_in_state",
+        "last_update_epoch",
+        "clamp_mean",
+        "clamp_std",
+        "weights",
+        "scales",
+    ];
+    if let Some(extra) = names.iter().find(|nm| !TENSORS.contains(&nm.as_str())) {
+        return Err(SnapshotError::Tensor { name: extra.clone(), message: "unknown tensor".into() }.into());
+    }
+    let seeds = SeedStates {
+        lifecycle: t.enums("lifecycle", n, LifecycleState::from_raw)?,
+        blueprint_id: t.u16s("blueprint_id", n)?,
+        blueprint_type: t.enums("blueprint_type", n, BlueprintType::from_raw)?,
+        grafting_strategy: t.enums("grafting_strategy", n, GraftingStrategy::from_raw)?,
+        alpha: t.f32s("alpha", &[n])?,
+        epochs_in_state: t.u16s("epochs_in_state", n)?,
+        last_update_epoch: t.u32s("last_update_epoch", n)?,
+        clamp_mean: t.f32s("clamp_mean", &[n])?,
+        clamp_std: t.f32s("clamp_std", &[n])?,
+    };
+    let params =
+        BlueprintParams { chunk_size: c, weights: t.f32s("weights", &[n, c])?, scales: t.f32s("scales", &[n])? };
+    let state = LayerState { config, epoch, seeds, params };
+    let computed = checksum::checksum(&state);
+    if computed != recorded {
+        return Err(SnapshotError::Checksum { recorded, computed }.into());
+    }
+    state.validate().map_err(|e| SnapshotError::InvalidState(e.to_string()))?;
+    Ok(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Error, StabilityMode};
+
+    fn sample() -> LayerState {
+        let cfg = LayerConfig::new(6, 2).unwrap().with_stability(StabilityMode::Strict { k: 4.0 });
+        let mut st = LayerState::new(cfg).unwrap();
+        st.germinate(1, 300, BlueprintType::Attention, GraftingStrategy::GradNormGated).unwrap();
+        st.epoch = 12;
+        st.params.weights = vec![0.0, 0.0, 0.0, 0.5, -0.25, 2.0];
+        st.params.scales[1] = 1.5;
+        st.seeds.clamp_mean[1] = 0.75;
+        st.seeds.clamp_std[1] = 0.125;
+        st
+    }
+
+    #[test]
+    fn round_trip_preserves_every_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s.safetensors");
+        let st = sample();
+        save(&st, &p).unwrap();
+        let back = load(&p).unwrap();
+        assert_eq!(checksum::checksum(&back), checksum::checksum(&st));
+        assert_eq!(back.config, st.config);
+        assert_eq!(back.epoch, 12);
+        assert_eq!(back.seeds.lifecycle, st.seeds.lifecycle);
+        assert_eq!(back.params, st.params);
+        // NaN clamp stats survive bit for bit.
+        assert_eq!(back.seeds.clamp_mean[0].to_bits(), crate::CLAMP_UNSET.to_bits());
+        // No temporary file is left behind.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn metadata_follows_the_spec() {
+        let bytes = to_bytes(&sample()).unwrap();
+        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+        let meta = header.metadata().clone().unwrap();
+        assert_eq!(meta["kasmina.schema_version"], "1");
+        assert_eq!(meta["kasmina.hidden_dim"], "6");
+        assert_eq!(meta["kasmina.num_seeds"], "2");
+        assert_eq!(meta["kasmina.epoch"], "12");
+        assert_eq!(meta["kasmina.crc32"], format!("{:08x}", checksum::checksum(&sample())));
+        let cfg: serde_json::Value = serde_json::from_str(&meta["kasmina.config"]).unwrap();
+        assert_eq!(cfg["stability"]["mode"], "strict");
+    }
+
+    #[test]
+    fn every_truncation_is_rejected() {
+        let bytes = to_bytes(&sample()).unwrap();
+        for len in 0..bytes.len() {
+            let r = from_bytes(&bytes[..len]);
+            assert!(matches!(r, Err(Error::Snapshot(_))), "truncation to {len} bytes: {r:?}");
+        }
+    }
+
+    #[test]
+    fn every_flipped_bit_is_rejected() {
+        let bytes = to_bytes(&sample()).unwrap();
+        for i in 0..bytes.len() {
+            for bit in 0..8 {
+                let mut b = bytes.clone();
+                b[i] ^= 1 << bit;
+                let r = from_bytes(&b);
+                assert!(r.is_err(), "flipping bit {bit} of byte {i} ({:?}) was accepted", bytes[i] as char);
+            }
+        }
+    }
+
+    #[test]
+    fn newer_schema_version_is_rejected_with_a_clear_message() {
+        let bytes = to_bytes(&sample()).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+        let mut meta = header.metadata().clone().unwrap();
+        meta.insert("kasmina.schema_version".into(), "2".into());
+        meta.remove("kasmina.metadata_crc32");
+        let tensors: Vec<(String, TensorView)> = st.tensors();
+        let newer = safetensors::serialize(tensors, Some(meta)).unwrap();
+        let e = from_bytes(&newer).unwrap_err();
+        assert!(matches!(e, Error::Snapshot(SnapshotError::NewerSchema { found: 2, supported: 1 })), "{e}");
+        assert!(e.to_string().contains("newer"), "{e}");
+    }
+
+    #[test]
+    fn snapshot_without_config_loads_with_the_default_config() {
+        let st = LayerState::new(LayerConfig::new(4, 2).unwrap()).unwrap();
+        let bytes = to_bytes(&st).unwrap();
+        let s = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+        let mut meta = header.metadata().clone().unwrap();
+        meta.remove("kasmina.config");
+        meta.remove("kasmina.metadata_crc32");
+        let plain = safetensors::serialize(s.tensors(), Some(meta)).unwrap();
+        let back = from_bytes(&plain).unwrap();
+        assert_eq!(back.config, LayerConfig::new(4, 2).unwrap());
+    }
+
+    #[test]
+    fn unknown_enum_value_is_rejected() {
+        let mut st = sample();
+        st.seeds.lifecycle[0] = LifecycleState::Dormant;
+        let bytes = to_bytes(&st).unwrap();
+        let s = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+        let mut meta = header.metadata().clone().unwrap();
+        meta.remove("kasmina.metadata_crc32");
+        let mut tensors: Vec<(String, TensorView)> = s.tensors();
+        let bad = [11u8, 1];
+        let pos = tensors.iter().position(|(n, _)| n == "lifecycle").unwrap();
+        tensors[pos].1 = TensorView::new(Dtype::U8, vec![2], &bad).unwrap();
+        let out = safetensors::serialize(tensors, Some(meta)).unwrap();
+        let e = from_bytes(&out).unwrap_err();
+        assert!(matches!(e, Error::Snapshot(SnapshotError::InvalidState(_))), "{e}");
+    }
+
+    #[test]
+    fn failed_save_keeps_the_old_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s.safetensors");
+        save(&sample(), &p).unwrap();
+        let before = std::fs::read(&p).unwrap();
+        let mut bad = sample();
+        bad.seeds.alpha[0] = 2.0;
+        assert!(save(&bad, &p).is_err());
+        assert_eq!(std::fs::read(&p).unwrap(), before);
+    }
+}

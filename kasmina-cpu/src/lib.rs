@@ -1,0 +1,1 @@
+//! kasmina-cpu: not implemented yet (see the project's issues).

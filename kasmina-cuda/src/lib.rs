@@ -1,0 +1,1 @@
+//! kasmina-cuda: not implemented yet (see the project's issues).

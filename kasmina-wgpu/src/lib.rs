@@ -1,0 +1,1 @@
+//! kasmina-wgpu: not implemented yet (see the project's issues).
