@@ -383,4 +383,15 @@ pub trait Backend {
     fn synchronize(&self) -> Result<()> {
         Ok(())
     }
+
+    /// Milliseconds the device spends on the work `f` queues. The default is the
+    /// wall clock between two [`Backend::synchronize`] calls; GPU backends
+    /// override it with device timers (CUDA events, timestamp queries).
+    fn time_ms(&self, f: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
+        self.synchronize()?;
+        let t = std::time::Instant::now();
+        f()?;
+        self.synchronize()?;
+        Ok(t.elapsed().as_secs_f64() * 1e3)
+    }
 }
