@@ -395,3 +395,65 @@ pub trait Backend {
         Ok(t.elapsed().as_secs_f64() * 1e3)
     }
 }
+
+/// A shared reference to a backend is a backend, so several layers (or a
+/// benchmark and a layer) can share one device: `KasminaLayer<&CpuBackend>`.
+impl<T: Backend + ?Sized> Backend for &T {
+    type Tensor = T::Tensor;
+    type Layer = T::Layer;
+
+    fn info(&self) -> DeviceInfo {
+        (**self).info()
+    }
+    fn supports(&self, dtype: DType) -> bool {
+        (**self).supports(dtype)
+    }
+    fn alloc(&self, rows: usize, cols: usize, dtype: DType) -> Result<Self::Tensor> {
+        (**self).alloc(rows, cols, dtype)
+    }
+    fn write(&self, tensor: &mut Self::Tensor, data: HostData<'_>) -> Result<()> {
+        (**self).write(tensor, data)
+    }
+    fn read(&self, tensor: &Self::Tensor, out: HostDataMut<'_>) -> Result<()> {
+        (**self).read(tensor, out)
+    }
+    fn create_layer(&self, state: &LayerState) -> Result<Self::Layer> {
+        (**self).create_layer(state)
+    }
+    fn upload(&self, layer: &mut Self::Layer, state: &LayerState, changed: StateChange<'_>) -> Result<()> {
+        (**self).upload(layer, state, changed)
+    }
+    fn forward(&self, layer: &mut Self::Layer, x: &Self::Tensor, y: &mut Self::Tensor) -> Result<()> {
+        (**self).forward(layer, x, y)
+    }
+    fn backward(
+        &self,
+        layer: &mut Self::Layer,
+        x: &Self::Tensor,
+        g: &Self::Tensor,
+        dx: &mut Self::Tensor,
+    ) -> Result<()> {
+        (**self).backward(layer, x, g, dx)
+    }
+    fn param_grads(&self, layer: &Self::Layer) -> Result<ParamGrads> {
+        (**self).param_grads(layer)
+    }
+    fn accumulators(&self, layer: &Self::Layer) -> Result<Accumulators> {
+        (**self).accumulators(layer)
+    }
+    fn reset_accumulators(&self, layer: &mut Self::Layer) -> Result<()> {
+        (**self).reset_accumulators(layer)
+    }
+    fn checksum(&self, layer: &Self::Layer) -> Result<u32> {
+        (**self).checksum(layer)
+    }
+    fn copy(&self, src: &Self::Tensor, dst: &mut Self::Tensor) -> Result<()> {
+        (**self).copy(src, dst)
+    }
+    fn synchronize(&self) -> Result<()> {
+        (**self).synchronize()
+    }
+    fn time_ms(&self, f: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
+        (**self).time_ms(f)
+    }
+}

@@ -34,7 +34,8 @@ pub mod state;
 pub mod telemetry;
 
 pub use backend::{
-    Accumulators, Backend, DType, DeviceInfo, DeviceTensor, HostData, HostDataMut, ParamGrads, StateChange,
+    Accumulators, Backend, DType, DeviceInfo, DeviceTensor, HostData, HostDataMut, HostTensorData, ParamGrads,
+    StateChange,
 };
 pub use blueprint::{BlueprintType, GraftingStrategy};
 pub use config::{GraftingConfig, LayerConfig, StabilityMode};
