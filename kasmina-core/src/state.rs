@@ -520,6 +520,43 @@ mod tests {
     }
 
     #[test]
+    fn strict_mode_end_epoch_sets_clamp_statistics_of_seeds_that_saw_data() {
+        let cfg = LayerConfig::new(4, 2).unwrap().with_stability(StabilityMode::strict());
+        let mut st = LayerState::new(cfg).unwrap();
+        let mut acc = Accumulators::empty(2);
+        for x in [1.0, 2.0, 3.0, 4.0] {
+            acc.moments[0].push(x, 1e-6);
+        }
+        st.advance_epoch(&acc, &EpochSignals::none()).unwrap();
+        assert_eq!(st.seeds.clamp_mean[0], 2.5);
+        assert_eq!(st.seeds.clamp_std[0], 1.25f32.sqrt());
+        // Seed 1 saw nothing: its statistics stay unset.
+        assert!(!st.seeds.clamp_is_set(1));
+        assert_eq!(clamp_bounds(st.config.stability, 2.5, 0.5), Some((-0.5, 5.5)));
+        assert_eq!(clamp_bounds(StabilityMode::Off, 2.5, 0.5), None);
+        assert_eq!(clamp_bounds(st.config.stability, CLAMP_UNSET, 0.5), None);
+    }
+
+    #[test]
+    fn off_mode_end_epoch_leaves_clamp_statistics_unset() {
+        let mut st = layer(1);
+        let mut acc = Accumulators::empty(1);
+        acc.moments[0].push(1.0, 1e-6);
+        st.advance_epoch(&acc, &EpochSignals::none()).unwrap();
+        assert!(!st.seeds.clamp_is_set(0));
+    }
+
+    #[test]
+    fn end_epoch_rejects_signals_of_the_wrong_length() {
+        let mut st = layer(2);
+        let before = st.clone();
+        let sig = EpochSignals { seeds: vec![Default::default(); 3] };
+        assert!(st.advance_epoch(&Accumulators::empty(2), &sig).is_err());
+        assert!(st.advance_epoch(&Accumulators::empty(3), &EpochSignals::none()).is_err());
+        assert_eq!(st, before);
+    }
+
+    #[test]
     fn validate_rejects_wrong_lengths_and_alpha() {
         let mut st = layer(2);
         st.seeds.alpha[1] = 1.5;
