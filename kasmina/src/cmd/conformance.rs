@@ -1,0 +1,132 @@
+//! `kasmina conformance`: the conformance suite on the named devices.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use kasmina::{Backend, DeviceName};
+use kasmina_conformance::{CaseResult, Size};
+
+use super::table::Table;
+use crate::{CmdResult, Failure};
+
+/// Options of `kasmina conformance`.
+#[derive(Debug, clap::Args)]
+pub struct ConformanceArgs {
+    /// Backend: cpu, wgpu, cuda, a device such as cuda:1, or all (every compiled-in backend and device found).
+    #[arg(long, default_value = "all")]
+    backend: String,
+    /// Only this device index of the backend (default: every device found).
+    #[arg(long)]
+    device: Option<usize>,
+    /// Also write the report (every row and the summary) as JSON.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// CI-sized cases (the default is the full sizes, for GPUs).
+    #[arg(long)]
+    quick: bool,
+    /// Only cases whose `group/case/dtype` name contains this text.
+    #[arg(long)]
+    filter: Option<String>,
+}
+
+/// A device that could not be opened becomes one failed row.
+fn unavailable_row(device: DeviceName, e: &kasmina::Error) -> CaseResult {
+    CaseResult {
+        device: device.to_string(),
+        case: "open device".into(),
+        dtype: None,
+        worst_error: 0.0,
+        tolerance: 0.0,
+        passed: false,
+        detail: e.to_string(),
+    }
+}
+
+fn run_on<B: Backend>(
+    open: impl Fn() -> kasmina::Result<B>,
+    size: Size,
+    filter: Option<&str>,
+) -> kasmina::Result<Vec<CaseResult>> {
+    let backend = open()?;
+    let info = backend.info();
+    let target =
+        if std::io::stderr().is_terminal() { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() };
+    let pb = ProgressBar::with_draw_target(None, target);
+    if let Ok(style) = ProgressStyle::with_template("{spinner} {msg} ({pos} cases, {elapsed})") {
+        pb.set_style(style);
+    }
+    pb.set_message(format!("conformance on {} ({})", info.id(), info.name));
+    let rows = kasmina_conformance::run_all(&backend, size, filter, &mut |r| {
+        pb.set_message(format!("{}: {}", info.id(), r.case));
+        pb.inc(1);
+    });
+    pb.finish_and_clear();
+    Ok(rows)
+}
+
+fn status(r: &CaseResult) -> &'static str {
+    if r.is_skipped() {
+        "skip"
+    } else if r.passed {
+        "pass"
+    } else {
+        "FAIL"
+    }
+}
+
+/// Runs the suite on every named device, prints the table and the summary;
+/// exit status 1 when any case failed.
+pub fn run(a: ConformanceArgs) -> CmdResult {
+    let (devices, skipped) = super::select::devices(&a.backend, a.device)?;
+    for s in &skipped {
+        eprintln!("skipping {s}");
+    }
+    let size = if a.quick { Size::Quick } else { Size::Full };
+    let mut rows = Vec::new();
+    for device in devices {
+        let r: kasmina::Result<Vec<CaseResult>> =
+            kasmina::with_backend!(device, |open| run_on(open, size, a.filter.as_deref()));
+        match r {
+            Ok(v) => rows.extend(v),
+            Err(e) => rows.push(unavailable_row(device, &e)),
+        }
+    }
+    let mut t = Table::new(["device", "case", "dtype", "worst error", "tolerance", "result", "detail"]);
+    for r in &rows {
+        let detail = if r.passed && !r.is_skipped() { String::new() } else { r.detail.clone() };
+        t.row([
+            r.device.clone(),
+            r.case.clone(),
+            r.dtype.map_or("-".to_string(), |d| d.to_string()),
+            format!("{:.3e}", r.worst_error),
+            format!("{:.1e}", r.tolerance),
+            status(r).to_string(),
+            detail,
+        ]);
+    }
+    say_raw!("{}", t.render());
+    let failed = rows.iter().filter(|r| !r.passed).count();
+    let skips = rows.iter().filter(|r| r.is_skipped()).count();
+    let passed = rows.len() - failed - skips;
+    let summary = if skips > 0 {
+        format!("{passed} passed, {failed} failed ({skips} skipped)")
+    } else {
+        format!("{passed} passed, {failed} failed")
+    };
+    say!("{summary}");
+    if let Some(path) = &a.json {
+        let report = serde_json::json!({
+            "size": size,
+            "skipped_backends": skipped,
+            "results": rows,
+            "passed": passed,
+            "failed": failed,
+            "skipped": skips,
+            "summary": summary,
+        });
+        let text = serde_json::to_string_pretty(&report).map_err(|e| kasmina::Error::Invalid(e.to_string()))?;
+        kasmina::files::write_atomic(path, text.as_bytes())?;
+    }
+    if failed > 0 { Err(Failure::Reported) } else { Ok(()) }
+}

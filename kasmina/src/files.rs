@@ -1,0 +1,188 @@
+//! The layer on files, for tools in other languages: NPY activations in and
+//! out (through `npyz`), parameter gradients as safetensors (SPEC 7), telemetry
+//! as JSON (SPEC 5.2). Every check happens before anything is written, and
+//! every write is atomic, so a refused input leaves existing files untouched.
+
+use std::path::Path;
+
+use half::{bf16, f16};
+use kasmina_core::backend::HostTensorData;
+use kasmina_core::{DType, ParamGrads};
+use npyz::{TypeChar, WriterBuilder};
+
+use crate::error::{Error, Result};
+
+/// A 2-D activation `[rows, cols]` read from an NPY file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Matrix {
+    /// Rows (B).
+    pub rows: usize,
+    /// Columns (H).
+    pub cols: usize,
+    /// The values, row-major, in the file's dtype (f64 files are rounded to f32).
+    pub data: HostTensorData,
+}
+
+impl Matrix {
+    /// The values rounded to `dtype` (round to nearest even; f32 is exact for f16 and bf16 inputs).
+    pub fn to_dtype(&self, dtype: DType) -> HostTensorData {
+        match (&self.data, dtype) {
+            (d, t) if d.view().dtype() == t => d.clone(),
+            (d, t) => HostTensorData::from_f32(t, &d.to_f32()),
+        }
+    }
+}
+
+/// Reads an NPY file of floats (`f2`, `f4` or `f8`, either byte order, C or
+/// Fortran order) holding a `[rows, width]` matrix, or a vector of `width`
+/// values (one row). Any other shape, dtype or a truncated file is an error
+/// naming the file and what was wrong.
+pub fn read_npy_matrix(path: &Path, width: usize) -> Result<Matrix> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bad = |m: String| Error::bad_input(path, m);
+    let npy = npyz::NpyFile::new(&bytes[..]).map_err(|e| bad(format!("not a valid NPY file: {e}")))?;
+    let shape: Vec<usize> = npy.shape().iter().map(|d| *d as usize).collect();
+    let (rows, cols) = match shape.as_slice() {
+        [r, c] => (*r, *c),
+        [c] => (1, *c),
+        _ => return Err(bad(format!("expected a 2-D array [rows, {width}], got shape {shape:?}"))),
+    };
+    if cols != width {
+        return Err(bad(format!(
+            "expected width {width} (the state's hidden_dim), got shape {shape:?}: the last axis must be {width}"
+        )));
+    }
+    let fortran = npy.order() == npyz::Order::Fortran && rows > 1;
+    let size = match npy.dtype() {
+        npyz::DType::Plain(ts) if ts.type_char() == TypeChar::Float => ts.size_field(),
+        other => {
+            return Err(bad(format!("unsupported dtype {}: expected floats (f2, f4 or f8)", other.descr())));
+        }
+    };
+    let read_err = |e: std::io::Error| bad(format!("cannot read the data ({e}); is the file truncated?"));
+    let data = match size {
+        2 => HostTensorData::F16(npy.into_vec::<f16>().map_err(read_err)?),
+        4 => HostTensorData::F32(npy.into_vec::<f32>().map_err(read_err)?),
+        8 => HostTensorData::F32(npy.into_vec::<f64>().map_err(read_err)?.into_iter().map(|v| v as f32).collect()),
+        n => return Err(bad(format!("unsupported float size of {n} bytes: expected f2, f4 or f8"))),
+    };
+    if data.view().len() != rows * cols {
+        return Err(bad(format!("holds {} values, its shape {shape:?} needs {}", data.view().len(), rows * cols)));
+    }
+    let data = if fortran { transpose(data, rows, cols) } else { data };
+    Ok(Matrix { rows, cols, data })
+}
+
+/// Column-major `[rows, cols]` to row-major.
+fn transpose(data: HostTensorData, rows: usize, cols: usize) -> HostTensorData {
+    fn t<T: Copy>(v: &[T], rows: usize, cols: usize) -> Vec<T> {
+        (0..rows * cols).map(|k| v[(k % cols) * rows + k / cols]).collect()
+    }
+    match data {
+        HostTensorData::F32(v) => HostTensorData::F32(t(&v, rows, cols)),
+        HostTensorData::F16(v) => HostTensorData::F16(t(&v, rows, cols)),
+        HostTensorData::BF16(v) => HostTensorData::BF16(t(&v, rows, cols)),
+    }
+}
+
+/// The bytes of an NPY file holding `data` as `[rows, cols]`: `<f4` for f32,
+/// `<f2` for f16, and `<f4` for bf16 (NumPy has no bfloat16; widening is exact).
+pub fn npy_bytes(data: &HostTensorData, rows: usize, cols: usize) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let shape = [rows as u64, cols as u64];
+    let io = |e: std::io::Error| Error::Invalid(format!("cannot encode NPY: {e}"));
+    match data {
+        HostTensorData::F32(v) => {
+            let mut w =
+                npyz::WriteOptions::new().default_dtype().shape(&shape).writer(&mut out).begin_nd().map_err(io)?;
+            w.extend(v.iter().copied()).map_err(io)?;
+            w.finish().map_err(io)?;
+        }
+        HostTensorData::F16(v) => {
+            let mut w =
+                npyz::WriteOptions::new().default_dtype().shape(&shape).writer(&mut out).begin_nd().map_err(io)?;
+            w.extend(v.iter().copied()).map_err(io)?;
+            w.finish().map_err(io)?;
+        }
+        HostTensorData::BF16(v) => {
+            let mut w =
+                npyz::WriteOptions::new().default_dtype().shape(&shape).writer(&mut out).begin_nd().map_err(io)?;
+            w.extend(v.iter().map(|x: &bf16| x.to_f32())).map_err(io)?;
+            w.finish().map_err(io)?;
+        }
+    }
+    Ok(out)
+}
+
+/// The bytes of a parameter-gradient file (SPEC 7): safetensors with the f32
+/// tensors `dweights [S, C]`, `dscales [S]` and `grad_norm [S]`.
+pub fn param_grads_bytes(grads: &ParamGrads, num_seeds: usize, chunk: usize) -> Result<Vec<u8>> {
+    use safetensors::tensor::{Dtype, TensorView};
+    let le = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let tensors = [
+        ("dweights", vec![num_seeds, chunk], le(&grads.dweights)),
+        ("dscales", vec![num_seeds], le(&grads.dscales)),
+        ("grad_norm", vec![num_seeds], le(&grads.grad_norm)),
+    ];
+    let mut views = Vec::new();
+    for (name, shape, data) in &tensors {
+        let v = TensorView::new(Dtype::F32, shape.clone(), data)
+            .map_err(|e| Error::Invalid(format!("parameter gradient '{name}': {e}")))?;
+        views.push((name.to_string(), v));
+    }
+    safetensors::serialize(views, None).map_err(|e| Error::Invalid(format!("cannot encode parameter gradients: {e}")))
+}
+
+/// Reads a parameter-gradient file written by [`param_grads_bytes`].
+pub fn read_param_grads(path: &Path) -> Result<ParamGrads> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| Error::bad_input(path, format!("not a safetensors file: {e}")))?;
+    let get = |name: &str| -> Result<Vec<f32>> {
+        let t = st.tensor(name).map_err(|_| Error::bad_input(path, format!("missing tensor '{name}'")))?;
+        if t.dtype() != safetensors::Dtype::F32 {
+            return Err(Error::bad_input(path, format!("tensor '{name}' is {:?}, expected F32", t.dtype())));
+        }
+        Ok(t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+    };
+    Ok(ParamGrads { dweights: get("dweights")?, dscales: get("dscales")?, grad_norm: get("grad_norm")? })
+}
+
+/// Writes `bytes` to `path` atomically (temporary file in the same folder, fsync, rename).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    kasmina_core::snapshot::write_atomic(path, bytes).map_err(Error::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn npy_round_trips_f32_and_f16() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.npy");
+        let data = HostTensorData::F32(vec![1.0, -2.5, 3.0, f32::INFINITY, 0.0, 7.0]);
+        write_atomic(&p, &npy_bytes(&data, 2, 3).unwrap()).unwrap();
+        let m = read_npy_matrix(&p, 3).unwrap();
+        assert_eq!((m.rows, m.cols), (2, 3));
+        assert_eq!(m.data, data);
+        let h = HostTensorData::from_f32(DType::F16, &[0.5, 1.5]);
+        write_atomic(&p, &npy_bytes(&h, 1, 2).unwrap()).unwrap();
+        assert_eq!(read_npy_matrix(&p, 2).unwrap().data, h);
+    }
+
+    #[test]
+    fn wrong_width_and_garbage_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.npy");
+        write_atomic(&p, &npy_bytes(&HostTensorData::F32(vec![0.0; 6]), 2, 3).unwrap()).unwrap();
+        let e = read_npy_matrix(&p, 4).unwrap_err().to_string();
+        assert!(e.contains("expected width 4"), "{e}");
+        std::fs::write(&p, b"not an npy file").unwrap();
+        assert!(read_npy_matrix(&p, 3).unwrap_err().to_string().contains("not a valid NPY"));
+        let mut b = npy_bytes(&HostTensorData::F32(vec![0.0; 6]), 2, 3).unwrap();
+        b.truncate(b.len() - 3);
+        std::fs::write(&p, &b).unwrap();
+        assert!(read_npy_matrix(&p, 3).is_err());
+    }
+}
