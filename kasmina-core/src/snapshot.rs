@@ -84,7 +84,30 @@ pub fn to_bytes(state: &LayerState) -> Result<Vec<u8>> {
     meta.insert(KEY_CONFIG.to_string(), config);
     meta.insert(KEY_META_CRC.to_string(), format!("{:08x}", metadata_crc(&meta)));
     let meta: HashMap<String, String> = meta.into_iter().collect();
-    Ok(safetensors::serialize(views, Some(meta)).map_err(|e| SnapshotError::Format(e.to_string()))?)
+    let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| SnapshotError::Format(e.to_string()))?;
+    Ok(canonical_header(bytes)?)
+}
+
+/// Rewrites a safetensors file's JSON header with sorted keys, so the same state
+/// always gives the same file bytes (the `safetensors` crate writes its metadata
+/// map in hash order). Tensor data and offsets are unchanged; the header keeps
+/// the format's 8-byte alignment, padded with spaces.
+fn canonical_header(bytes: Vec<u8>) -> std::result::Result<Vec<u8>, SnapshotError> {
+    let bad = || SnapshotError::Format("serializer produced a malformed header".into());
+    let len_bytes: [u8; 8] = bytes.get(..8).and_then(|b| b.try_into().ok()).ok_or_else(bad)?;
+    let n = usize::try_from(u64::from_le_bytes(len_bytes)).map_err(|_| bad())?;
+    let header = bytes.get(8..8 + n).ok_or_else(bad)?;
+    // serde_json's Map is a BTreeMap (no preserve_order feature): keys come out sorted.
+    let value: serde_json::Value = serde_json::from_slice(header).map_err(|_| bad())?;
+    let mut json = serde_json::to_vec(&value).map_err(|_| bad())?;
+    while (8 + json.len()) % 8 != 0 {
+        json.push(b' ');
+    }
+    let mut out = Vec::with_capacity(8 + json.len() + bytes.len() - 8 - n);
+    out.extend_from_slice(&(json.len() as u64).to_le_bytes());
+    out.extend_from_slice(&json);
+    out.extend_from_slice(&bytes[8 + n..]);
+    Ok(out)
 }
 
 /// Writes a snapshot atomically: a temporary file in the same folder, fsync,
@@ -318,6 +341,15 @@ mod tests {
         assert_eq!(back.seeds.clamp_mean[0].to_bits(), crate::CLAMP_UNSET.to_bits());
         // No temporary file is left behind.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn the_same_state_always_gives_the_same_bytes() {
+        let a = to_bytes(&sample()).unwrap();
+        for _ in 0..8 {
+            assert_eq!(to_bytes(&sample()).unwrap(), a);
+        }
+        assert_eq!(from_bytes(&a).unwrap(), sample());
     }
 
     #[test]
