@@ -1,1 +1,33 @@
-//! kasmina-cuda: not implemented yet (see the project's issues).
+//! `kasmina-cuda`: the Kasmina seed layer (`../shared/SPEC.md`) on NVIDIA GPUs.
+//!
+//! [`CudaBackend`] implements [`kasmina_core::Backend`] through cudarc: the CUDA
+//! driver API is loaded at run time (so this crate builds and its tests skip on
+//! machines without a GPU) and the kernels in `src/kernels/kasmina.cu` are
+//! compiled by NVRTC for the device's architecture, once per process.
+//!
+//! - Forward is one fused pass that writes `y` and per-block statistics
+//!   partials with 16-byte vector loads, then a small merge kernel adds the
+//!   call's moments to the per-seed accumulators in f64, in a fixed order
+//!   (Chan's formula, no float atomics): bit-identical telemetry on every run.
+//! - Backward is one fused pass writing `dx`, per-block `Σg²` and per-column
+//!   parameter-gradient partials, then two small kernels sum them (fixed order).
+//! - Per-seed constants (softmax of ATTENTION weights, clamp bands) are derived
+//!   once per state change on upload, not per call.
+//! - Launch configurations are autotuned once per key and cached on disk
+//!   ([`autotune`]; `KASMINA_AUTOTUNE=off`, `KASMINA_AUTOTUNE_CACHE=<file>`).
+//! - Small calls (at most 8 MB per tensor), where launch latency dominates,
+//!   replay a captured CUDA graph (`KASMINA_CUDA_GRAPHS=off` disables it).
+//!
+//! Without a driver, a device or NVRTC, [`CudaBackend::new`] returns a
+//! [`kasmina_core::BackendErrorKind::Unavailable`] error.
+#![deny(missing_docs)]
+
+pub mod autotune;
+mod backend;
+mod error;
+pub mod kernels;
+mod layer;
+
+pub use backend::{CudaBackend, CudaTensor};
+pub use error::CudaError;
+pub use layer::CudaLayer;

@@ -1,0 +1,937 @@
+//! [`CudaBackend`]: the [`Backend`] trait on one NVIDIA GPU.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use cudarc::driver::sys::{CUdevice_attribute, CUevent_flags, CUgraphInstantiate_flags, CUstreamCaptureMode};
+use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg};
+use kasmina_core::checksum::RawState;
+use kasmina_core::{
+    Accumulators, Backend, DType, DeviceInfo, DeviceTensor, Error, HostData, HostDataMut, LayerState, Moments,
+    ParamGrads, StateChange,
+};
+
+use crate::autotune::{KernelConfig, TuneKey, Tuner, shape_bucket};
+use crate::error::{CudaError, CudaResult, DriverContext};
+use crate::kernels::{KERNEL_SOURCE, Kernels, arch_name, vector_widths, widest_vector};
+use crate::layer::{
+    Acc, ColCoef, CudaLayer, GraphKey, Scratch, SeedConst, SeedDerived, SeedRecord, seed_const, seed_record,
+};
+
+type Result<T> = std::result::Result<T, Error>;
+
+/// Size of the kernels' `Partial` struct.
+const PARTIAL_BYTES: usize = 32;
+/// Largest tile (threads x vector width): keeps the forward's shared memory at 32 KiB.
+const MAX_TILE: u32 = 1024;
+/// Rows per block are capped so per-lane counters fit 16 bits.
+const MAX_ROWS_PER_BLOCK: u32 = 4096;
+/// Calls moving at most this many bytes per tensor replay a captured CUDA graph:
+/// there launch latency, not bandwidth, sets the time.
+const GRAPH_MAX_BYTES: usize = 8 << 20;
+/// Captured graphs kept per layer before the cache is cleared.
+const MAX_GRAPHS: usize = 32;
+
+/// (operation, dtype, rows, cols) of a picked launch configuration.
+type PickKey = (&'static str, DType, usize, usize);
+
+/// A device tensor `[rows, cols]` in one dtype.
+#[derive(Debug)]
+pub struct CudaTensor {
+    buf: CudaSlice<u8>,
+    rows: usize,
+    cols: usize,
+    dtype: DType,
+}
+
+impl CudaTensor {
+    /// Bytes the tensor's elements occupy.
+    pub fn num_bytes(&self) -> usize {
+        self.rows * self.cols * self.dtype.size_bytes()
+    }
+}
+
+impl DeviceTensor for CudaTensor {
+    fn rows(&self) -> usize {
+        self.rows
+    }
+    fn cols(&self) -> usize {
+        self.cols
+    }
+    fn dtype(&self) -> DType {
+        self.dtype
+    }
+}
+
+/// The Kasmina layer on one NVIDIA GPU, through the CUDA driver API (loaded at
+/// run time) and kernels compiled by NVRTC for the device's architecture.
+///
+/// All work goes to one stream, in order; tensors and layer state stay on the
+/// device between calls. The fused kernels' launch configuration is autotuned
+/// once per key and cached on disk (see [`crate::autotune`]).
+pub struct CudaBackend {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    ordinal: usize,
+    name: String,
+    cc: (i32, i32),
+    arch: &'static str,
+    sms: u32,
+    modules: Mutex<HashMap<(DType, u32), Arc<Kernels>>>,
+    tuner: Mutex<Tuner>,
+    /// Configurations already picked, by exact (op, dtype, rows, cols): the per-call fast path.
+    picked: Mutex<HashMap<PickKey, KernelConfig>>,
+    /// Whether small calls replay CUDA graphs (`KASMINA_CUDA_GRAPHS=off` disables them).
+    graphs: bool,
+}
+
+impl std::fmt::Debug for CudaBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaBackend")
+            .field("ordinal", &self.ordinal)
+            .field("name", &self.name)
+            .field("arch", &self.arch)
+            .finish_non_exhaustive()
+    }
+}
+
+fn driver_present() -> CudaResult<()> {
+    // SAFETY: only tries to dlopen libcuda by its usual names; nothing is called yet.
+    if unsafe { cudarc::driver::sys::is_culib_present() } {
+        Ok(())
+    } else {
+        Err(CudaError::Unavailable(
+            "no CUDA driver on this machine (libcuda.so could not be loaded): the CUDA backend needs an \
+             NVIDIA GPU and its driver"
+                .into(),
+        ))
+    }
+}
+
+fn unavailable_if_no_device(e: CudaError) -> CudaError {
+    match e {
+        CudaError::Driver { ref name, .. }
+            if name.contains("NO_DEVICE") || name.contains("INVALID_DEVICE") || name.contains("NOT_INITIALIZED") =>
+        {
+            CudaError::Unavailable(format!("no usable CUDA device: {e}"))
+        }
+        other => other,
+    }
+}
+
+/// Where a forward/backward launch's blocks and partials go.
+#[derive(Debug, Clone, Copy)]
+struct Geometry {
+    cfg: KernelConfig,
+    tw: u32,
+    n_rg: u64,
+    n_tiles: u32,
+    segs: u32,
+}
+
+impl Geometry {
+    fn new(cfg: KernelConfig, b: usize, h: usize, c: usize, s: usize) -> CudaResult<Self> {
+        let tw = cfg.threads * cfg.vec;
+        let n_rg = (b as u64).div_ceil(cfg.rows as u64);
+        let n_tiles = (h as u64).div_ceil(tw as u64);
+        if n_rg > i32::MAX as u64 || n_tiles > 65535 {
+            return Err(CudaError::Unsupported(format!(
+                "a [{b}, {h}] tensor needs {n_rg} x {n_tiles} blocks with {cfg}, beyond the grid limits"
+            )));
+        }
+        let segs = (((tw - 1) as usize / c) + 2).min(s) as u32;
+        Ok(Self { cfg, tw, n_rg, n_tiles: n_tiles as u32, segs })
+    }
+
+    fn launch(&self, shared_per_col: u32) -> LaunchConfig {
+        LaunchConfig {
+            grid_dim: (self.n_rg as u32, self.n_tiles, 1),
+            block_dim: (self.cfg.threads, 1, 1),
+            shared_mem_bytes: self.tw * shared_per_col,
+        }
+    }
+
+    fn slots(&self) -> usize {
+        self.n_rg as usize * self.n_tiles as usize * self.segs as usize
+    }
+}
+
+impl CudaBackend {
+    /// Opens device `ordinal`. Without a driver, a device or NVRTC this is a
+    /// [`kasmina_core::BackendErrorKind::Unavailable`] error (never a panic).
+    pub fn new(ordinal: usize) -> Result<CudaBackend> {
+        Ok(Self::open(ordinal, Tuner::from_env())?)
+    }
+
+    /// Opens device `ordinal` with an explicit autotuner (cache file and mode)
+    /// instead of the one the environment describes.
+    pub fn with_tuner(ordinal: usize, tuner: Tuner) -> Result<CudaBackend> {
+        Ok(Self::open(ordinal, tuner)?)
+    }
+
+    /// Registers and local memory (bytes per thread) of the fused forward and backward
+    /// kernels of one dtype and vector width, as the driver compiled them.
+    pub fn kernel_resources(&self, dtype: DType, vec: u32) -> Result<String> {
+        let k = self.kernels(dtype, vec)?;
+        let mut out = Vec::new();
+        for (name, f) in [
+            ("forward", &k.fwd),
+            ("forward-identity", &k.fwd_identity),
+            ("backward", &k.bwd),
+            ("backward-identity", &k.bwd_identity),
+        ] {
+            let regs = f.num_regs().ctx("reading kernel attributes")?;
+            let local = f.local_size_bytes().ctx("reading kernel attributes")?;
+            out.push(format!("{name} {dtype} v{vec}: {regs} registers, {local} B local"));
+        }
+        Ok(out.join("; "))
+    }
+
+    /// How many keys this backend has tuned by timing (not read from memory or the cache file).
+    pub fn tuned_keys(&self) -> usize {
+        self.tuner.lock().map(|t| t.tuned_count()).unwrap_or(0)
+    }
+
+    /// The number of CUDA devices (0 errors with `Unavailable` when there is no driver).
+    pub fn device_count() -> Result<usize> {
+        driver_present()?;
+        let n = CudaContext::device_count().ctx("counting CUDA devices").map_err(unavailable_if_no_device)?;
+        Ok(n.max(0) as usize)
+    }
+
+    fn open(ordinal: usize, tuner: Tuner) -> CudaResult<Self> {
+        driver_present()?;
+        // SAFETY: only tries to dlopen libnvrtc by its usual names.
+        if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+            return Err(CudaError::Unavailable(
+                "the CUDA driver is here but NVRTC (libnvrtc.so) is not: add the CUDA toolkit's lib folder \
+                 (e.g. /usr/local/cuda/lib64) to LD_LIBRARY_PATH"
+                    .into(),
+            ));
+        }
+        let count = CudaContext::device_count().ctx("counting CUDA devices").map_err(unavailable_if_no_device)?;
+        if ordinal >= count.max(0) as usize {
+            return Err(CudaError::Unavailable(format!(
+                "CUDA device {ordinal} does not exist ({count} device(s) found)"
+            )));
+        }
+        let ctx = CudaContext::new(ordinal).ctx("creating a CUDA context").map_err(unavailable_if_no_device)?;
+        // SAFETY: every allocation and launch of this backend goes to the one stream
+        // created below, in order, so cudarc's cross-stream event tracking is not needed
+        // (and it would add event calls to every launch and break graph capture).
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.new_stream().ctx("creating a CUDA stream")?;
+        let name = ctx.name().ctx("reading the device name")?;
+        let cc = ctx.compute_capability().ctx("reading the compute capability")?;
+        let sms = ctx
+            .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .ctx("reading the SM count")?
+            .max(1) as u32;
+        Ok(Self {
+            ctx,
+            stream,
+            ordinal,
+            name,
+            cc,
+            arch: arch_name(cc),
+            sms,
+            modules: Mutex::new(HashMap::new()),
+            tuner: Mutex::new(tuner),
+            picked: Mutex::new(HashMap::new()),
+            graphs: !matches!(
+                std::env::var("KASMINA_CUDA_GRAPHS").map(|v| v.to_ascii_lowercase()).as_deref(),
+                Ok("off" | "0" | "false" | "no")
+            ),
+        })
+    }
+
+    /// The device's compute capability.
+    pub fn compute_capability(&self) -> (i32, i32) {
+        self.cc
+    }
+
+    /// The kernels of one dtype and vector width (compiled on first use).
+    fn kernels(&self, dtype: DType, vec: u32) -> CudaResult<Arc<Kernels>> {
+        let mut m = self.modules.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(k) = m.get(&(dtype, vec)) {
+            return Ok(k.clone());
+        }
+        let k = Arc::new(Kernels::load(&self.ctx, self.arch, dtype, vec)?);
+        m.insert((dtype, vec), k.clone());
+        Ok(k)
+    }
+
+    /// Threads that cover `h` columns with vector `v` without idle warps, at most `max`.
+    fn threads_for(h: usize, v: u32, max: u32) -> u32 {
+        let need = (h as u64).div_ceil(v as u64).div_ceil(32) * 32;
+        (need.clamp(32, max as u64)) as u32
+    }
+
+    /// The built-in configuration (used with `KASMINA_AUTOTUNE=off`).
+    fn default_config(&self, dtype: DType, b: usize, h: usize) -> KernelConfig {
+        let vec = widest_vector(dtype, h);
+        let threads = Self::threads_for(h, vec, (MAX_TILE / vec).min(256));
+        let tiles = (h as u64).div_ceil((threads * vec) as u64);
+        // Enough blocks for 4 per SM before rows per block grow to 32.
+        let want_blocks = 4 * self.sms as u64;
+        let rows = ((b as u64 * tiles).div_ceil(want_blocks)).clamp(1, 32) as u32;
+        KernelConfig { rows, threads, vec }
+    }
+
+    /// Candidates timed by the autotuner: rows per block x threads x vector width.
+    fn candidates(&self, dtype: DType, b: usize, h: usize) -> Vec<KernelConfig> {
+        let widest = widest_vector(dtype, h);
+        let vecs: Vec<u32> =
+            vector_widths(dtype).iter().copied().filter(|v| *v <= widest && *v * 2 >= widest).collect();
+        let mut out = Vec::new();
+        for &vec in &vecs {
+            let mut threads: Vec<u32> =
+                [128u32, 256].iter().map(|t| Self::threads_for(h, vec, (*t).min(MAX_TILE / vec))).collect();
+            threads.dedup();
+            for &t in &threads {
+                for rows in [4u32, 16, 32, 64, 128] {
+                    if rows as usize > b.max(4) * 2 {
+                        continue;
+                    }
+                    out.push(KernelConfig { rows, threads: t, vec });
+                }
+            }
+        }
+        out.dedup();
+        out
+    }
+
+    fn check_cfg(cfg: &KernelConfig, dtype: DType, h: usize) -> CudaResult<()> {
+        let ok = vector_widths(dtype).contains(&cfg.vec)
+            && h.is_multiple_of(cfg.vec as usize)
+            && cfg.threads.is_multiple_of(32)
+            && (32..=1024).contains(&cfg.threads)
+            && cfg.threads * cfg.vec <= MAX_TILE
+            && (1..=MAX_ROWS_PER_BLOCK).contains(&cfg.rows);
+        if ok { Ok(()) } else { Err(CudaError::Unsupported(format!("invalid launch configuration {cfg}"))) }
+    }
+
+    /// Average milliseconds of `f` over a few runs, after one warm-up, with CUDA events.
+    fn time_avg(&self, reps: usize, f: &mut dyn FnMut() -> CudaResult<()>) -> CudaResult<f64> {
+        f()?;
+        let start = self.ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).ctx("creating an event")?;
+        let end = self.ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).ctx("creating an event")?;
+        start.record(&self.stream).ctx("recording an event")?;
+        for _ in 0..reps {
+            f()?;
+        }
+        end.record(&self.stream).ctx("recording an event")?;
+        let ms = start.elapsed_ms(&end).ctx("reading event time")?;
+        Ok(ms as f64 / reps as f64)
+    }
+
+    fn tune_reps(bytes: usize) -> usize {
+        ((64usize << 20) / bytes.max(1)).clamp(2, 20)
+    }
+
+    /// The launch configuration for one operation: tuned once per key, then remembered.
+    fn pick(
+        &self,
+        op: &'static str,
+        dtype: DType,
+        b: usize,
+        h: usize,
+        time: &mut dyn FnMut(&KernelConfig) -> CudaResult<f64>,
+    ) -> CudaResult<KernelConfig> {
+        if let Some(c) = self.picked.lock().unwrap_or_else(|p| p.into_inner()).get(&(op, dtype, b, h)) {
+            return Ok(*c);
+        }
+        let cands = self.candidates(dtype, b, h);
+        let default = self.default_config(dtype, b, h);
+        let key = TuneKey::new(&self.name, self.cc, op, dtype.name(), &shape_bucket(b, h), KERNEL_SOURCE, &cands);
+        let mut tuner = self.tuner.lock().unwrap_or_else(|p| p.into_inner());
+        let (cfg, _) = tuner.get_or_tune(&key, &cands, default, time)?;
+        drop(tuner);
+        self.picked.lock().unwrap_or_else(|p| p.into_inner()).insert((op, dtype, b, h), cfg);
+        Ok(cfg)
+    }
+
+    fn check_layer_tensor(layer: &CudaLayer, what: &str, t: &CudaTensor, rows: usize, dtype: DType) -> Result<()> {
+        if t.cols != layer.h || t.rows != rows {
+            return Err(Error::shape(what, format!("[{rows}, {}]", layer.h), format!("[{}, {}]", t.rows, t.cols)));
+        }
+        if t.dtype != dtype {
+            return Err(Error::DType { what: what.to_string(), expected: dtype, got: t.dtype });
+        }
+        Ok(())
+    }
+
+    fn check_sizes(layer: &CudaLayer) -> CudaResult<()> {
+        if layer.h > i32::MAX as usize {
+            return Err(CudaError::Unsupported(format!("hidden_dim {} is at least 2^31", layer.h)));
+        }
+        Ok(())
+    }
+
+    /// The fused forward kernel alone (output + partials): idempotent, so the tuner can time it.
+    fn launch_fwd_main(
+        &self,
+        layer: &mut CudaLayer,
+        x: &CudaTensor,
+        y: &mut CudaTensor,
+        cfg: KernelConfig,
+    ) -> CudaResult<Geometry> {
+        Self::check_cfg(&cfg, x.dtype, layer.h)?;
+        let k = self.kernels(x.dtype, cfg.vec)?;
+        let g = Geometry::new(cfg, x.rows, layer.h, layer.c, layer.s)?;
+        let f = if layer.any_active() { &k.fwd } else { &k.fwd_identity };
+        let part = layer.part.ensure(&self.stream, g.slots() * PARTIAL_BYTES)?;
+        let (b, h, c, r, segs) = (x.rows as u64, layer.h as u32, layer.c as u32, cfg.rows, g.segs);
+        let mut lb = self.stream.launch_builder(f);
+        lb.arg(&x.buf)
+            .arg(&mut y.buf)
+            .arg(&b)
+            .arg(&h)
+            .arg(&c)
+            .arg(&r)
+            .arg(&layer.dead_eps)
+            .arg(&layer.consts)
+            .arg(&layer.colc)
+            .arg(&layer.coef)
+            .arg(part)
+            .arg(&segs);
+        // SAFETY: the arguments match kasmina_fwd's parameters in order and type; x and y
+        // hold B*H elements of the module's dtype, consts S records, colc and coef H entries, and
+        // part the geometry's slots; H is a multiple of the vector width (check_cfg).
+        unsafe { lb.launch(g.launch(PARTIAL_BYTES as u32)) }.ctx("launching kasmina_fwd")?;
+        Ok(g)
+    }
+
+    fn launch_fwd_merge(&self, layer: &mut CudaLayer, dtype: DType, g: &Geometry) -> CudaResult<()> {
+        let k = self.kernels(dtype, g.cfg.vec)?;
+        let part = layer.part.ensure(&self.stream, g.slots() * PARTIAL_BYTES)?;
+        let (n_rg, n_tiles, segs, tw, c, s) = (g.n_rg, g.n_tiles, g.segs, g.tw, layer.c as u32, layer.s as u32);
+        let mut lb = self.stream.launch_builder(&k.fwd_merge);
+        lb.arg(&*part).arg(&n_rg).arg(&n_tiles).arg(&segs).arg(&tw).arg(&c).arg(&s).arg(&mut layer.acc);
+        let cfg = LaunchConfig { grid_dim: (s.div_ceil(8), 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: arguments match kasmina_fwd_merge; part was written by the forward with this geometry.
+        unsafe { lb.launch(cfg) }.ctx("launching kasmina_fwd_merge")?;
+        Ok(())
+    }
+
+    /// The fused backward kernel alone (dx + partials): idempotent, so the tuner can time it.
+    fn launch_bwd_main(
+        &self,
+        layer: &mut CudaLayer,
+        x: &CudaTensor,
+        gt: &CudaTensor,
+        dx: &mut CudaTensor,
+        cfg: KernelConfig,
+    ) -> CudaResult<Geometry> {
+        Self::check_cfg(&cfg, x.dtype, layer.h)?;
+        let k = self.kernels(x.dtype, cfg.vec)?;
+        let g = Geometry::new(cfg, x.rows, layer.h, layer.c, layer.s)?;
+        let pbytes = if layer.any_active() { g.n_rg as usize * layer.h * 3 * 4 } else { 16 };
+        let f = if layer.any_active() { &k.bwd } else { &k.bwd_identity };
+        let gpart = layer.gpart.ensure(&self.stream, g.slots() * 4)?;
+        let ppart = layer.ppart.ensure(&self.stream, pbytes)?;
+        let (b, h, c, r, segs) = (x.rows as u64, layer.h as u32, layer.c as u32, cfg.rows, g.segs);
+        let mut lb = self.stream.launch_builder(f);
+        lb.arg(&x.buf)
+            .arg(&gt.buf)
+            .arg(&mut dx.buf)
+            .arg(&b)
+            .arg(&h)
+            .arg(&c)
+            .arg(&r)
+            .arg(&layer.consts)
+            .arg(&layer.colc)
+            .arg(&layer.coef)
+            .arg(gpart)
+            .arg(ppart)
+            .arg(&segs);
+        // SAFETY: the arguments match kasmina_bwd's parameters; x, g, dx hold B*H elements;
+        // ppart holds n_rg*H*3 floats whenever a seed is active (only active columns are written).
+        unsafe { lb.launch(g.launch(4)) }.ctx("launching kasmina_bwd")?;
+        Ok(g)
+    }
+
+    fn launch_bwd_tail(&self, layer: &mut CudaLayer, dtype: DType, g: &Geometry) -> CudaResult<()> {
+        let k = self.kernels(dtype, g.cfg.vec)?;
+        let any_active = layer.any_active();
+        let pbytes = if any_active { g.n_rg as usize * layer.h * 3 * 4 } else { 16 };
+        let (n_rg, n_tiles, segs, tw) = (g.n_rg, g.n_tiles, g.segs, g.tw);
+        let (h, c, s) = (layer.h as u32, layer.c as u32, layer.s as u32);
+        if any_active {
+            let ppart = layer.ppart.ensure(&self.stream, pbytes)?;
+            let mut lb = self.stream.launch_builder(&k.bwd_colsum);
+            lb.arg(&*ppart).arg(&n_rg).arg(&h).arg(&c).arg(&layer.consts).arg(&mut layer.colsum);
+            let cfg = LaunchConfig {
+                grid_dim: ((3 * layer.h as u32).div_ceil(32), 1, 1),
+                block_dim: (32, 8, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: arguments match kasmina_bwd_colsum; ppart holds n_rg*H*3 floats, colsum H*3 doubles.
+            unsafe { lb.launch(cfg) }.ctx("launching kasmina_bwd_colsum")?;
+        }
+        let gpart = layer.gpart.ensure(&self.stream, g.slots() * 4)?;
+        let mut lb = self.stream.launch_builder(&k.bwd_finalize);
+        lb.arg(&*gpart)
+            .arg(&layer.colsum)
+            .arg(&n_rg)
+            .arg(&n_tiles)
+            .arg(&segs)
+            .arg(&tw)
+            .arg(&c)
+            .arg(&layer.consts)
+            .arg(&layer.coef)
+            .arg(&mut layer.dweights)
+            .arg(&mut layer.dscales)
+            .arg(&mut layer.gnorm)
+            .arg(&mut layer.acc_g2);
+        let cfg = LaunchConfig { grid_dim: (s, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: arguments match kasmina_bwd_finalize; every buffer has its documented length.
+        unsafe { lb.launch(cfg) }.ctx("launching kasmina_bwd_finalize")?;
+        Ok(())
+    }
+
+    fn write_seed(&self, layer: &mut CudaLayer, state: &LayerState, i: usize) -> CudaResult<()> {
+        let c = layer.c;
+        let rec = seed_record(state, i);
+        let SeedDerived { sc, coef, colc } = seed_const(state, i);
+        let rs = std::mem::size_of::<SeedRecord>();
+        let cs = std::mem::size_of::<SeedConst>();
+        let ks = std::mem::size_of::<ColCoef>();
+        let st = &self.stream;
+        st.memcpy_htod(bytemuck::bytes_of(&rec), &mut layer.records.slice_mut(i * rs..(i + 1) * rs))
+            .ctx("uploading a seed record")?;
+        st.memcpy_htod(bytemuck::bytes_of(&sc), &mut layer.consts.slice_mut(i * cs..(i + 1) * cs))
+            .ctx("uploading seed constants")?;
+        st.memcpy_htod(state.params.seed_weights(i), &mut layer.weights.slice_mut(i * c..(i + 1) * c))
+            .ctx("uploading seed weights")?;
+        st.memcpy_htod(&coef, &mut layer.coef.slice_mut(i * c..(i + 1) * c)).ctx("uploading seed coefficients")?;
+        st.memcpy_htod(
+            bytemuck::cast_slice::<ColCoef, u8>(&colc),
+            &mut layer.colc.slice_mut(i * c * ks..(i + 1) * c * ks),
+        )
+        .ctx("uploading column coefficients")?;
+        layer.flags[i] = sc.flags;
+        Ok(())
+    }
+
+    fn write_all(&self, layer: &mut CudaLayer, state: &LayerState) -> CudaResult<()> {
+        let s = layer.s;
+        let mut recs = Vec::with_capacity(s);
+        let mut consts = Vec::with_capacity(s);
+        let mut coef = Vec::with_capacity(layer.h);
+        let mut colc = Vec::with_capacity(layer.h);
+        for i in 0..s {
+            recs.push(seed_record(state, i));
+            let d = seed_const(state, i);
+            consts.push(d.sc);
+            coef.extend_from_slice(&d.coef);
+            colc.extend_from_slice(&d.colc);
+            layer.flags[i] = d.sc.flags;
+        }
+        let st = &self.stream;
+        st.memcpy_htod(bytemuck::cast_slice::<SeedRecord, u8>(&recs), &mut layer.records)
+            .ctx("uploading seed records")?;
+        st.memcpy_htod(bytemuck::cast_slice::<SeedConst, u8>(&consts), &mut layer.consts)
+            .ctx("uploading seed constants")?;
+        st.memcpy_htod(&state.params.weights, &mut layer.weights).ctx("uploading weights")?;
+        st.memcpy_htod(&coef, &mut layer.coef).ctx("uploading coefficients")?;
+        st.memcpy_htod(bytemuck::cast_slice::<ColCoef, u8>(&colc), &mut layer.colc)
+            .ctx("uploading column coefficients")?;
+        Ok(())
+    }
+
+    fn write_header(&self, layer: &mut CudaLayer, state: &LayerState) -> CudaResult<()> {
+        let header = [state.schema_version() as u32, layer.h as u32, layer.s as u32, state.epoch];
+        self.stream.memcpy_htod(&header, &mut layer.header).ctx("uploading the layer header")
+    }
+
+    fn reset_acc(&self, layer: &mut CudaLayer) -> CudaResult<()> {
+        let empty = vec![Acc::EMPTY; layer.s];
+        self.stream
+            .memcpy_htod(bytemuck::cast_slice::<Acc, u8>(&empty), &mut layer.acc)
+            .ctx("resetting accumulators")?;
+        self.stream.memset_zeros(&mut layer.acc_g2).ctx("resetting gradient accumulators")
+    }
+
+    fn check_upload_shape(layer: &CudaLayer, state: &LayerState) -> CudaResult<()> {
+        let cfg = &state.config;
+        if cfg.hidden_dim != layer.h || cfg.num_seeds != layer.s {
+            return Err(CudaError::Unsupported(format!(
+                "state has H={} S={}, the device layer H={} S={}",
+                cfg.hidden_dim, cfg.num_seeds, layer.h, layer.s
+            )));
+        }
+        Ok(())
+    }
+
+    fn create(&self, state: &LayerState) -> CudaResult<CudaLayer> {
+        let (h, s) = (state.config.hidden_dim, state.config.num_seeds);
+        let c = state.config.chunk_size();
+        let st = &self.stream;
+        let zeros_u8 = |n: usize| st.alloc_zeros::<u8>(n.max(1)).ctx("allocating layer memory");
+        let zeros_f32 = |n: usize| st.alloc_zeros::<f32>(n.max(1)).ctx("allocating layer memory");
+        let mut layer = CudaLayer {
+            h,
+            s,
+            c,
+            dead_eps: state.config.dead_eps,
+            stability: state.config.stability,
+            header: st.alloc_zeros::<u32>(4).ctx("allocating layer memory")?,
+            records: zeros_u8(s * std::mem::size_of::<SeedRecord>())?,
+            weights: zeros_f32(s * c)?,
+            consts: zeros_u8(s * std::mem::size_of::<SeedConst>())?,
+            coef: zeros_f32(h)?,
+            colc: zeros_u8(h * std::mem::size_of::<ColCoef>())?,
+            acc: zeros_u8(s * std::mem::size_of::<Acc>())?,
+            acc_g2: st.alloc_zeros::<f64>(s).ctx("allocating layer memory")?,
+            dweights: zeros_f32(s * c)?,
+            dscales: zeros_f32(s)?,
+            gnorm: zeros_f32(s)?,
+            colsum: st.alloc_zeros::<f64>(h * 3).ctx("allocating layer memory")?,
+            part: Scratch::default(),
+            gpart: Scratch::default(),
+            ppart: Scratch::default(),
+            flags: vec![0; s],
+            graphs: Default::default(),
+        };
+        Self::check_sizes(&layer)?;
+        self.write_all(&mut layer, state)?;
+        self.write_header(&mut layer, state)?;
+        self.reset_acc(&mut layer)?;
+        Ok(layer)
+    }
+
+    fn sync(&self) -> CudaResult<()> {
+        self.stream.synchronize().ctx("synchronizing the stream")
+    }
+
+    fn ptr(&self, t: &CudaTensor) -> u64 {
+        let (p, _sync) = t.buf.device_ptr(&self.stream);
+        p
+    }
+
+    /// Runs `f` (the launches of one call) through a captured CUDA graph: the first call
+    /// with a key captures and instantiates it, later ones replay it with one launch. The
+    /// caller has made sure nothing in `f` allocates or compiles (that would break capture);
+    /// if capture fails anyway, `f` simply runs directly.
+    fn graphed(
+        &self,
+        layer: &mut CudaLayer,
+        key: GraphKey,
+        f: &mut dyn FnMut(&mut CudaLayer) -> CudaResult<()>,
+    ) -> CudaResult<()> {
+        let generation = layer.scratch_generation();
+        if let Some((g, gen_at)) = layer.graphs.0.get(&key)
+            && *gen_at == generation
+        {
+            return g.launch().ctx("launching a CUDA graph");
+        }
+        if layer.graphs.0.len() >= MAX_GRAPHS {
+            layer.graphs.0.clear();
+        }
+        let captured = match self.stream.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL) {
+            Ok(()) => {
+                let ran = f(layer);
+                let graph = self.stream.end_capture(CUgraphInstantiate_flags(0));
+                match (ran, graph) {
+                    (Ok(()), Ok(Some(g))) => Some(g),
+                    _ => None,
+                }
+            }
+            Err(_) => None,
+        };
+        match captured {
+            Some(g) => {
+                g.launch().ctx("launching a CUDA graph")?;
+                layer.graphs.0.insert(key, (g, generation));
+                Ok(())
+            }
+            None => f(layer),
+        }
+    }
+
+    fn forward_impl(&self, layer: &mut CudaLayer, x: &CudaTensor, y: &mut CudaTensor) -> CudaResult<()> {
+        if x.rows == 0 {
+            return Ok(());
+        }
+        let bytes = 2 * x.num_bytes();
+        let op = if layer.any_active() { "forward" } else { "forward-identity" };
+        let cfg = self.pick(op, x.dtype, x.rows, layer.h, &mut |cfg| {
+            self.time_avg(Self::tune_reps(bytes), &mut || self.launch_fwd_main(layer, x, y, *cfg).map(|_| ()))
+        })?;
+        Self::check_cfg(&cfg, x.dtype, layer.h)?;
+        // Compile / load and size the scratch before any capture.
+        self.kernels(x.dtype, cfg.vec)?;
+        let g = Geometry::new(cfg, x.rows, layer.h, layer.c, layer.s)?;
+        layer.part.ensure(&self.stream, g.slots() * PARTIAL_BYTES)?;
+        let dtype = x.dtype;
+        let key = GraphKey {
+            op: 0,
+            ptrs: [self.ptr(x), self.ptr(y), 0],
+            rows: x.rows,
+            dtype,
+            cfg,
+            any_active: layer.any_active(),
+            dead_eps_bits: layer.dead_eps.to_bits(),
+        };
+        let mut run = |layer: &mut CudaLayer| {
+            self.launch_fwd_main(layer, x, y, cfg)?;
+            self.launch_fwd_merge(layer, dtype, &g)
+        };
+        if self.graphs && x.num_bytes() <= GRAPH_MAX_BYTES { self.graphed(layer, key, &mut run) } else { run(layer) }
+    }
+
+    fn backward_impl(
+        &self,
+        layer: &mut CudaLayer,
+        x: &CudaTensor,
+        g: &CudaTensor,
+        dx: &mut CudaTensor,
+    ) -> CudaResult<()> {
+        if x.rows == 0 {
+            let st = &self.stream;
+            st.memset_zeros(&mut layer.dweights).ctx("clearing gradients")?;
+            st.memset_zeros(&mut layer.dscales).ctx("clearing gradients")?;
+            return st.memset_zeros(&mut layer.gnorm).ctx("clearing gradients");
+        }
+        let bytes = 3 * x.num_bytes();
+        let op = if layer.any_active() { "backward" } else { "backward-identity" };
+        let cfg = self.pick(op, x.dtype, x.rows, layer.h, &mut |cfg| {
+            self.time_avg(Self::tune_reps(bytes), &mut || self.launch_bwd_main(layer, x, g, dx, *cfg).map(|_| ()))
+        })?;
+        Self::check_cfg(&cfg, x.dtype, layer.h)?;
+        self.kernels(x.dtype, cfg.vec)?;
+        let geo = Geometry::new(cfg, x.rows, layer.h, layer.c, layer.s)?;
+        let any_active = layer.any_active();
+        let pbytes = if any_active { geo.n_rg as usize * layer.h * 3 * 4 } else { 16 };
+        layer.gpart.ensure(&self.stream, geo.slots() * 4)?;
+        layer.ppart.ensure(&self.stream, pbytes)?;
+        let dtype = x.dtype;
+        let key = GraphKey {
+            op: 1,
+            ptrs: [self.ptr(x), self.ptr(g), self.ptr(dx)],
+            rows: x.rows,
+            dtype,
+            cfg,
+            any_active,
+            dead_eps_bits: 0,
+        };
+        let mut run = |layer: &mut CudaLayer| {
+            self.launch_bwd_main(layer, x, g, dx, cfg)?;
+            self.launch_bwd_tail(layer, dtype, &geo)
+        };
+        if self.graphs && x.num_bytes() <= GRAPH_MAX_BYTES { self.graphed(layer, key, &mut run) } else { run(layer) }
+    }
+
+    fn read_vec<T: cudarc::driver::DeviceRepr + Default + Clone>(
+        &self,
+        src: &CudaSlice<T>,
+        what: &str,
+    ) -> CudaResult<Vec<T>> {
+        let mut out = vec![T::default(); src.len()];
+        self.stream.memcpy_dtoh(src, &mut out).ctx(what)?;
+        self.sync()?;
+        Ok(out)
+    }
+}
+
+impl Backend for CudaBackend {
+    type Tensor = CudaTensor;
+    type Layer = CudaLayer;
+
+    fn info(&self) -> DeviceInfo {
+        DeviceInfo {
+            backend: "cuda",
+            index: self.ordinal,
+            name: self.name.clone(),
+            dtypes: DType::ALL.to_vec(),
+            features: vec![
+                format!("{}", self.arch),
+                "nvrtc".into(),
+                "vec16".into(),
+                match self.tuner.lock().map(|t| t.mode()) {
+                    Ok(crate::autotune::TuneMode::Off) => "autotune-off".into(),
+                    _ => "autotune".into(),
+                },
+            ],
+        }
+    }
+
+    fn alloc(&self, rows: usize, cols: usize, dtype: DType) -> Result<CudaTensor> {
+        let bytes = rows
+            .checked_mul(cols)
+            .and_then(|n| n.checked_mul(dtype.size_bytes()))
+            .ok_or_else(|| CudaError::Unsupported(format!("a [{rows}, {cols}] {dtype} tensor is too large")))?;
+        // SAFETY: the contents are unspecified by the trait; every element is written by
+        // `write`, a kernel or a copy before it is read.
+        let buf = unsafe { self.stream.alloc::<u8>(bytes.max(16)) }.ctx("allocating a tensor")?;
+        Ok(CudaTensor { buf, rows, cols, dtype })
+    }
+
+    fn write(&self, tensor: &mut CudaTensor, data: HostData<'_>) -> Result<()> {
+        if data.dtype() != tensor.dtype {
+            return Err(Error::DType { what: "tensor data".into(), expected: tensor.dtype, got: data.dtype() });
+        }
+        if data.len() != tensor.rows * tensor.cols {
+            return Err(Error::shape("tensor data", tensor.rows * tensor.cols, data.len()));
+        }
+        let bytes = data.as_bytes();
+        if !bytes.is_empty() {
+            self.stream.memcpy_htod(bytes, &mut tensor.buf.slice_mut(..bytes.len())).ctx("uploading a tensor")?;
+        }
+        Ok(())
+    }
+
+    fn read(&self, tensor: &CudaTensor, mut out: HostDataMut<'_>) -> Result<()> {
+        if out.dtype() != tensor.dtype {
+            return Err(Error::DType { what: "tensor output".into(), expected: tensor.dtype, got: out.dtype() });
+        }
+        if out.len() != tensor.rows * tensor.cols {
+            return Err(Error::shape("tensor output", tensor.rows * tensor.cols, out.len()));
+        }
+        let bytes = out.as_bytes_mut();
+        if !bytes.is_empty() {
+            let n = bytes.len();
+            self.stream.memcpy_dtoh(&tensor.buf.slice(..n), bytes).ctx("downloading a tensor")?;
+            self.sync()?;
+        }
+        Ok(())
+    }
+
+    fn create_layer(&self, state: &LayerState) -> Result<CudaLayer> {
+        Ok(self.create(state)?)
+    }
+
+    fn upload(&self, layer: &mut CudaLayer, state: &LayerState, changed: StateChange<'_>) -> Result<()> {
+        Self::check_upload_shape(layer, state)?;
+        match changed {
+            StateChange::All => self.write_all(layer, state)?,
+            StateChange::Seeds(ids) => {
+                for &i in ids {
+                    if i >= layer.s {
+                        return Err(Error::SeedOutOfRange { seed_id: i, num_seeds: layer.s });
+                    }
+                    self.write_seed(layer, state, i)?;
+                }
+            }
+        }
+        layer.stability = state.config.stability;
+        layer.dead_eps = state.config.dead_eps;
+        self.write_header(layer, state)?;
+        Ok(())
+    }
+
+    fn forward(&self, layer: &mut CudaLayer, x: &CudaTensor, y: &mut CudaTensor) -> Result<()> {
+        Self::check_layer_tensor(layer, "x", x, x.rows, x.dtype)?;
+        Self::check_layer_tensor(layer, "y", y, x.rows, x.dtype)?;
+        Ok(self.forward_impl(layer, x, y)?)
+    }
+
+    fn backward(&self, layer: &mut CudaLayer, x: &CudaTensor, g: &CudaTensor, dx: &mut CudaTensor) -> Result<()> {
+        Self::check_layer_tensor(layer, "x", x, x.rows, x.dtype)?;
+        Self::check_layer_tensor(layer, "g", g, x.rows, x.dtype)?;
+        Self::check_layer_tensor(layer, "dx", dx, x.rows, x.dtype)?;
+        Ok(self.backward_impl(layer, x, g, dx)?)
+    }
+
+    fn param_grads(&self, layer: &CudaLayer) -> Result<ParamGrads> {
+        Ok(ParamGrads {
+            dweights: self.read_vec(&layer.dweights, "reading dweights")?[..layer.s * layer.c].to_vec(),
+            dscales: self.read_vec(&layer.dscales, "reading dscales")?[..layer.s].to_vec(),
+            grad_norm: self.read_vec(&layer.gnorm, "reading grad_norm")?[..layer.s].to_vec(),
+        })
+    }
+
+    fn accumulators(&self, layer: &CudaLayer) -> Result<Accumulators> {
+        let raw = self.read_vec(&layer.acc, "reading accumulators")?;
+        let accs: &[Acc] = bytemuck::try_cast_slice(&raw[..layer.s * std::mem::size_of::<Acc>()])
+            .map_err(|e| CudaError::Unsupported(format!("accumulator layout: {e}")))?;
+        let moments = accs
+            .iter()
+            .map(|a| Moments {
+                count: a.n,
+                mean: a.mean,
+                m2: a.m2,
+                min: a.mn,
+                max: a.mx,
+                dead: a.dead,
+                nonfinite: a.nf,
+            })
+            .collect();
+        let grad_sq = self.read_vec(&layer.acc_g2, "reading gradient accumulators")?;
+        Ok(Accumulators { moments, grad_sq })
+    }
+
+    fn reset_accumulators(&self, layer: &mut CudaLayer) -> Result<()> {
+        Ok(self.reset_acc(layer)?)
+    }
+
+    fn checksum(&self, layer: &CudaLayer) -> Result<u32> {
+        let header = self.read_vec(&layer.header, "reading the layer header")?;
+        let raw = self.read_vec(&layer.records, "reading seed records")?;
+        let weights = self.read_vec(&layer.weights, "reading weights")?;
+        let n = layer.s * std::mem::size_of::<SeedRecord>();
+        // The device buffer is bytes: copy into an aligned vector before viewing it as records.
+        let recs: Vec<SeedRecord> = raw[..n]
+            .chunks_exact(std::mem::size_of::<SeedRecord>())
+            .map(bytemuck::pod_read_unaligned::<SeedRecord>)
+            .collect();
+        let lifecycle: Vec<u8> = recs.iter().map(|r| r.lifecycle).collect();
+        let blueprint_id: Vec<u16> = recs.iter().map(|r| r.blueprint_id).collect();
+        let blueprint_type: Vec<u8> = recs.iter().map(|r| r.blueprint_type).collect();
+        let grafting_strategy: Vec<u8> = recs.iter().map(|r| r.grafting_strategy).collect();
+        let alpha: Vec<f32> = recs.iter().map(|r| r.alpha).collect();
+        let epochs_in_state: Vec<u16> = recs.iter().map(|r| r.epochs_in_state).collect();
+        let last_update_epoch: Vec<u32> = recs.iter().map(|r| r.last_update_epoch).collect();
+        let clamp_mean: Vec<f32> = recs.iter().map(|r| r.clamp_mean).collect();
+        let clamp_std: Vec<f32> = recs.iter().map(|r| r.clamp_std).collect();
+        let scales: Vec<f32> = recs.iter().map(|r| r.scale).collect();
+        let raw_state = RawState {
+            schema_version: header[0] as u8,
+            hidden_dim: header[1],
+            num_seeds: header[2],
+            epoch: header[3],
+            lifecycle: &lifecycle,
+            blueprint_id: &blueprint_id,
+            blueprint_type: &blueprint_type,
+            grafting_strategy: &grafting_strategy,
+            alpha: &alpha,
+            epochs_in_state: &epochs_in_state,
+            last_update_epoch: &last_update_epoch,
+            clamp_mean: &clamp_mean,
+            clamp_std: &clamp_std,
+            weights: &weights[..layer.s * layer.c],
+            scales: &scales,
+        };
+        Ok(raw_state.crc32())
+    }
+
+    fn copy(&self, src: &CudaTensor, dst: &mut CudaTensor) -> Result<()> {
+        if src.rows != dst.rows || src.cols != dst.cols || src.dtype != dst.dtype {
+            return Err(Error::shape(
+                "copy destination",
+                format!("[{}, {}] {}", src.rows, src.cols, src.dtype),
+                format!("[{}, {}] {}", dst.rows, dst.cols, dst.dtype),
+            ));
+        }
+        let n = src.num_bytes();
+        if n > 0 {
+            self.stream.memcpy_dtod(&src.buf.slice(..n), &mut dst.buf.slice_mut(..n)).ctx("device-to-device copy")?;
+        }
+        Ok(())
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        Ok(self.sync()?)
+    }
+
+    fn time_ms(&self, f: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
+        let start = self.ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).ctx("creating an event")?;
+        let end = self.ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).ctx("creating an event")?;
+        start.record(&self.stream).ctx("recording an event")?;
+        f()?;
+        end.record(&self.stream).ctx("recording an event")?;
+        let ms = start.elapsed_ms(&end).ctx("reading event time")?;
+        Ok(ms as f64)
+    }
+}

@@ -1,0 +1,189 @@
+//! The CUDA C source, its NVRTC compilation and the per-process module cache.
+//!
+//! `kernels/kasmina.cu` is compiled once per (architecture, dtype, vector width)
+//! and process: PTX is kept in a process-wide map, so a second backend on the
+//! same kind of device (or a second layer) does not compile again. Each module
+//! holds the two fused kernels of one dtype and vector width plus the small
+//! merge kernels.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule};
+use cudarc::nvrtc::{CompileError, CompileOptions, Ptx, compile_ptx_with_opts};
+use kasmina_core::DType;
+
+use crate::error::{CudaError, CudaResult, DriverContext};
+
+/// The kernel source (SPEC 5 and 7), compiled at run time.
+pub const KERNEL_SOURCE: &str = include_str!("kernels/kasmina.cu");
+
+/// Vector widths the source instantiates for a dtype (elements per thread and load).
+pub fn vector_widths(dtype: DType) -> &'static [u32] {
+    match dtype {
+        DType::F32 => &[4, 2, 1],
+        DType::F16 | DType::BF16 => &[8, 4, 2, 1],
+    }
+}
+
+/// The widest vector (16 bytes when possible) whose width divides `h`, so rows stay aligned.
+pub fn widest_vector(dtype: DType, h: usize) -> u32 {
+    vector_widths(dtype).iter().copied().find(|v| h.is_multiple_of(*v as usize)).unwrap_or(1)
+}
+
+fn dtype_macro(dtype: DType) -> &'static str {
+    match dtype {
+        DType::F32 => "DF32",
+        DType::F16 => "DF16",
+        DType::BF16 => "DBF16",
+    }
+}
+
+/// The NVRTC architecture name for a compute capability.
+pub fn arch_name(cc: (i32, i32)) -> &'static str {
+    match cc {
+        (7, 0) => "sm_70",
+        (7, 2) => "sm_72",
+        (7, 5) => "sm_75",
+        (8, 0) => "sm_80",
+        (8, 6) => "sm_86",
+        (8, 7) => "sm_87",
+        (8, 9) => "sm_89",
+        (9, 0) => "sm_90",
+        (10, 0) => "sm_100",
+        (10, 3) => "sm_103",
+        (12, 0) => "sm_120",
+        (major, minor) => {
+            // Unknown devices are rare and named once per process: leaking the name is fine.
+            static OTHER: OnceLock<Mutex<HashMap<(i32, i32), &'static str>>> = OnceLock::new();
+            let mut m = OTHER.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
+            m.entry((major, minor)).or_insert_with(|| Box::leak(format!("sm_{major}{minor}").into_boxed_str()))
+        }
+    }
+}
+
+type PtxKey = (&'static str, DType, u32);
+
+fn ptx_cache() -> &'static Mutex<HashMap<PtxKey, Ptx>> {
+    static CACHE: OnceLock<Mutex<HashMap<PtxKey, Ptx>>> = OnceLock::new();
+    CACHE.get_or_init(Default::default)
+}
+
+/// Compiles (or takes from the process cache) the PTX of one module.
+pub fn compile(arch: &'static str, dtype: DType, vec: u32) -> CudaResult<Ptx> {
+    let key = (arch, dtype, vec);
+    if let Some(p) = ptx_cache().lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        return Ok(p.clone());
+    }
+    // SAFETY: only tries to dlopen libnvrtc by its usual names; nothing is called yet.
+    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        return Err(CudaError::Unavailable(
+            "NVRTC (libnvrtc.so) was not found: install the CUDA toolkit's NVRTC or add its lib folder \
+             (e.g. /usr/local/cuda/lib64) to LD_LIBRARY_PATH"
+                .into(),
+        ));
+    }
+    let name = format!("kasmina_{}_v{vec}.cu", dtype.name());
+    let opts = CompileOptions {
+        arch: Some(arch),
+        options: vec![
+            "--std=c++17".into(),
+            format!("-DKASMINA_DT={}", dtype_macro(dtype)),
+            format!("-DKASMINA_V={vec}"),
+        ],
+        name: Some(name.clone()),
+        ..Default::default()
+    };
+    let ptx = compile_ptx_with_opts(KERNEL_SOURCE, opts).map_err(|e| CudaError::Compile {
+        module: name,
+        log: match e {
+            CompileError::CompileError { log, .. } => log.to_string_lossy().into_owned(),
+            other => other.to_string(),
+        },
+    })?;
+    ptx_cache().lock().unwrap_or_else(|p| p.into_inner()).insert(key, ptx.clone());
+    Ok(ptx)
+}
+
+/// The functions of one loaded module.
+#[derive(Debug)]
+pub struct Kernels {
+    /// Keeps the module loaded.
+    _module: Arc<CudaModule>,
+    /// Fused forward: output and per-block statistics partials.
+    pub fwd: CudaFunction,
+    /// The forward when every seed is identity (statistics and a copy).
+    pub fwd_identity: CudaFunction,
+    /// Fused backward: dx, per-block Σg² and per-column parameter partials.
+    pub bwd: CudaFunction,
+    /// The backward when every seed is identity (dx = g and Σg²).
+    pub bwd_identity: CudaFunction,
+    /// Merges forward partials into the accumulators (f64, fixed order).
+    pub fwd_merge: CudaFunction,
+    /// Sums backward parameter partials per column.
+    pub bwd_colsum: CudaFunction,
+    /// Parameter gradients, grad_norm and the Σg² accumulator.
+    pub bwd_finalize: CudaFunction,
+}
+
+impl Kernels {
+    /// Compiles (or reuses the PTX of) and loads one module into `ctx`.
+    pub fn load(ctx: &Arc<CudaContext>, arch: &'static str, dtype: DType, vec: u32) -> CudaResult<Self> {
+        let ptx = compile(arch, dtype, vec)?;
+        let module = ctx.load_module(ptx).ctx("loading the kernel module")?;
+        let f = |name: &str| module.load_function(name).ctx(&format!("loading kernel {name}"));
+        Ok(Self {
+            fwd: f("kasmina_fwd")?,
+            fwd_identity: f("kasmina_fwd_identity")?,
+            bwd: f("kasmina_bwd")?,
+            bwd_identity: f("kasmina_bwd_identity")?,
+            fwd_merge: f("kasmina_fwd_merge")?,
+            bwd_colsum: f("kasmina_bwd_colsum")?,
+            bwd_finalize: f("kasmina_bwd_finalize")?,
+            _module: module,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn widest_vector_divides_the_row() {
+        assert_eq!(widest_vector(DType::F32, 8192), 4);
+        assert_eq!(widest_vector(DType::F32, 6), 2);
+        assert_eq!(widest_vector(DType::F32, 771), 1);
+        assert_eq!(widest_vector(DType::BF16, 768), 8);
+        assert_eq!(widest_vector(DType::F16, 12), 4);
+        assert_eq!(widest_vector(DType::F16, 3), 1);
+    }
+
+    #[test]
+    fn arch_names_cover_known_and_unknown_devices() {
+        assert_eq!(arch_name((9, 0)), "sm_90");
+        assert_eq!(arch_name((11, 7)), "sm_117");
+        assert_eq!(arch_name((11, 7)), "sm_117");
+    }
+
+    /// Compiles every module with NVRTC when the library is present (no GPU needed).
+    #[test]
+    fn every_module_compiles_with_nvrtc_when_present() {
+        // SAFETY: only tries to dlopen libnvrtc by its usual names.
+        if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+            eprintln!("skipped: libnvrtc not found");
+            return;
+        }
+        for dtype in DType::ALL {
+            for &v in vector_widths(dtype) {
+                let ptx = compile("sm_80", dtype, v).unwrap_or_else(|e| panic!("{dtype} v{v}: {e}"));
+                let src = ptx.to_src();
+                for k in
+                    ["kasmina_fwd", "kasmina_bwd", "kasmina_fwd_merge", "kasmina_bwd_colsum", "kasmina_bwd_finalize"]
+                {
+                    assert!(src.contains(&format!(".entry {k}(")), "{dtype} v{v} lacks {k}");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,560 @@
+//! CUDA-specific GPU tests beyond the shared conformance suite: odd chunk sizes
+//! and vector-width fallbacks against the f64 reference, f32 variance at
+//! |mean|/std = 1e4, autotune cache reuse across backends, indexing past 2^31
+//! elements (`KASMINA_BIG_TESTS=1`) and a bandwidth report (`KASMINA_BENCH=1`).
+//!
+//! Without a GPU every test prints why it skipped, unless `KASMINA_REQUIRE_GPU=1`,
+//! which turns that into a failure.
+
+use half::bf16;
+use kasmina_conformance::reference;
+use kasmina_core::backend::HostTensorData;
+use kasmina_core::{
+    Backend, BackendErrorKind, BlueprintType, DType, DeviceTensor, Error, GraftingStrategy, LayerConfig, LayerState,
+    LifecycleState, StabilityMode, StateChange, TransitionReason,
+};
+use kasmina_cuda::CudaBackend;
+use kasmina_cuda::autotune::{TuneMode, Tuner};
+
+fn require_gpu() -> bool {
+    std::env::var("KASMINA_REQUIRE_GPU").is_ok_and(|v| v == "1")
+}
+
+/// The backend, or None (printing why) when this machine has no usable GPU.
+fn backend_or_skip(name: &str) -> Option<CudaBackend> {
+    match CudaBackend::new(0) {
+        Ok(b) => {
+            println!("{name}: device {} ({})", b.info().id(), b.info().name);
+            Some(b)
+        }
+        Err(e) => {
+            assert!(!require_gpu(), "{name}: KASMINA_REQUIRE_GPU=1 but the CUDA backend is unavailable: {e}");
+            println!("skipped {name}: {e}");
+            None
+        }
+    }
+}
+
+#[test]
+fn constructing_without_a_gpu_is_a_clear_unavailable_error() {
+    match CudaBackend::new(0) {
+        Err(Error::Backend(e)) => {
+            assert!(!require_gpu(), "KASMINA_REQUIRE_GPU=1 but: {e}");
+            assert_eq!(e.kind, BackendErrorKind::Unavailable, "{e}");
+            assert_eq!(e.backend, "cuda");
+            assert!(!e.message.is_empty());
+            println!("no GPU here, as expected: {e}");
+        }
+        Err(other) => panic!("expected a backend error, got {other:?}"),
+        Ok(b) => {
+            assert!(CudaBackend::device_count().unwrap() >= 1);
+            assert!(!b.info().name.is_empty());
+            assert!(CudaBackend::new(1 << 20).is_err(), "a missing ordinal must be an error");
+        }
+    }
+}
+
+// ------------------------------------------------------------------ helpers
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn uniform(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    /// Roughly normal (sum of 4 uniforms), mean 0, std ~1.
+    fn normal(&mut self) -> f64 {
+        ((0..4).map(|_| self.uniform()).sum::<f64>() - 2.0) * 1.7320508
+    }
+}
+
+fn drive(st: &mut LayerState, seed: usize, target: LifecycleState, ty: BlueprintType) {
+    use LifecycleState::*;
+    let path: &[LifecycleState] = match target {
+        Dormant => &[],
+        Germinated => &[Germinated],
+        Training => &[Germinated, Training],
+        Grafting => &[Germinated, Training, Grafting],
+        Stabilization => &[Germinated, Training, Grafting, Stabilization],
+        Evaluating => &[Germinated, Training, Grafting, Stabilization, Evaluating],
+        FineTuning => &[Germinated, Training, Grafting, Stabilization, Evaluating, FineTuning],
+        Fossilized => &[Germinated, Training, Grafting, Stabilization, Evaluating, FineTuning, Fossilized],
+        Culled => &[Germinated, Training, Culled],
+        Cancelled => &[Germinated, Cancelled],
+        RolledBack => &[Germinated, Training, RolledBack],
+    };
+    for to in path {
+        if *to == Germinated {
+            st.germinate(seed, 9, ty, GraftingStrategy::FixedRamp).unwrap();
+        } else {
+            st.transition(seed, *to, TransitionReason::Requested).unwrap();
+        }
+    }
+}
+
+/// A layer whose seeds cycle through every lifecycle state and blueprint type.
+fn mixed_state(h: usize, s: usize, stability: StabilityMode, rng: &mut Rng) -> LayerState {
+    let mut st = LayerState::new(LayerConfig::new(h, s).unwrap().with_stability(stability)).unwrap();
+    let states = LifecycleState::ALL;
+    for i in 0..s {
+        let ty = BlueprintType::ALL[i % 4];
+        let target = states[(i / 4 + i) % states.len()];
+        drive(&mut st, i, target, ty);
+        if matches!(st.seeds.lifecycle[i].forward_mode(), kasmina_core::ForwardMode::Blend) {
+            st.seeds.alpha[i] = 0.1 + 0.8 * rng.uniform() as f32;
+        }
+        for w in st.params.seed_weights_mut(i) {
+            *w = rng.normal() as f32 * 0.5;
+        }
+        st.params.scales[i] = 0.5 + rng.uniform() as f32;
+        if i % 3 == 0 {
+            st.seeds.clamp_mean[i] = 0.1;
+            st.seeds.clamp_std[i] = 0.3;
+        }
+    }
+    st
+}
+
+fn host(dtype: DType, v: &[f64]) -> HostTensorData {
+    let f: Vec<f32> = v.iter().map(|x| *x as f32).collect();
+    HostTensorData::from_f32(dtype, &f)
+}
+
+fn to_f64(t: &HostTensorData) -> Vec<f64> {
+    t.to_f32().iter().map(|v| *v as f64).collect()
+}
+
+fn rel_l2(got: &[f64], want: &[f64]) -> f64 {
+    let num: f64 = got.iter().zip(want).map(|(a, b)| (a - b) * (a - b)).sum();
+    let den: f64 = want.iter().map(|b| b * b).sum();
+    (num / den.max(1e-300)).sqrt()
+}
+
+fn tol(dtype: DType) -> f64 {
+    match dtype {
+        DType::F32 => 1e-5,
+        DType::F16 => 2e-3,
+        DType::BF16 => 1e-2,
+    }
+}
+
+fn bits(t: &HostTensorData, i: usize) -> u32 {
+    match t {
+        HostTensorData::F32(v) => v[i].to_bits(),
+        HostTensorData::F16(v) => v[i].to_bits() as u32,
+        HostTensorData::BF16(v) => v[i].to_bits() as u32,
+    }
+}
+
+/// Runs forward and backward of a mixed layer and checks everything against the reference.
+fn check_against_reference(be: &CudaBackend, h: usize, s: usize, b: usize, dtype: DType, stability: StabilityMode) {
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (h * 31 + s * 7 + b) as u64);
+    let st = mixed_state(h, s, stability, &mut rng);
+    let xv: Vec<f64> = (0..b * h).map(|_| rng.normal() * 2.0).collect();
+    let gv: Vec<f64> = (0..b * h).map(|_| rng.normal()).collect();
+    let xh = host(dtype, &xv);
+    let gh = host(dtype, &gv);
+    let (xr, gr) = (to_f64(&xh), to_f64(&gh));
+    let what = format!("H={h} S={s} B={b} {dtype} {stability:?}");
+
+    let mut layer = be.create_layer(&st).unwrap();
+    be.upload(&mut layer, &st, StateChange::All).unwrap();
+    let mut x = be.alloc(b, h, dtype).unwrap();
+    be.write(&mut x, xh.view()).unwrap();
+    let mut g = be.alloc(b, h, dtype).unwrap();
+    be.write(&mut g, gh.view()).unwrap();
+    let mut y = be.alloc(b, h, dtype).unwrap();
+    be.forward(&mut layer, &x, &mut y).unwrap();
+    let mut yh = HostTensorData::zeros(dtype, b * h);
+    be.read(&y, yh.view_mut()).unwrap();
+
+    let fr = reference::forward(&st, &xr, b);
+    let c = h / s;
+    let identity = |col: usize| st.seeds.lifecycle[col / c].forward_mode() == kasmina_core::ForwardMode::Identity;
+    for i in 0..b * h {
+        if identity(i % h) {
+            assert_eq!(bits(&yh, i), bits(&xh, i), "{what}: identity element {i} changed");
+        }
+    }
+    let err = rel_l2(&to_f64(&yh), &fr.y);
+    assert!(err <= tol(dtype), "{what}: forward error {err:e}");
+
+    let acc = be.accumulators(&layer).unwrap();
+    for (i, (m, r)) in acc.moments.iter().zip(&fr.moments).enumerate() {
+        assert_eq!((m.count, m.dead, m.nonfinite), (r.count, r.dead, r.nonfinite), "{what}: seed {i} counts");
+        assert!(
+            (m.mean - r.mean).abs() <= 1e-5 * (1.0 + r.mean.abs()),
+            "{what}: seed {i} mean {} vs {}",
+            m.mean,
+            r.mean
+        );
+        let (v, rv) = (m.variance(), r.variance());
+        assert!((v - rv).abs() <= 1e-4 * rv.max(1e-30), "{what}: seed {i} variance {v} vs {rv}");
+        assert_eq!((m.min, m.max), (r.min, r.max), "{what}: seed {i} min/max");
+    }
+
+    let mut dx = be.alloc(b, h, dtype).unwrap();
+    be.backward(&mut layer, &x, &g, &mut dx).unwrap();
+    let mut dxh = HostTensorData::zeros(dtype, b * h);
+    be.read(&dx, dxh.view_mut()).unwrap();
+    let br = reference::backward(&st, &xr, &gr, b);
+    for i in 0..b * h {
+        if identity(i % h) {
+            assert_eq!(bits(&dxh, i), bits(&gh, i), "{what}: identity gradient {i} changed");
+        }
+    }
+    let err = rel_l2(&to_f64(&dxh), &br.dx);
+    assert!(err <= tol(dtype), "{what}: dx error {err:e}");
+    let pg = be.param_grads(&layer).unwrap();
+    let dw: Vec<f64> = pg.dweights.iter().map(|v| *v as f64).collect();
+    let ds: Vec<f64> = pg.dscales.iter().map(|v| *v as f64).collect();
+    let sum_tol = 1e-5 * (1.0f64).max(((b * c) as f64 / 1024.0).sqrt());
+    let err = rel_l2(&dw, &br.dweights);
+    assert!(err <= sum_tol, "{what}: dweights error {err:e}");
+    let err = rel_l2(&ds, &br.dscales);
+    assert!(err <= sum_tol, "{what}: dscales error {err:e}");
+    let acc = be.accumulators(&layer).unwrap();
+    for i in 0..s {
+        let want = br.grad_sq[i];
+        assert!((acc.grad_sq[i] - want).abs() <= 1e-5 * want, "{what}: grad_sq[{i}] {} vs {want}", acc.grad_sq[i]);
+        let gn = pg.grad_norm[i] as f64;
+        assert!((gn - want.sqrt()).abs() <= 1e-5 * want.sqrt(), "{what}: grad_norm[{i}]");
+    }
+}
+
+#[test]
+fn odd_chunks_and_vector_fallbacks_match_the_reference() {
+    let Some(be) = backend_or_skip("odd_chunks_and_vector_fallbacks_match_the_reference") else { return };
+    for dtype in DType::ALL {
+        for stability in [StabilityMode::Off, StabilityMode::strict()] {
+            // C = 64 (16-byte vectors), C = 5 (seeds straddle vectors), C = 257 (H odd: scalar path),
+            // C = 1 and C = 2 (CONV taps beyond the chunk), H = 6 (vector width 2).
+            for (h, s, b) in [(768, 12, 67), (60, 12, 33), (771, 3, 19), (24, 24, 9), (48, 24, 5), (6, 3, 40)] {
+                check_against_reference(&be, h, s, b, dtype, stability);
+            }
+        }
+    }
+}
+
+#[test]
+fn variance_keeps_1e_minus_4_at_mean_over_std_of_1e4() {
+    let Some(be) = backend_or_skip("variance_keeps_1e_minus_4_at_mean_over_std_of_1e4") else { return };
+    let (b, h, s) = (3000, 1024, 4);
+    let mut rng = Rng(77);
+    let xv: Vec<f32> = (0..b * h).map(|_| (1e4 + rng.normal()) as f32).collect();
+    let st = LayerState::new(LayerConfig::new(h, s).unwrap()).unwrap();
+    let mut layer = be.create_layer(&st).unwrap();
+    let mut x = be.alloc(b, h, DType::F32).unwrap();
+    be.write(&mut x, kasmina_core::HostData::F32(&xv)).unwrap();
+    let mut y = be.alloc(b, h, DType::F32).unwrap();
+    // Two calls: the accumulator merge across calls is exercised too.
+    be.forward(&mut layer, &x, &mut y).unwrap();
+    be.forward(&mut layer, &x, &mut y).unwrap();
+    let xr: Vec<f64> = xv.iter().map(|v| *v as f64).collect();
+    let fr = reference::forward(&st, &xr, b);
+    let acc = be.accumulators(&layer).unwrap();
+    for i in 0..s {
+        let r = fr.moments[i].merge(&fr.moments[i]);
+        let (v, rv) = (acc.moments[i].variance(), r.variance());
+        let rel = (v - rv).abs() / rv;
+        println!("seed {i}: variance {v} reference {rv} relative error {rel:e}");
+        assert!(rel <= 1e-4, "seed {i}: relative variance error {rel:e}");
+        assert_eq!(acc.moments[i].count, r.count);
+    }
+}
+
+#[test]
+fn telemetry_and_gradients_are_bit_identical_across_runs() {
+    let Some(be) = backend_or_skip("telemetry_and_gradients_are_bit_identical_across_runs") else { return };
+    let (b, h, s) = (1000, 512, 8);
+    let mut rng = Rng(5);
+    let st = mixed_state(h, s, StabilityMode::Off, &mut rng);
+    let xv: Vec<f64> = (0..b * h).map(|_| rng.normal()).collect();
+    let xh = host(DType::BF16, &xv);
+    let mut x = be.alloc(b, h, DType::BF16).unwrap();
+    be.write(&mut x, xh.view()).unwrap();
+    let mut y = be.alloc(b, h, DType::BF16).unwrap();
+    let mut runs = Vec::new();
+    for _ in 0..3 {
+        let mut layer = be.create_layer(&st).unwrap();
+        be.forward(&mut layer, &x, &mut y).unwrap();
+        be.backward(&mut layer, &x, &x, &mut y).unwrap();
+        let acc = be.accumulators(&layer).unwrap();
+        let pg = be.param_grads(&layer).unwrap();
+        let key: Vec<u64> = acc
+            .moments
+            .iter()
+            .flat_map(|m| [m.mean.to_bits(), m.m2.to_bits(), m.count])
+            .chain(acc.grad_sq.iter().map(|v| v.to_bits()))
+            .chain(pg.dweights.iter().map(|v| v.to_bits() as u64))
+            .chain(pg.dscales.iter().map(|v| v.to_bits() as u64))
+            .collect();
+        runs.push(key);
+    }
+    assert!(runs.windows(2).all(|w| w[0] == w[1]), "telemetry or gradients differ between runs");
+}
+
+#[test]
+fn seed_upload_changes_only_the_named_seeds_and_checksums_match() {
+    let Some(be) = backend_or_skip("seed_upload_changes_only_the_named_seeds_and_checksums_match") else { return };
+    let mut rng = Rng(11);
+    let mut st = mixed_state(96, 8, StabilityMode::Off, &mut rng);
+    let mut layer = be.create_layer(&st).unwrap();
+    assert_eq!(be.checksum(&layer).unwrap(), kasmina_core::checksum::checksum(&st));
+    st.params.seed_weights_mut(3)[0] = 42.0;
+    st.params.scales[3] = 3.0;
+    st.epoch += 1;
+    be.upload(&mut layer, &st, StateChange::Seeds(&[3])).unwrap();
+    assert_eq!(be.checksum(&layer).unwrap(), kasmina_core::checksum::checksum(&st));
+}
+
+#[test]
+fn autotune_winner_is_reused_by_a_second_backend_through_the_cache_file() {
+    let Some(_) = backend_or_skip("autotune_winner_is_reused_by_a_second_backend_through_the_cache_file") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("autotune.json");
+    let run = || {
+        let be = CudaBackend::with_tuner(0, Tuner::new(Some(path.clone()), TuneMode::On)).unwrap();
+        let st = LayerState::new(LayerConfig::new(1024, 8).unwrap()).unwrap();
+        let mut layer = be.create_layer(&st).unwrap();
+        let x = be.alloc(256, 1024, DType::F32).unwrap();
+        let mut y = be.alloc(256, 1024, DType::F32).unwrap();
+        be.forward(&mut layer, &x, &mut y).unwrap();
+        be.backward(&mut layer, &x, &x, &mut y).unwrap();
+        be.synchronize().unwrap();
+        be.tuned_keys()
+    };
+    assert_eq!(run(), 2, "the first backend tunes forward and backward");
+    let text = std::fs::read_to_string(&path).unwrap();
+    println!("autotune cache:\n{text}");
+    assert_eq!(run(), 0, "the second backend finds both winners in the file");
+}
+
+/// B * H > 2^31 elements (bf16, 4.3 GB per tensor): offsets must be 64-bit.
+#[test]
+fn indexing_past_2_pow_31_elements() {
+    if !std::env::var("KASMINA_BIG_TESTS").is_ok_and(|v| v == "1") {
+        println!("skipped: set KASMINA_BIG_TESTS=1 to run (needs ~10 GB of GPU memory)");
+        return;
+    }
+    let Some(be) = backend_or_skip("indexing_past_2_pow_31_elements") else { return };
+    let (h, s) = (64usize, 2usize);
+    let b = (1usize << 31) / h + 3;
+    let n = b * h;
+    let mut st = LayerState::new(LayerConfig::new(h, s).unwrap()).unwrap();
+    drive(&mut st, 1, LifecycleState::Grafting, BlueprintType::Residual);
+    st.seeds.alpha[1] = 0.5;
+    st.params.seed_weights_mut(1).fill(0.25);
+    let val = |i: usize| bf16::from_f32(((i.wrapping_mul(2654435761) >> 7) % 1024) as f32 / 64.0 - 8.0);
+    let xh: Vec<bf16> = (0..n).map(val).collect();
+    let mut layer = be.create_layer(&st).unwrap();
+    let mut x = be.alloc(b, h, DType::BF16).unwrap();
+    be.write(&mut x, kasmina_core::HostData::BF16(&xh)).unwrap();
+    let mut y = be.alloc(b, h, DType::BF16).unwrap();
+    be.forward(&mut layer, &x, &mut y).unwrap();
+    let mut yh = vec![bf16::ZERO; n];
+    be.read(&y, kasmina_core::HostDataMut::BF16(&mut yh)).unwrap();
+    let c = h / s;
+    let mut bad = 0usize;
+    for i in 0..n {
+        let col = i % h;
+        if col < c {
+            if yh[i].to_bits() != xh[i].to_bits() {
+                bad += 1;
+            }
+        } else {
+            let xv = xh[i].to_f32();
+            let want = 0.5 * xv + 0.5 * (xv + 0.25);
+            if (yh[i].to_f32() - want).abs() > 0.02 * want.abs().max(1.0) {
+                bad += 1;
+            }
+        }
+    }
+    assert_eq!(bad, 0, "{bad} wrong elements of {n}");
+    let acc = be.accumulators(&layer).unwrap();
+    for seed in 0..s {
+        let mut m = kasmina_core::Moments::empty();
+        let mut sum = 0f64;
+        for r in 0..b {
+            for j in 0..c {
+                sum += xh[r * h + seed * c + j].to_f64();
+            }
+        }
+        m.count = (b * c) as u64;
+        m.mean = sum / m.count as f64;
+        assert_eq!(acc.moments[seed].count, m.count, "seed {seed} count");
+        assert!((acc.moments[seed].mean - m.mean).abs() < 1e-6 * (1.0 + m.mean.abs()), "seed {seed} mean");
+    }
+    // Backward over the same tensors: dx of the identity seed is g bit for bit.
+    let mut dx = be.alloc(b, h, DType::BF16).unwrap();
+    be.backward(&mut layer, &x, &x, &mut dx).unwrap();
+    let mut dxh = vec![bf16::ZERO; n];
+    be.read(&dx, kasmina_core::HostDataMut::BF16(&mut dxh)).unwrap();
+    let last = n - 1;
+    assert_eq!(dxh[last - h + 1].to_bits(), xh[last - h + 1].to_bits());
+    let wrong = (0..n).filter(|i| i % h < c && dxh[*i].to_bits() != xh[*i].to_bits()).count();
+    assert_eq!(wrong, 0);
+    println!("B={b} H={h}: {n} elements (> 2^31) forward and backward correct");
+}
+
+/// Forward / backward bandwidth against the device's own copy (KASMINA_BENCH=1).
+#[test]
+fn bandwidth_report() {
+    if !std::env::var("KASMINA_BENCH").is_ok_and(|v| v == "1") {
+        println!("skipped: set KASMINA_BENCH=1 to print the bandwidth table");
+        return;
+    }
+    let Some(be) = backend_or_skip("bandwidth_report") else { return };
+    for (dtype, vec) in [(DType::F32, 4), (DType::F32, 2), (DType::BF16, 8), (DType::BF16, 4)] {
+        println!("{}", be.kernel_resources(dtype, vec).unwrap());
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!("| B | H | S | dtype | mix | op | median ms | GB/s | copy GB/s | ratio |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for (b, h, s, reps) in [(16384usize, 8192usize, 128usize, 30usize), (32, 768, 16, 200)] {
+        for dtype in [DType::F32, DType::BF16] {
+            let n = b * h;
+            let mut rng = Rng(3);
+            let xv: Vec<f64> = (0..n).map(|_| rng.normal()).collect();
+            let xh = host(dtype, &xv);
+            // The large case is 256-512 MB per tensor, several times the 50 MB L2.
+            let mut x = be.alloc(b, h, dtype).unwrap();
+            be.write(&mut x, xh.view()).unwrap();
+            let mut g = be.alloc(b, h, dtype).unwrap();
+            be.write(&mut g, xh.view()).unwrap();
+            let mut y = be.alloc(b, h, dtype).unwrap();
+            let bytes = (n * dtype.size_bytes()) as f64;
+            let mut copy = Vec::new();
+            for _ in 0..3 {
+                be.copy(&x, &mut y).unwrap();
+            }
+            for _ in 0..reps {
+                copy.push(be.time_ms(&mut || be.copy(&x, &mut y)).unwrap());
+            }
+            let copy_ms = median(&mut copy);
+            let copy_gbps = 2.0 * bytes / copy_ms / 1e6;
+            println!(
+                "| {b} | {h} | {s} | {dtype} | - | copy | {copy_ms:.4} | {copy_gbps:.0} | {copy_gbps:.0} | 1.00 |"
+            );
+            for mix in ["dormant", "mixed"] {
+                let st = if mix == "dormant" {
+                    LayerState::new(LayerConfig::new(h, s).unwrap()).unwrap()
+                } else {
+                    mixed_state(h, s, StabilityMode::Off, &mut rng)
+                };
+                st.validate().unwrap();
+                let mut layer = be.create_layer(&st).unwrap();
+                for (op, traffic) in [("forward", 2.0), ("backward", 3.0)] {
+                    let mut run = || -> kasmina_core::Result<()> {
+                        if op == "forward" {
+                            be.forward(&mut layer, &x, &mut y)
+                        } else {
+                            be.backward(&mut layer, &x, &g, &mut y)
+                        }
+                    };
+                    for _ in 0..3 {
+                        run().unwrap();
+                    }
+                    let mut t = Vec::new();
+                    for _ in 0..reps {
+                        t.push(be.time_ms(&mut run).unwrap());
+                    }
+                    let ms = median(&mut t);
+                    let gbps = traffic * bytes / ms / 1e6;
+                    let ratio = gbps / copy_gbps;
+                    println!(
+                        "| {b} | {h} | {s} | {dtype} | {mix} | {op} | {ms:.4} | {gbps:.0} | {copy_gbps:.0} | {ratio:.2} |"
+                    );
+                }
+                // Wall-clock latency of a small forward including the host side (launch overhead).
+                if b <= 64 {
+                    be.synchronize().unwrap();
+                    let t0 = std::time::Instant::now();
+                    for _ in 0..1000 {
+                        be.forward(&mut layer, &x, &mut y).unwrap();
+                    }
+                    be.synchronize().unwrap();
+                    let us = t0.elapsed().as_secs_f64() * 1e6 / 1000.0;
+                    println!(
+                        "| {b} | {h} | {s} | {dtype} | {mix} | forward wall (host+device, per call) | {:.4} | | | |",
+                        us / 1e3
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Small calls replay captured CUDA graphs: new data in the same tensors, new
+/// parameters and accumulation across calls must all be seen by the replay.
+#[test]
+fn graph_replay_sees_new_data_and_new_parameters() {
+    let Some(be) = backend_or_skip("graph_replay_sees_new_data_and_new_parameters") else { return };
+    let (b, h, s) = (32, 768, 16);
+    let mut rng = Rng(21);
+    let mut st = mixed_state(h, s, StabilityMode::Off, &mut rng);
+    let mut layer = be.create_layer(&st).unwrap();
+    let mut x = be.alloc(b, h, DType::F32).unwrap();
+    let mut y = be.alloc(b, h, DType::F32).unwrap();
+    let mut total = vec![kasmina_core::Moments::empty(); s];
+    for round in 0..4 {
+        if round == 2 {
+            // New parameters for two seeds between replays.
+            for i in [1usize, 2] {
+                for w in st.params.seed_weights_mut(i) {
+                    *w = rng.normal() as f32;
+                }
+                st.params.scales[i] = 2.0;
+            }
+            be.upload(&mut layer, &st, StateChange::Seeds(&[1, 2])).unwrap();
+        }
+        let xv: Vec<f64> = (0..b * h).map(|_| rng.normal()).collect();
+        let xh = host(DType::F32, &xv);
+        be.write(&mut x, xh.view()).unwrap();
+        be.forward(&mut layer, &x, &mut y).unwrap();
+        let mut yh = HostTensorData::zeros(DType::F32, b * h);
+        be.read(&y, yh.view_mut()).unwrap();
+        let fr = reference::forward(&st, &to_f64(&xh), b);
+        let err = rel_l2(&to_f64(&yh), &fr.y);
+        assert!(err <= 1e-5, "round {round}: forward error {err:e}");
+        for (t, m) in total.iter_mut().zip(&fr.moments) {
+            *t = t.merge(m);
+        }
+        let mut dx = be.alloc(b, h, DType::F32).unwrap();
+        be.backward(&mut layer, &x, &x, &mut dx).unwrap();
+        let br = reference::backward(&st, &to_f64(&xh), &to_f64(&xh), b);
+        let pg = be.param_grads(&layer).unwrap();
+        let dw: Vec<f64> = pg.dweights.iter().map(|v| *v as f64).collect();
+        let err = rel_l2(&dw, &br.dweights);
+        assert!(err <= 1e-5, "round {round}: dweights error {err:e}");
+    }
+    let acc = be.accumulators(&layer).unwrap();
+    for (i, (m, t)) in acc.moments.iter().zip(&total).enumerate() {
+        assert_eq!(m.count, t.count, "seed {i}");
+        assert!((m.variance() - t.variance()).abs() <= 1e-4 * t.variance(), "seed {i}");
+    }
+}
+
+#[test]
+fn tensor_shape_errors_are_typed() {
+    let Some(be) = backend_or_skip("tensor_shape_errors_are_typed") else { return };
+    let st = LayerState::new(LayerConfig::new(64, 4).unwrap()).unwrap();
+    let mut layer = be.create_layer(&st).unwrap();
+    let x = be.alloc(4, 64, DType::F32).unwrap();
+    let mut y = be.alloc(4, 32, DType::F32).unwrap();
+    assert!(matches!(be.forward(&mut layer, &x, &mut y), Err(Error::Shape { .. })));
+    let mut y16 = be.alloc(4, 64, DType::F16).unwrap();
+    assert!(matches!(be.forward(&mut layer, &x, &mut y16), Err(Error::DType { .. })));
+    assert_eq!(y16.rows(), 4);
+}
