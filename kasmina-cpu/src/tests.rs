@@ -1,0 +1,597 @@
+//! Unit tests: hand-checked cases, an f64 reference written from the SPEC,
+//! every SIMD level this CPU has, and bit-identical results across thread counts.
+#![allow(clippy::needless_range_loop)] // index loops mirror the SPEC formulas
+
+use half::{bf16, f16};
+use kasmina_core::state::clamp_bounds;
+use kasmina_core::{
+    Backend, BlueprintType, DType, ForwardMode, GraftingStrategy, HostData, HostDataMut, HostTensorData, LayerConfig,
+    LayerState, LifecycleState, Moments, StabilityMode, StateChange,
+};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::{CpuBackend, CpuTensor, SimdLevel};
+
+fn levels() -> Vec<SimdLevel> {
+    [SimdLevel::Scalar, SimdLevel::Avx2, SimdLevel::Avx512, SimdLevel::Neon]
+        .into_iter()
+        .filter(|l| l.is_supported())
+        .collect()
+}
+
+fn tensor(be: &CpuBackend, rows: usize, cols: usize, data: &HostTensorData) -> CpuTensor {
+    let mut t = be.alloc(rows, cols, data.view().dtype()).unwrap();
+    be.write(&mut t, data.view()).unwrap();
+    t
+}
+
+fn read(be: &CpuBackend, t: &CpuTensor) -> HostTensorData {
+    let mut out = HostTensorData::zeros(t.view().dtype(), t.len());
+    be.read(t, out.view_mut()).unwrap();
+    out
+}
+
+fn bits(d: &HostTensorData) -> Vec<u32> {
+    match d {
+        HostTensorData::F32(v) => v.iter().map(|x| x.to_bits()).collect(),
+        HostTensorData::F16(v) => v.iter().map(|x| x.to_bits() as u32).collect(),
+        HostTensorData::BF16(v) => v.iter().map(|x| x.to_bits() as u32).collect(),
+    }
+}
+
+/// A state with every blueprint type in blend and FOSSILIZED modes and some identity seeds.
+fn mixed_state(h: usize, s: usize, stability: StabilityMode, rng: &mut ChaCha8Rng) -> LayerState {
+    let mut st = LayerState::new(LayerConfig::new(h, s).unwrap().with_stability(stability)).unwrap();
+    for i in 0..s {
+        let ty = BlueprintType::ALL[i % 4];
+        let life = match (i / 4) % 4 {
+            0 => LifecycleState::Grafting,
+            1 => LifecycleState::Fossilized,
+            2 => LifecycleState::FineTuning,
+            _ => LifecycleState::Dormant,
+        };
+        st.seeds.lifecycle[i] = life;
+        st.seeds.blueprint_type[i] = ty;
+        st.seeds.grafting_strategy[i] = GraftingStrategy::FixedRamp;
+        st.seeds.alpha[i] = match life {
+            LifecycleState::Fossilized => 1.0,
+            LifecycleState::Dormant => 0.0,
+            _ => rng.random_range(0.1..0.9),
+        };
+        for w in st.params.seed_weights_mut(i) {
+            *w = rng.random_range(-1.0..1.0);
+        }
+        st.params.scales[i] = rng.random_range(0.5..1.5);
+        if matches!(stability, StabilityMode::Strict { .. }) && i % 3 != 2 {
+            st.seeds.clamp_mean[i] = rng.random_range(-0.2..0.2);
+            st.seeds.clamp_std[i] = rng.random_range(0.05..0.3);
+        }
+    }
+    st.validate().unwrap();
+    st
+}
+
+fn random_data(dtype: DType, len: usize, rng: &mut ChaCha8Rng) -> HostTensorData {
+    let v: Vec<f32> = (0..len).map(|_| rng.random_range(-2.0..2.0)).collect();
+    HostTensorData::from_f32(dtype, &v)
+}
+
+// ---------- f64 reference, written from SPEC 4, 5, 7 ----------
+
+fn t_ref(bt: BlueprintType, x: &[f64], w: &[f64], s: f64) -> Vec<f64> {
+    let c = x.len();
+    match bt {
+        BlueprintType::Residual => (0..c).map(|j| x[j] + w[j] * s).collect(),
+        BlueprintType::Attention => {
+            let p = softmax(w);
+            (0..c).map(|j| x[j] * p[j]).collect()
+        }
+        BlueprintType::Mlp => (0..c).map(|j| (x[j] * w[j]).max(0.0) * s).collect(),
+        BlueprintType::Conv => {
+            let xm = |k: isize| if k < 0 { 0.0 } else { x[k as usize] };
+            let wk = |k: usize| w.get(k).copied().unwrap_or(0.0);
+            (0..c).map(|j| s * (wk(0) * x[j] + wk(1) * xm(j as isize - 1) + wk(2) * xm(j as isize - 2))).collect()
+        }
+    }
+}
+
+fn softmax(w: &[f64]) -> Vec<f64> {
+    let m = w.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let e: Vec<f64> = w.iter().map(|v| (v - m).exp()).collect();
+    let z: f64 = e.iter().sum();
+    e.iter().map(|v| v / z).collect()
+}
+
+struct SeedRef {
+    mode: ForwardMode,
+    a: f64,
+    bt: BlueprintType,
+    w: Vec<f64>,
+    s: f64,
+    bounds: Option<(f64, f64)>,
+}
+
+fn seed_ref(st: &LayerState, i: usize) -> SeedRef {
+    let mode = st.seeds.lifecycle[i].forward_mode();
+    let a = if mode == ForwardMode::Blueprint { 1.0 } else { st.seeds.alpha[i].clamp(0.0, 1.0) as f64 };
+    let bounds = clamp_bounds(st.config.stability, st.seeds.clamp_mean[i], st.seeds.clamp_std[i])
+        .map(|(l, h)| (l as f64, h as f64));
+    SeedRef {
+        mode,
+        a,
+        bt: st.seeds.blueprint_type[i],
+        w: st.params.seed_weights(i).iter().map(|v| *v as f64).collect(),
+        s: st.params.scales[i] as f64,
+        bounds,
+    }
+}
+
+/// Unclamped output of one chunk.
+fn y_ref(sr: &SeedRef, x: &[f64]) -> Vec<f64> {
+    let t = t_ref(sr.bt, x, &sr.w, sr.s);
+    match sr.mode {
+        ForwardMode::Identity => x.to_vec(),
+        ForwardMode::Blueprint => t,
+        ForwardMode::Blend => x.iter().zip(&t).map(|(x, t)| (1.0 - sr.a) * x + sr.a * t).collect(),
+    }
+}
+
+fn forward_ref(st: &LayerState, x: &[f64]) -> (Vec<f64>, Vec<Moments>) {
+    let (h, s, c) = (st.config.hidden_dim, st.config.num_seeds, st.config.chunk_size());
+    let mut y = vec![0.0; x.len()];
+    let mut mom = vec![Moments::empty(); s];
+    for (row, yrow) in x.chunks(h).zip(y.chunks_mut(h)) {
+        for i in 0..s {
+            let xc = &row[i * c..(i + 1) * c];
+            for v in xc {
+                mom[i].push(*v, st.config.dead_eps as f64);
+            }
+            let sr = seed_ref(st, i);
+            let mut yc = y_ref(&sr, xc);
+            if sr.mode != ForwardMode::Identity
+                && let Some((lo, hi)) = sr.bounds
+            {
+                for v in &mut yc {
+                    *v = if *v < lo {
+                        lo
+                    } else if *v > hi {
+                        hi
+                    } else {
+                        *v
+                    };
+                }
+            }
+            yrow[i * c..(i + 1) * c].copy_from_slice(&yc);
+        }
+    }
+    (y, mom)
+}
+
+struct BwdRef {
+    dx: Vec<f64>,
+    dw: Vec<f64>,
+    ds: Vec<f64>,
+    gsq: Vec<f64>,
+}
+
+fn backward_ref(st: &LayerState, x: &[f64], g: &[f64]) -> BwdRef {
+    let (h, s, c) = (st.config.hidden_dim, st.config.num_seeds, st.config.chunk_size());
+    let mut r = BwdRef { dx: vec![0.0; x.len()], dw: vec![0.0; s * c], ds: vec![0.0; s], gsq: vec![0.0; s] };
+    for ((xrow, grow), dxrow) in x.chunks(h).zip(g.chunks(h)).zip(r.dx.chunks_mut(h)) {
+        for i in 0..s {
+            let xc = &xrow[i * c..(i + 1) * c];
+            let gc0 = &grow[i * c..(i + 1) * c];
+            r.gsq[i] += gc0.iter().map(|v| v * v).sum::<f64>();
+            let sr = seed_ref(st, i);
+            let dxc = &mut dxrow[i * c..(i + 1) * c];
+            if sr.mode == ForwardMode::Identity {
+                dxc.copy_from_slice(gc0);
+                continue;
+            }
+            let y = y_ref(&sr, xc);
+            let gc: Vec<f64> = (0..c)
+                .map(|j| match sr.bounds {
+                    Some((lo, hi)) if y[j] < lo || y[j] > hi => 0.0,
+                    _ => gc0[j],
+                })
+                .collect();
+            let (a, w, sc) = (sr.a, &sr.w, sr.s);
+            let wk = |k: usize| w.get(k).copied().unwrap_or(0.0);
+            let dw = &mut r.dw[i * c..(i + 1) * c];
+            match sr.bt {
+                BlueprintType::Residual => {
+                    for j in 0..c {
+                        dxc[j] = (1.0 - a) * gc[j] + a * gc[j];
+                        dw[j] += a * gc[j] * sc;
+                        r.ds[i] += a * gc[j] * w[j];
+                    }
+                }
+                BlueprintType::Attention => {
+                    let p = softmax(w);
+                    let dot: f64 = (0..c).map(|k| gc[k] * xc[k] * p[k]).sum();
+                    for j in 0..c {
+                        dxc[j] = (1.0 - a) * gc[j] + a * gc[j] * p[j];
+                        dw[j] += a * p[j] * (gc[j] * xc[j] - dot);
+                    }
+                }
+                BlueprintType::Mlp => {
+                    for j in 0..c {
+                        let m = if xc[j] * w[j] > 0.0 { 1.0 } else { 0.0 };
+                        dxc[j] = (1.0 - a) * gc[j] + a * gc[j] * w[j] * sc * m;
+                        dw[j] += a * gc[j] * xc[j] * sc * m;
+                        r.ds[i] += a * gc[j] * (xc[j] * w[j]).max(0.0);
+                    }
+                }
+                BlueprintType::Conv => {
+                    let gk = |k: usize| if k < c { gc[k] } else { 0.0 };
+                    let xm = |k: isize| if k < 0 { 0.0 } else { xc[k as usize] };
+                    for j in 0..c {
+                        dxc[j] = (1.0 - a) * gc[j] + a * sc * (wk(0) * gc[j] + wk(1) * gk(j + 1) + wk(2) * gk(j + 2));
+                        for k in 0..c.min(3) {
+                            dw[k] += a * sc * gc[j] * xm(j as isize - k as isize);
+                        }
+                        let conv = wk(0) * xc[j] + wk(1) * xm(j as isize - 1) + wk(2) * xm(j as isize - 2);
+                        r.ds[i] += a * gc[j] * conv;
+                    }
+                }
+            }
+        }
+    }
+    r
+}
+
+fn rel_l2(got: &[f64], want: &[f64]) -> f64 {
+    let num: f64 = got.iter().zip(want).map(|(a, b)| (a - b) * (a - b)).sum();
+    let den: f64 = want.iter().map(|b| b * b).sum();
+    if den == 0.0 { num.sqrt() } else { (num / den).sqrt() }
+}
+
+fn tol(dtype: DType) -> f64 {
+    match dtype {
+        DType::F32 => 1e-5,
+        DType::F16 => 2e-3,
+        DType::BF16 => 1e-2,
+    }
+}
+
+fn widen(d: &HostTensorData) -> Vec<f64> {
+    d.to_f32().iter().map(|v| *v as f64).collect()
+}
+
+// ---------- tests ----------
+
+#[test]
+fn residual_blend_matches_a_hand_computed_row() {
+    // H = 4, S = 2: seed 0 DORMANT, seed 1 GRAFTING RESIDUAL alpha 0.5, w = [1, 2], s = 2.
+    let mut st = LayerState::new(LayerConfig::new(4, 2).unwrap()).unwrap();
+    st.seeds.lifecycle[1] = LifecycleState::Grafting;
+    st.seeds.alpha[1] = 0.5;
+    st.params.weights = vec![0.0, 0.0, 1.0, 2.0];
+    st.params.scales = vec![1.0, 2.0];
+    for level in levels() {
+        let be = CpuBackend::with_options(1, level).unwrap();
+        let mut layer = be.create_layer(&st).unwrap();
+        let x = tensor(&be, 1, 4, &HostTensorData::F32(vec![1.0, 2.0, 3.0, 4.0]));
+        let mut y = be.alloc(1, 4, DType::F32).unwrap();
+        be.forward(&mut layer, &x, &mut y).unwrap();
+        // y = 0.5 x + 0.5 (x + w s): [1, 2, 0.5*3 + 0.5*5, 0.5*4 + 0.5*8]
+        assert_eq!(read(&be, &y), HostTensorData::F32(vec![1.0, 2.0, 4.0, 6.0]), "{level:?}");
+        let acc = be.accumulators(&layer).unwrap();
+        assert_eq!(acc.moments[1].count, 2);
+        assert_eq!(acc.moments[1].mean, 3.5);
+        assert_eq!(acc.moments[1].m2, 0.5);
+        assert_eq!((acc.moments[0].min, acc.moments[0].max), (1.0, 2.0));
+
+        // backward with g = [1, 1, 1, 3]: dx = g; dw = a s g = [1, 3]; ds = a (1*1 + 2*3) = 3.5
+        let g = tensor(&be, 1, 4, &HostTensorData::F32(vec![1.0, 1.0, 1.0, 3.0]));
+        let mut dx = be.alloc(1, 4, DType::F32).unwrap();
+        be.backward(&mut layer, &x, &g, &mut dx).unwrap();
+        assert_eq!(read(&be, &dx), HostTensorData::F32(vec![1.0, 1.0, 1.0, 3.0]));
+        let pg = be.param_grads(&layer).unwrap();
+        assert_eq!(pg.dweights, vec![0.0, 0.0, 1.0, 3.0]);
+        assert_eq!(pg.dscales, vec![0.0, 3.5]);
+        assert_eq!(pg.grad_norm, vec![2f32.sqrt(), 10f32.sqrt()]);
+    }
+}
+
+#[test]
+fn conv_is_causal_inside_each_chunk() {
+    // H = 6, S = 2, both FOSSILIZED CONV with w = [1, 10, 100], s = 1: y_j = x_j + 10 x_{j-1} + 100 x_{j-2}.
+    let mut st = LayerState::new(LayerConfig::new(6, 2).unwrap()).unwrap();
+    for i in 0..2 {
+        st.seeds.lifecycle[i] = LifecycleState::Fossilized;
+        st.seeds.blueprint_type[i] = BlueprintType::Conv;
+        st.seeds.alpha[i] = 1.0;
+    }
+    st.params.weights = vec![1.0, 10.0, 100.0, 1.0, 10.0, 100.0];
+    for level in levels() {
+        let be = CpuBackend::with_options(1, level).unwrap();
+        let mut layer = be.create_layer(&st).unwrap();
+        let x = tensor(&be, 1, 6, &HostTensorData::F32(vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]));
+        let mut y = be.alloc(1, 6, DType::F32).unwrap();
+        be.forward(&mut layer, &x, &mut y).unwrap();
+        assert_eq!(read(&be, &y), HostTensorData::F32(vec![1.0, 12.0, 123.0, 4.0, 45.0, 456.0]), "{level:?}");
+    }
+}
+
+#[test]
+fn all_types_match_the_f64_reference_on_every_simd_level_and_dtype() {
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    // C = 37 exercises vector tails; C = 64 the aligned path; C = 2 is below CONV's three taps.
+    for &(h, s, rows) in &[(37 * 16, 16, 9), (64 * 16, 16, 5), (2 * 16, 16, 7)] {
+        for strict in [false, true] {
+            let stability = if strict { StabilityMode::strict() } else { StabilityMode::Off };
+            let st = mixed_state(h, s, stability, &mut rng);
+            for dtype in DType::ALL {
+                let xd = random_data(dtype, rows * h, &mut rng);
+                let gd = random_data(dtype, rows * h, &mut rng);
+                let (x64, g64) = (widen(&xd), widen(&gd));
+                let (yref, mref) = forward_ref(&st, &x64);
+                let bref = backward_ref(&st, &x64, &g64);
+                for level in levels() {
+                    let ctx = format!("H={h} strict={strict} {dtype} {level:?}");
+                    let be = CpuBackend::with_options(2, level).unwrap();
+                    let mut layer = be.create_layer(&st).unwrap();
+                    let x = tensor(&be, rows, h, &xd);
+                    let g = tensor(&be, rows, h, &gd);
+                    let mut y = be.alloc(rows, h, dtype).unwrap();
+                    be.forward(&mut layer, &x, &mut y).unwrap();
+                    let yd = read(&be, &y);
+                    let e = rel_l2(&widen(&yd), &yref);
+                    assert!(e <= tol(dtype), "{ctx}: forward error {e}");
+                    // identity seeds: exact bits
+                    let c = h / s;
+                    let (xb, yb) = (bits(&xd), bits(&yd));
+                    for i in (0..s).filter(|&i| st.seeds.lifecycle[i].forward_mode() == ForwardMode::Identity) {
+                        for r in 0..rows {
+                            let k = r * h + i * c;
+                            assert_eq!(&xb[k..k + c], &yb[k..k + c], "{ctx}: identity seed {i}");
+                        }
+                    }
+                    let acc = be.accumulators(&layer).unwrap();
+                    for i in 0..s {
+                        let (m, r) = (&acc.moments[i], &mref[i]);
+                        assert_eq!((m.count, m.dead, m.nonfinite), (r.count, r.dead, r.nonfinite), "{ctx}");
+                        assert!(
+                            (m.mean - r.mean).abs() <= 1e-5 * (1.0 + r.mean.abs()),
+                            "{ctx}: mean {} vs {}",
+                            m.mean,
+                            r.mean
+                        );
+                        assert!((m.m2 - r.m2).abs() <= 1e-5 * r.m2, "{ctx}: m2 {} vs {}", m.m2, r.m2);
+                        assert_eq!((m.min, m.max), (r.min, r.max), "{ctx}");
+                    }
+                    let mut dx = be.alloc(rows, h, dtype).unwrap();
+                    be.backward(&mut layer, &x, &g, &mut dx).unwrap();
+                    let dxd = read(&be, &dx);
+                    let e = rel_l2(&widen(&dxd), &bref.dx);
+                    assert!(e <= tol(dtype), "{ctx}: dx error {e}");
+                    let pg = be.param_grads(&layer).unwrap();
+                    let dw: Vec<f64> = pg.dweights.iter().map(|v| *v as f64).collect();
+                    let ds: Vec<f64> = pg.dscales.iter().map(|v| *v as f64).collect();
+                    // Parameter gradients are f32 sums of f32 inputs: 1e-5 whatever the activation dtype.
+                    assert!(rel_l2(&dw, &bref.dw) <= 1e-5, "{ctx}: dw error {}", rel_l2(&dw, &bref.dw));
+                    assert!(rel_l2(&ds, &bref.ds) <= 1e-5, "{ctx}: ds error {}", rel_l2(&ds, &bref.ds));
+                    for i in 0..s {
+                        let want = bref.gsq[i].sqrt();
+                        assert!((pg.grad_norm[i] as f64 - want).abs() <= 1e-5 * want, "{ctx}: grad_norm");
+                        assert!((acc_gsq(&be, &layer, i) - bref.gsq[i]).abs() <= 1e-5 * bref.gsq[i]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn acc_gsq(be: &CpuBackend, layer: &crate::CpuLayer, i: usize) -> f64 {
+    be.accumulators(layer).unwrap().grad_sq[i]
+}
+
+#[test]
+fn identity_seeds_copy_nan_payloads_bit_for_bit() {
+    let st = LayerState::new(LayerConfig::new(48, 3).unwrap()).unwrap();
+    let f32s: Vec<f32> = (0..96).map(|i| f32::from_bits(0x7F80_0001 + i * 7919)).collect();
+    let f16s: Vec<f16> = (0..96u16).map(|i| f16::from_bits(0x7C01 + i)).collect();
+    let bf16s: Vec<bf16> = (0..96u16).map(|i| bf16::from_bits(0xFF81 + i % 64)).collect();
+    for level in levels() {
+        let be = CpuBackend::with_options(1, level).unwrap();
+        for data in
+            [HostTensorData::F32(f32s.clone()), HostTensorData::F16(f16s.clone()), HostTensorData::BF16(bf16s.clone())]
+        {
+            let mut layer = be.create_layer(&st).unwrap();
+            let x = tensor(&be, 2, 48, &data);
+            let mut y = be.alloc(2, 48, data.view().dtype()).unwrap();
+            be.forward(&mut layer, &x, &mut y).unwrap();
+            assert_eq!(bits(&read(&be, &y)), bits(&data), "{level:?}");
+            let acc = be.accumulators(&layer).unwrap();
+            assert!(acc.moments.iter().all(|m| m.count == 0 && m.nonfinite == 32));
+            let mut dx = be.alloc(2, 48, data.view().dtype()).unwrap();
+            be.backward(&mut layer, &x, &x, &mut dx).unwrap();
+            assert_eq!(bits(&read(&be, &dx)), bits(&data), "{level:?} backward");
+        }
+    }
+}
+
+#[test]
+fn nonfinite_inputs_only_count_as_nonfinite() {
+    let st = LayerState::new(LayerConfig::new(40, 2).unwrap()).unwrap();
+    let mut v: Vec<f32> = (0..80).map(|i| i as f32 * 0.5 - 10.0).collect();
+    v[3] = f32::NAN;
+    v[25] = f32::INFINITY;
+    v[77] = f32::NEG_INFINITY;
+    let want = {
+        let (_, m) = forward_ref(&st, &v.iter().map(|x| *x as f64).collect::<Vec<_>>());
+        m
+    };
+    for level in levels() {
+        let be = CpuBackend::with_options(1, level).unwrap();
+        let mut layer = be.create_layer(&st).unwrap();
+        let x = tensor(&be, 2, 40, &HostTensorData::F32(v.clone()));
+        let mut y = be.alloc(2, 40, DType::F32).unwrap();
+        be.forward(&mut layer, &x, &mut y).unwrap();
+        let acc = be.accumulators(&layer).unwrap();
+        for i in 0..2 {
+            let (m, r) = (&acc.moments[i], &want[i]);
+            assert_eq!((m.count, m.nonfinite, m.dead, m.min, m.max), (r.count, r.nonfinite, r.dead, r.min, r.max));
+            assert!((m.mean - r.mean).abs() < 1e-6 && (m.m2 - r.m2).abs() < 1e-6 * r.m2, "{level:?}: {m:?} vs {r:?}");
+        }
+    }
+}
+
+#[test]
+fn variance_keeps_relative_1e_4_when_mean_is_1e4_std() {
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let (h, rows) = (256, 3000);
+    let v: Vec<f32> = (0..rows * h).map(|_| 1e4 + rng.random_range(-1.7320508f32..1.7320508)).collect();
+    let mut want = Moments::empty();
+    v.iter().take(h / 4).for_each(|_| {});
+    for r in 0..rows {
+        for x in &v[r * h..r * h + h / 4] {
+            want.push(*x as f64, 1e-6);
+        }
+    }
+    let st = LayerState::new(LayerConfig::new(h, 4).unwrap()).unwrap();
+    for level in levels() {
+        let be = CpuBackend::with_options(2, level).unwrap();
+        let mut layer = be.create_layer(&st).unwrap();
+        let x = tensor(&be, rows, h, &HostTensorData::F32(v.clone()));
+        let mut y = be.alloc(rows, h, DType::F32).unwrap();
+        be.forward(&mut layer, &x, &mut y).unwrap();
+        let m = be.accumulators(&layer).unwrap().moments[0];
+        let rel = (m.variance() - want.variance()).abs() / want.variance();
+        assert!(rel < 1e-4, "{level:?}: relative variance error {rel}");
+    }
+}
+
+#[test]
+fn huge_values_never_give_nan_statistics() {
+    let st = LayerState::new(LayerConfig::new(64, 2).unwrap()).unwrap();
+    let v: Vec<f32> = (0..64 * 4).map(|i| if i % 2 == 0 { 1e30 } else { -3e30 } * (1.0 + i as f32 * 1e-3)).collect();
+    let big: Vec<f32> = (0..64 * 4).map(|i| if i % 3 == 0 { f32::MAX } else { -f32::MAX }).collect();
+    for level in levels() {
+        let be = CpuBackend::with_options(1, level).unwrap();
+        for data in [v.clone(), big.clone()] {
+            let mut layer = be.create_layer(&st).unwrap();
+            let x = tensor(&be, 4, 64, &HostTensorData::F32(data));
+            let mut y = be.alloc(4, 64, DType::F32).unwrap();
+            be.forward(&mut layer, &x, &mut y).unwrap();
+            let acc = be.accumulators(&layer).unwrap();
+            for m in &acc.moments {
+                assert_eq!(m.count, 128);
+                assert!(!m.mean.is_nan() && !m.m2.is_nan() && m.m2 > 1e59, "{level:?}: {m:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn strict_mode_clamps_and_zeroes_the_gradient_of_clamped_elements() {
+    // One GRAFTING RESIDUAL seed, a = 1 would be FOSSILIZED; use FOSSILIZED to read t directly.
+    let mut st =
+        LayerState::new(LayerConfig::new(4, 1).unwrap().with_stability(StabilityMode::Strict { k: 1.0 })).unwrap();
+    st.seeds.lifecycle[0] = LifecycleState::Fossilized;
+    st.seeds.alpha[0] = 1.0;
+    st.seeds.clamp_mean[0] = 0.0;
+    st.seeds.clamp_std[0] = 2.0; // band [-2, 2]
+    st.params.weights = vec![0.0, 0.0, 0.0, 0.0];
+    for level in levels() {
+        let be = CpuBackend::with_options(1, level).unwrap();
+        let mut layer = be.create_layer(&st).unwrap();
+        let x = tensor(&be, 1, 4, &HostTensorData::F32(vec![-3.0, -1.0, 1.5, 7.0]));
+        let mut y = be.alloc(1, 4, DType::F32).unwrap();
+        be.forward(&mut layer, &x, &mut y).unwrap();
+        assert_eq!(read(&be, &y), HostTensorData::F32(vec![-2.0, -1.0, 1.5, 2.0]));
+        let g = tensor(&be, 1, 4, &HostTensorData::F32(vec![1.0, 2.0, 3.0, 4.0]));
+        let mut dx = be.alloc(1, 4, DType::F32).unwrap();
+        be.backward(&mut layer, &x, &g, &mut dx).unwrap();
+        assert_eq!(read(&be, &dx), HostTensorData::F32(vec![0.0, 2.0, 3.0, 0.0]), "{level:?}");
+        let pg = be.param_grads(&layer).unwrap();
+        assert_eq!(pg.dweights, vec![0.0, 2.0, 3.0, 0.0]);
+        // grad_norm uses the raw g.
+        assert_eq!(pg.grad_norm, vec![30f32.sqrt()]);
+    }
+}
+
+#[test]
+fn results_are_bit_identical_for_any_thread_count() {
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let (h, s, rows): (usize, usize, usize) = (64 * 8, 8, 2600); // 512 rows per block: 6 blocks, the last partial
+    assert!(rows.div_ceil(crate::layer::rows_per_block(rows, h)) > 4);
+    let st = mixed_state(h, s, StabilityMode::Off, &mut rng);
+    for dtype in [DType::F32, DType::BF16] {
+        let xd = random_data(dtype, rows * h, &mut rng);
+        let gd = random_data(dtype, rows * h, &mut rng);
+        for level in levels() {
+            let mut results = Vec::new();
+            for threads in [1, 2, 3, 5] {
+                let be = CpuBackend::with_options(threads, level).unwrap();
+                let mut layer = be.create_layer(&st).unwrap();
+                let x = tensor(&be, rows, h, &xd);
+                let g = tensor(&be, rows, h, &gd);
+                let mut y = be.alloc(rows, h, dtype).unwrap();
+                let mut dx = be.alloc(rows, h, dtype).unwrap();
+                be.forward(&mut layer, &x, &mut y).unwrap();
+                be.forward(&mut layer, &x, &mut y).unwrap();
+                be.backward(&mut layer, &x, &g, &mut dx).unwrap();
+                let acc = be.accumulators(&layer).unwrap();
+                let pg = be.param_grads(&layer).unwrap();
+                let mbits: Vec<u64> = acc
+                    .moments
+                    .iter()
+                    .flat_map(|m| [m.count, m.mean.to_bits(), m.m2.to_bits(), m.min.to_bits(), m.max.to_bits(), m.dead])
+                    .chain(acc.grad_sq.iter().map(|v| v.to_bits()))
+                    .collect();
+                let gbits: Vec<u32> =
+                    pg.dweights.iter().chain(&pg.dscales).chain(&pg.grad_norm).map(|v| v.to_bits()).collect();
+                results.push((bits(&read(&be, &y)), bits(&read(&be, &dx)), mbits, gbits));
+            }
+            for r in &results[1..] {
+                assert!(r == &results[0], "{dtype} {level:?}: results differ between thread counts");
+            }
+        }
+    }
+}
+
+#[test]
+fn device_checksum_follows_uploads() {
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let mut st = mixed_state(32, 4, StabilityMode::strict(), &mut rng);
+    let be = CpuBackend::with_threads(1).unwrap();
+    let mut layer = be.create_layer(&st).unwrap();
+    assert_eq!(be.checksum(&layer).unwrap(), kasmina_core::checksum::checksum(&st));
+    st.params.scales[2] = 0.25;
+    st.epoch = 9;
+    be.upload(&mut layer, &st, StateChange::Seeds(&[2])).unwrap();
+    assert_eq!(be.checksum(&layer).unwrap(), kasmina_core::checksum::checksum(&st));
+    assert!(be.upload(&mut layer, &st, StateChange::Seeds(&[4])).is_err());
+}
+
+#[test]
+fn read_write_copy_round_trip_and_check_shapes() {
+    let be = CpuBackend::with_threads(2).unwrap();
+    let data = HostTensorData::BF16((0..30).map(|i| bf16::from_f32(i as f32)).collect());
+    let t = tensor(&be, 3, 10, &data);
+    let mut u = be.alloc(3, 10, DType::BF16).unwrap();
+    be.copy(&t, &mut u).unwrap();
+    assert_eq!(read(&be, &u), data);
+    let mut wrong = be.alloc(3, 10, DType::F16).unwrap();
+    assert!(be.copy(&t, &mut wrong).is_err());
+    let mut short = vec![0.0f32; 5];
+    assert!(be.read(&t, HostDataMut::F32(&mut short)).is_err());
+    assert!(be.write(&mut u, HostData::F32(&[1.0; 30])).is_err());
+}
+
+#[test]
+fn accumulators_add_up_over_calls_and_reset() {
+    let st = LayerState::new(LayerConfig::new(16, 2).unwrap()).unwrap();
+    let be = CpuBackend::with_threads(1).unwrap();
+    let mut layer = be.create_layer(&st).unwrap();
+    let x = tensor(&be, 2, 16, &HostTensorData::F32((0..32).map(|i| i as f32).collect()));
+    let mut y = be.alloc(2, 16, DType::F32).unwrap();
+    be.forward(&mut layer, &x, &mut y).unwrap();
+    be.forward(&mut layer, &x, &mut y).unwrap();
+    assert_eq!(be.accumulators(&layer).unwrap().moments[0].count, 32);
+    be.reset_accumulators(&mut layer).unwrap();
+    assert_eq!(be.accumulators(&layer).unwrap().moments[0], Moments::empty());
+}
