@@ -31,6 +31,11 @@ const MAX_ROWS_PER_BLOCK: u32 = 4096;
 const GRAPH_MAX_BYTES: usize = 8 << 20;
 /// Captured graphs kept per layer before the cache is cleared.
 const MAX_GRAPHS: usize = 32;
+/// Most threads per block of the seed-uniform kernels (their `__launch_bounds__`).
+const UNIFORM_MAX_THREADS: u32 = 256;
+/// Forward calls with at most this many statistics partials merge them in the main kernel
+/// (its last block), saving the merge launch; larger ones use the parallel merge kernel.
+const FUSED_MERGE_MAX_SLOTS: usize = 2048;
 
 /// (operation, dtype, rows, cols) of a picked launch configuration.
 type PickKey = (&'static str, DType, usize, usize);
@@ -83,6 +88,12 @@ pub struct CudaBackend {
     picked: Mutex<HashMap<PickKey, KernelConfig>>,
     /// Whether small calls replay CUDA graphs (`KASMINA_CUDA_GRAPHS=off` disables them).
     graphs: bool,
+    /// Whether the seed-uniform kernels are used where they apply
+    /// (`KASMINA_CUDA_UNIFORM=off` forces the per-column kernels).
+    uniform: bool,
+    /// Whether small forwards merge their statistics in the main kernel
+    /// (`KASMINA_CUDA_FUSED_MERGE=off` keeps the separate merge kernel).
+    fused_merge: bool,
 }
 
 impl std::fmt::Debug for CudaBackend {
@@ -106,6 +117,11 @@ fn driver_present() -> CudaResult<()> {
                 .into(),
         ))
     }
+}
+
+/// Whether environment variable `name` is set to off / 0 / false / no.
+fn env_off(name: &str) -> bool {
+    matches!(std::env::var(name).map(|v| v.to_ascii_lowercase()).as_deref(), Ok("off" | "0" | "false" | "no"))
 }
 
 fn unavailable_if_no_device(e: CudaError) -> CudaError {
@@ -143,11 +159,14 @@ impl Geometry {
         Ok(Self { cfg, tw, n_rg, n_tiles: n_tiles as u32, segs })
     }
 
-    fn launch(&self, shared_per_col: u32) -> LaunchConfig {
+    /// The launch: `shared_per_item` bytes of shared memory per column, or per thread for
+    /// the seed-uniform kernels.
+    fn launch(&self, shared_per_item: u32, uniform: bool) -> LaunchConfig {
+        let items = if uniform { self.cfg.threads } else { self.tw };
         LaunchConfig {
             grid_dim: (self.n_rg as u32, self.n_tiles, 1),
             block_dim: (self.cfg.threads, 1, 1),
-            shared_mem_bytes: self.tw * shared_per_col,
+            shared_mem_bytes: items * shared_per_item,
         }
     }
 
@@ -179,6 +198,11 @@ impl CudaBackend {
             ("forward-identity", &k.fwd_identity),
             ("backward", &k.bwd),
             ("backward-identity", &k.bwd_identity),
+            ("forward-uniform", &k.fwdu),
+            ("forward-uniform-identity", &k.fwdu_identity),
+            ("forward-uniform-fused", &k.fwdu_fused),
+            ("backward-uniform", &k.bwdu),
+            ("backward-uniform-identity", &k.bwdu_identity),
         ] {
             let regs = f.num_regs().ctx("reading kernel attributes")?;
             let local = f.local_size_bytes().ctx("reading kernel attributes")?;
@@ -238,10 +262,9 @@ impl CudaBackend {
             modules: Mutex::new(HashMap::new()),
             tuner: Mutex::new(tuner),
             picked: Mutex::new(HashMap::new()),
-            graphs: !matches!(
-                std::env::var("KASMINA_CUDA_GRAPHS").map(|v| v.to_ascii_lowercase()).as_deref(),
-                Ok("off" | "0" | "false" | "no")
-            ),
+            graphs: !env_off("KASMINA_CUDA_GRAPHS"),
+            uniform: !env_off("KASMINA_CUDA_UNIFORM"),
+            fused_merge: !env_off("KASMINA_CUDA_FUSED_MERGE"),
         })
     }
 
@@ -289,7 +312,7 @@ impl CudaBackend {
                 [128u32, 256].iter().map(|t| Self::threads_for(h, vec, (*t).min(MAX_TILE / vec))).collect();
             threads.dedup();
             for &t in &threads {
-                for rows in [4u32, 16, 32, 64, 128] {
+                for rows in [4u32, 16, 32, 64, 128, 256] {
                     if rows as usize > b.max(4) * 2 {
                         continue;
                     }
@@ -351,6 +374,34 @@ impl CudaBackend {
         Ok(cfg)
     }
 
+    /// Whether the seed-uniform kernels run `cfg` on `layer`: each thread's columns must lie in
+    /// one seed (C a multiple of the vector width) and the block fit their launch bounds.
+    fn uses_uniform(&self, layer: &CudaLayer, cfg: &KernelConfig) -> bool {
+        self.uniform && layer.c.is_multiple_of(cfg.vec as usize) && cfg.threads <= UNIFORM_MAX_THREADS
+    }
+
+    /// Whether a forward of `rows` rows with `cfg` merges its statistics in the main kernel.
+    fn fuses(&self, layer: &CudaLayer, cfg: &KernelConfig, rows: usize) -> CudaResult<bool> {
+        let g = Geometry::new(*cfg, rows, layer.h, layer.c, layer.s)?;
+        Ok(self.fused_merge && self.uses_uniform(layer, cfg) && g.slots() <= FUSED_MERGE_MAX_SLOTS)
+    }
+
+    /// The tuner's operation name: the uniform kernels are tuned apart from the per-column ones.
+    fn op_name(&self, layer: &CudaLayer, backward: bool) -> &'static str {
+        // Whether uniform applies can depend on the vector width; C % 8 == 0 covers every width.
+        let uni = self.uniform && layer.c.is_multiple_of(8);
+        match (backward, layer.any_active(), uni) {
+            (false, true, false) => "forward",
+            (false, false, false) => "forward-identity",
+            (true, true, false) => "backward",
+            (true, false, false) => "backward-identity",
+            (false, true, true) => "forward-uniform",
+            (false, false, true) => "forward-uniform-identity",
+            (true, true, true) => "backward-uniform",
+            (true, false, true) => "backward-uniform-identity",
+        }
+    }
+
     fn check_layer_tensor(layer: &CudaLayer, what: &str, t: &CudaTensor, rows: usize, dtype: DType) -> Result<()> {
         if t.cols != layer.h || t.rows != rows {
             return Err(Error::shape(what, format!("[{rows}, {}]", layer.h), format!("[{}, {}]", t.rows, t.cols)));
@@ -375,11 +426,21 @@ impl CudaBackend {
         x: &CudaTensor,
         y: &mut CudaTensor,
         cfg: KernelConfig,
+        fuse_merge: bool,
     ) -> CudaResult<Geometry> {
         Self::check_cfg(&cfg, x.dtype, layer.h)?;
         let k = self.kernels(x.dtype, cfg.vec)?;
         let g = Geometry::new(cfg, x.rows, layer.h, layer.c, layer.s)?;
-        let f = if layer.any_active() { &k.fwd } else { &k.fwd_identity };
+        let uni = self.uses_uniform(layer, &cfg);
+        let fuse_merge = fuse_merge && uni;
+        let f = match (uni, layer.any_active(), fuse_merge) {
+            (false, true, _) => &k.fwd,
+            (false, false, _) => &k.fwd_identity,
+            (true, true, false) => &k.fwdu,
+            (true, false, false) => &k.fwdu_identity,
+            (true, true, true) => &k.fwdu_fused,
+            (true, false, true) => &k.fwdu_identity_fused,
+        };
         let part = layer.part.ensure(&self.stream, g.slots() * PARTIAL_BYTES)?;
         let (b, h, c, r, segs) = (x.rows as u64, layer.h as u32, layer.c as u32, cfg.rows, g.segs);
         let mut lb = self.stream.launch_builder(f);
@@ -395,10 +456,24 @@ impl CudaBackend {
             .arg(&layer.coef)
             .arg(part)
             .arg(&segs);
+        let s = layer.s as u32;
+        let no_counter: u64 = 0;
+        if uni {
+            lb.arg(&mut layer.acc);
+            if fuse_merge {
+                lb.arg(&mut layer.counter);
+            } else {
+                lb.arg(&no_counter);
+            }
+            lb.arg(&s);
+        }
         // SAFETY: the arguments match kasmina_fwd's parameters in order and type; x and y
         // hold B*H elements of the module's dtype, consts S records, colc and coef H entries, and
         // part the geometry's slots; H is a multiple of the vector width (check_cfg).
-        unsafe { lb.launch(g.launch(PARTIAL_BYTES as u32)) }.ctx("launching kasmina_fwd")?;
+        // The uniform kernels take the same arguments plus the accumulators, the block counter
+        // (a null pointer: no fused merge) and S, with one shared Partial per thread; the
+        // counter is 0 between launches (the fused merge's last block re-arms it).
+        unsafe { lb.launch(g.launch(PARTIAL_BYTES as u32, uni)) }.ctx("launching kasmina_fwd")?;
         Ok(g)
     }
 
@@ -408,7 +483,10 @@ impl CudaBackend {
         let (n_rg, n_tiles, segs, tw, c, s) = (g.n_rg, g.n_tiles, g.segs, g.tw, layer.c as u32, layer.s as u32);
         let mut lb = self.stream.launch_builder(&k.fwd_merge);
         lb.arg(&*part).arg(&n_rg).arg(&n_tiles).arg(&segs).arg(&tw).arg(&c).arg(&s).arg(&mut layer.acc);
-        let cfg = LaunchConfig { grid_dim: (s.div_ceil(8), 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        // One block per seed; fewer threads when the seed has few partials.
+        let items = g.n_rg.saturating_mul(g.n_tiles as u64).min(1 << 20);
+        let threads = (items.div_ceil(2).div_ceil(32) * 32).clamp(32, 256) as u32;
+        let cfg = LaunchConfig { grid_dim: (s, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
         // SAFETY: arguments match kasmina_fwd_merge; part was written by the forward with this geometry.
         unsafe { lb.launch(cfg) }.ctx("launching kasmina_fwd_merge")?;
         Ok(())
@@ -427,7 +505,13 @@ impl CudaBackend {
         let k = self.kernels(x.dtype, cfg.vec)?;
         let g = Geometry::new(cfg, x.rows, layer.h, layer.c, layer.s)?;
         let pbytes = if layer.any_active() { g.n_rg as usize * layer.h * 3 * 4 } else { 16 };
-        let f = if layer.any_active() { &k.bwd } else { &k.bwd_identity };
+        let uni = self.uses_uniform(layer, &cfg);
+        let f = match (uni, layer.any_active()) {
+            (false, true) => &k.bwd,
+            (false, false) => &k.bwd_identity,
+            (true, true) => &k.bwdu,
+            (true, false) => &k.bwdu_identity,
+        };
         let gpart = layer.gpart.ensure(&self.stream, g.slots() * 4)?;
         let ppart = layer.ppart.ensure(&self.stream, pbytes)?;
         let (b, h, c, r, segs) = (x.rows as u64, layer.h as u32, layer.c as u32, cfg.rows, g.segs);
@@ -447,11 +531,14 @@ impl CudaBackend {
             .arg(&segs);
         // SAFETY: the arguments match kasmina_bwd's parameters; x, g, dx hold B*H elements;
         // ppart holds n_rg*H*3 floats whenever a seed is active (only active columns are written).
-        unsafe { lb.launch(g.launch(4)) }.ctx("launching kasmina_bwd")?;
+        // (The uniform kernels take the same arguments, with one shared float per thread.)
+        unsafe { lb.launch(g.launch(4, uni)) }.ctx("launching kasmina_bwd")?;
         Ok(g)
     }
 
-    fn launch_bwd_tail(&self, layer: &mut CudaLayer, dtype: DType, g: &Geometry) -> CudaResult<()> {
+    /// The per-column sums of the parameter partials and, with `finalize`, the gradients and
+    /// the Σg² accumulator (without it the tail is idempotent, for the tuner's timing).
+    fn launch_bwd_tail(&self, layer: &mut CudaLayer, dtype: DType, g: &Geometry, finalize: bool) -> CudaResult<()> {
         let k = self.kernels(dtype, g.cfg.vec)?;
         let any_active = layer.any_active();
         let pbytes = if any_active { g.n_rg as usize * layer.h * 3 * 4 } else { 16 };
@@ -468,6 +555,9 @@ impl CudaBackend {
             };
             // SAFETY: arguments match kasmina_bwd_colsum; ppart holds n_rg*H*3 floats, colsum H*3 doubles.
             unsafe { lb.launch(cfg) }.ctx("launching kasmina_bwd_colsum")?;
+        }
+        if !finalize {
+            return Ok(());
         }
         let gpart = layer.gpart.ensure(&self.stream, g.slots() * 4)?;
         let mut lb = self.stream.launch_builder(&k.bwd_finalize);
@@ -583,11 +673,13 @@ impl CudaBackend {
             coef: zeros_f32(h)?,
             colc: zeros_u8(h * std::mem::size_of::<ColCoef>())?,
             acc: zeros_u8(s * std::mem::size_of::<Acc>())?,
+            tune_acc: zeros_u8(s * std::mem::size_of::<Acc>())?,
             acc_g2: st.alloc_zeros::<f64>(s).ctx("allocating layer memory")?,
             dweights: zeros_f32(s * c)?,
             dscales: zeros_f32(s)?,
             gnorm: zeros_f32(s)?,
             colsum: st.alloc_zeros::<f64>(h * 3).ctx("allocating layer memory")?,
+            counter: st.alloc_zeros::<u32>(1).ctx("allocating layer memory")?,
             part: Scratch::default(),
             gpart: Scratch::default(),
             ppart: Scratch::default(),
@@ -655,9 +747,18 @@ impl CudaBackend {
             return Ok(());
         }
         let bytes = 2 * x.num_bytes();
-        let op = if layer.any_active() { "forward" } else { "forward-identity" };
+        let op = self.op_name(layer, false);
         let cfg = self.pick(op, x.dtype, x.rows, layer.h, &mut |cfg| {
-            self.time_avg(Self::tune_reps(bytes), &mut || self.launch_fwd_main(layer, x, y, *cfg).map(|_| ()))
+            // The whole call (main kernel and merge) is timed, so fewer, larger row groups win
+            // where the merge costs more than they do; it merges into a scratch accumulator.
+            let fuse = self.fuses(layer, cfg, x.rows)?;
+            std::mem::swap(&mut layer.acc, &mut layer.tune_acc);
+            let ms = self.time_avg(Self::tune_reps(bytes), &mut || {
+                let g = self.launch_fwd_main(layer, x, y, *cfg, fuse)?;
+                if fuse { Ok(()) } else { self.launch_fwd_merge(layer, x.dtype, &g) }
+            });
+            std::mem::swap(&mut layer.acc, &mut layer.tune_acc);
+            ms
         })?;
         Self::check_cfg(&cfg, x.dtype, layer.h)?;
         // Compile / load and size the scratch before any capture.
@@ -674,9 +775,10 @@ impl CudaBackend {
             any_active: layer.any_active(),
             dead_eps_bits: layer.dead_eps.to_bits(),
         };
+        let fuse = self.fuses(layer, &cfg, x.rows)?;
         let mut run = |layer: &mut CudaLayer| {
-            self.launch_fwd_main(layer, x, y, cfg)?;
-            self.launch_fwd_merge(layer, dtype, &g)
+            self.launch_fwd_main(layer, x, y, cfg, fuse)?;
+            if fuse { Ok(()) } else { self.launch_fwd_merge(layer, dtype, &g) }
         };
         if self.graphs && x.num_bytes() <= GRAPH_MAX_BYTES { self.graphed(layer, key, &mut run) } else { run(layer) }
     }
@@ -695,9 +797,13 @@ impl CudaBackend {
             return st.memset_zeros(&mut layer.gnorm).ctx("clearing gradients");
         }
         let bytes = 3 * x.num_bytes();
-        let op = if layer.any_active() { "backward" } else { "backward-identity" };
+        let op = self.op_name(layer, true);
         let cfg = self.pick(op, x.dtype, x.rows, layer.h, &mut |cfg| {
-            self.time_avg(Self::tune_reps(bytes), &mut || self.launch_bwd_main(layer, x, g, dx, *cfg).map(|_| ()))
+            // The main kernel and the column sums of its partials (fewer row groups, fewer partials).
+            self.time_avg(Self::tune_reps(bytes), &mut || {
+                let geo = self.launch_bwd_main(layer, x, g, dx, *cfg)?;
+                self.launch_bwd_tail(layer, x.dtype, &geo, false)
+            })
         })?;
         Self::check_cfg(&cfg, x.dtype, layer.h)?;
         self.kernels(x.dtype, cfg.vec)?;
@@ -718,7 +824,7 @@ impl CudaBackend {
         };
         let mut run = |layer: &mut CudaLayer| {
             self.launch_bwd_main(layer, x, g, dx, cfg)?;
-            self.launch_bwd_tail(layer, dtype, &geo)
+            self.launch_bwd_tail(layer, dtype, &geo, true)
         };
         if self.graphs && x.num_bytes() <= GRAPH_MAX_BYTES { self.graphed(layer, key, &mut run) } else { run(layer) }
     }

@@ -118,6 +118,18 @@ pub struct Kernels {
     pub bwd: CudaFunction,
     /// The backward when every seed is identity (dx = g and Σg²).
     pub bwd_identity: CudaFunction,
+    /// Seed-uniform forward (C % V == 0: a thread's columns lie in one seed).
+    pub fwdu: CudaFunction,
+    /// Seed-uniform identity forward.
+    pub fwdu_identity: CudaFunction,
+    /// Seed-uniform forward that also merges the statistics (small calls).
+    pub fwdu_fused: CudaFunction,
+    /// Seed-uniform identity forward that also merges the statistics (small calls).
+    pub fwdu_identity_fused: CudaFunction,
+    /// Seed-uniform backward.
+    pub bwdu: CudaFunction,
+    /// Seed-uniform identity backward.
+    pub bwdu_identity: CudaFunction,
     /// Merges forward partials into the accumulators (f64, fixed order).
     pub fwd_merge: CudaFunction,
     /// Sums backward parameter partials per column.
@@ -137,6 +149,12 @@ impl Kernels {
             fwd_identity: f("kasmina_fwd_identity")?,
             bwd: f("kasmina_bwd")?,
             bwd_identity: f("kasmina_bwd_identity")?,
+            fwdu: f("kasmina_fwdu")?,
+            fwdu_identity: f("kasmina_fwdu_identity")?,
+            fwdu_fused: f("kasmina_fwdu_fused")?,
+            fwdu_identity_fused: f("kasmina_fwdu_identity_fused")?,
+            bwdu: f("kasmina_bwdu")?,
+            bwdu_identity: f("kasmina_bwdu_identity")?,
             fwd_merge: f("kasmina_fwd_merge")?,
             bwd_colsum: f("kasmina_bwd_colsum")?,
             bwd_finalize: f("kasmina_bwd_finalize")?,
@@ -178,9 +196,19 @@ mod tests {
             for &v in vector_widths(dtype) {
                 let ptx = compile("sm_80", dtype, v).unwrap_or_else(|e| panic!("{dtype} v{v}: {e}"));
                 let src = ptx.to_src();
-                for k in
-                    ["kasmina_fwd", "kasmina_bwd", "kasmina_fwd_merge", "kasmina_bwd_colsum", "kasmina_bwd_finalize"]
-                {
+                for k in [
+                    "kasmina_fwd",
+                    "kasmina_bwd",
+                    "kasmina_fwdu",
+                    "kasmina_fwdu_identity",
+                    "kasmina_fwdu_fused",
+                    "kasmina_fwdu_identity_fused",
+                    "kasmina_bwdu",
+                    "kasmina_bwdu_identity",
+                    "kasmina_fwd_merge",
+                    "kasmina_bwd_colsum",
+                    "kasmina_bwd_finalize",
+                ] {
                     assert!(src.contains(&format!(".entry {k}(")), "{dtype} v{v} lacks {k}");
                 }
             }

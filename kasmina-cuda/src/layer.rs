@@ -129,6 +129,8 @@ pub struct CudaLayer {
     pub(crate) colc: CudaSlice<u8>,
     /// `[S]` Acc.
     pub(crate) acc: CudaSlice<u8>,
+    /// `[S]` Acc the autotuner's timed forwards merge into (never read).
+    pub(crate) tune_acc: CudaSlice<u8>,
     /// `[S]` Σg² since the last reset.
     pub(crate) acc_g2: CudaSlice<f64>,
     pub(crate) dweights: CudaSlice<f32>,
@@ -136,6 +138,8 @@ pub struct CudaLayer {
     pub(crate) gnorm: CudaSlice<f32>,
     /// `[H, 3]` per-column sums of the backward partials.
     pub(crate) colsum: CudaSlice<f64>,
+    /// One u32: blocks of a fused forward that have finished (0 between launches).
+    pub(crate) counter: CudaSlice<u32>,
     pub(crate) part: Scratch,
     pub(crate) gpart: Scratch,
     pub(crate) ppart: Scratch,

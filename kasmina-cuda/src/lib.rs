@@ -17,6 +17,12 @@
 //!   ([`autotune`]; `KASMINA_AUTOTUNE=off`, `KASMINA_AUTOTUNE_CACHE=<file>`).
 //! - Small calls (at most 8 MB per tensor), where launch latency dominates,
 //!   replay a captured CUDA graph (`KASMINA_CUDA_GRAPHS=off` disables it).
+//! - When the chunk size is a multiple of the vector width, seed-uniform
+//!   kernels run instead (one seed per thread: per-thread statistics, CONV
+//!   neighbours through warp shuffles, far fewer registers;
+//!   `KASMINA_CUDA_UNIFORM=off` keeps the per-column ones), and small forwards
+//!   merge their statistics in the main kernel's last block
+//!   (`KASMINA_CUDA_FUSED_MERGE=off` keeps the separate merge kernel).
 //!
 //! Without a driver, a device or NVRTC, [`CudaBackend::new`] returns a
 //! [`kasmina_core::BackendErrorKind::Unavailable`] error.

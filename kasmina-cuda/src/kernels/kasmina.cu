@@ -111,6 +111,17 @@ struct DBF16 {
     }
 };
 
+// Two outputs rounded into one 32-bit word (lo = y0, hi = y1) for 16-bit dtypes.
+__device__ __forceinline__ u32 out2_bf16(float y0, float y1) {
+#if __CUDA_ARCH__ >= 800
+    u32 r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(y1), "f"(y0));
+    return r;
+#else
+    return (u32)DBF16::out(y0) | ((u32)DBF16::out(y1) << 16);
+#endif
+}
+
 struct alignas(16) Raw16 { u32 a, b, c, d; };
 struct alignas(8) Raw8 { u32 a, b; };
 template <int BYTES> struct RawOf;
@@ -127,6 +138,17 @@ template <class D, int V> struct Pack {
         typename D::R e[V];
     };
 };
+
+// Sets elements l and l + 1 (l even) of a pack from two floats.
+template <class D, int V>
+__device__ __forceinline__ void put2(Pack<D, V>& p, int l, float y0, float y1) {
+    p.e[l] = D::out(y0);
+    p.e[l + 1] = D::out(y1);
+}
+template <int V>
+__device__ __forceinline__ void put2(Pack<DBF16, V>& p, int l, float y0, float y1) {
+    reinterpret_cast<u32*>(p.e)[l / 2] = out2_bf16(y0, y1);
+}
 
 __device__ __forceinline__ bool finite_f(float f) { return (__float_as_uint(f) & 0x7f800000u) != 0x7f800000u; }
 
@@ -256,10 +278,11 @@ __device__ __forceinline__ M64 m64_merge(const M64& a, const M64& b) {
         r.mean = a.mean;
         r.m2 = a.m2;
     } else {
-        double na = (double)a.n, nb = (double)b.n, nt = (double)r.n;
+        // One division: fb = nb / n, and na nb / n = na fb.
+        double na = (double)a.n, fb = (double)b.n / (double)r.n;
         double delta = b.mean - a.mean;
-        r.mean = a.mean + delta * (nb / nt);
-        r.m2 = a.m2 + b.m2 + delta * delta * (na * nb / nt);
+        r.mean = a.mean + delta * fb;
+        r.m2 = a.m2 + b.m2 + delta * delta * (na * fb);
     }
     return r;
 }
@@ -499,48 +522,108 @@ __device__ __forceinline__ void fwd_impl(const typename D::R* __restrict__ x, ty
     }
 }
 
-// One warp per seed merges every partial of the call in f64 (fixed order), then adds
-// the call's statistics to the seed's accumulator.
+// A partial read through L2 (ld.global.cg): the fused merge reads partials other blocks
+// of the same launch wrote, which this SM's L1 must not serve.
+__device__ __forceinline__ Partial load_partial_cg(const Partial* p) {
+    u32 a, b, c, d, e, f, g, h;
+    asm volatile("ld.global.cg.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(a), "=r"(b), "=r"(c), "=r"(d) : "l"(p));
+    asm volatile("ld.global.cg.v4.u32 {%0, %1, %2, %3}, [%4+16];" : "=r"(e), "=r"(f), "=r"(g), "=r"(h) : "l"(p));
+    Partial r;
+    r.K = __uint_as_float(a);
+    r.d = __uint_as_float(b);
+    r.m2 = __uint_as_float(c);
+    r.mn = __uint_as_float(d);
+    r.mx = __uint_as_float(e);
+    r.n = f;
+    r.dead = g;
+    r.nf = h;
+    return r;
+}
+
+// Adds the call's statistics `m` to the seed's accumulator.
+__device__ __forceinline__ void acc_add(Acc* __restrict__ acc, u32 seed, const M64& m) {
+    Acc a = acc[seed];
+    M64 prev;
+    prev.n = a.n;
+    prev.dead = a.dead;
+    prev.nf = a.nf;
+    prev.mean = a.mean;
+    prev.m2 = a.m2;
+    prev.mn = a.mn;
+    prev.mx = a.mx;
+    M64 r = m64_merge(prev, m);
+    a.n = r.n;
+    a.dead = r.dead;
+    a.nf = r.nf;
+    a.mean = r.mean;
+    a.m2 = r.m2;
+    a.mn = r.mn;
+    a.mx = r.mx;
+    acc[seed] = a;
+}
+
+// One thread merges every partial of `seed` in f64, in order (the fused merge of small
+// calls, where a seed has few partials), reading them through L2.
+__device__ __forceinline__ void merge_seed_serial(const Partial* __restrict__ part, u64 n_rg, u32 n_tiles, u32 segs,
+                                                  u32 TW, u32 C, u32 seed, Acc* __restrict__ acc) {
+    const u64 t0 = ((u64)seed * C) / TW;
+    const u64 t1 = ((u64)(seed + 1) * C - 1) / TW;
+    M64 m = m64_empty();
+    for (u64 rg = 0; rg < n_rg; rg++) {
+        for (u64 t = t0; t <= t1; t++) {
+            const u64 k = seed - (t * TW) / C;
+            m = m64_merge(m, m64_of(load_partial_cg(part + (rg * n_tiles + t) * segs + k)));
+        }
+    }
+    acc_add(acc, seed, m);
+}
+
+// One block per seed (blockDim.x a multiple of 32, at most 1024): each thread merges a
+// strided share of the seed's partials in f64, then a fixed shuffle tree per warp and
+// one over the warps' results; the same order, hence the same bits, on every run.
 extern "C" __global__ void kasmina_fwd_merge(const Partial* __restrict__ part, u64 n_rg, u32 n_tiles, u32 segs,
                                              u32 TW, u32 C, u32 S, Acc* __restrict__ acc) {
-    const u32 warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const u32 seed = blockIdx.x * (blockDim.x / 32) + warp;
+    __shared__ M64 shm[32];
+    const u32 warp = threadIdx.x / 32, lane = threadIdx.x % 32, nw = blockDim.x / 32;
+    const u32 seed = blockIdx.x;
     if (seed >= S) return;
     const u64 t0 = ((u64)seed * C) / TW;
     const u64 t1 = ((u64)(seed + 1) * C - 1) / TW;
     const u64 nt = t1 - t0 + 1;
     const u64 items = n_rg * nt;
     M64 m = m64_empty();
-    for (u64 it = lane; it < items; it += 32) {
-        const u64 rg = it / nt;
-        const u64 t = t0 + it % nt;
-        const u64 k = seed - (t * TW) / C;
-        m = m64_merge(m, m64_of(part[(rg * n_tiles + t) * segs + k]));
+    const u64 bd = blockDim.x;
+    // Four loads in flight before their merges (same order as one at a time).
+    for (u64 it0 = threadIdx.x; it0 < items; it0 += 4 * bd) {
+        Partial p[4];
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+            const u64 it = it0 + u * bd;
+            if (it < items) {
+                const u64 rg = it / nt;
+                const u64 t = t0 + it % nt;
+                const u64 k = seed - (t * TW) / C;
+                p[u] = part[(rg * n_tiles + t) * segs + k];
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+            if (it0 + u * bd < items) m = m64_merge(m, m64_of(p[u]));
+        }
     }
     for (int off = 16; off > 0; off >>= 1) {
         M64 o = m64_shfl_down(m, off);
         m = m64_merge(m, o);
     }
-    if (lane == 0) {
-        Acc a = acc[seed];
-        M64 prev;
-        prev.n = a.n;
-        prev.dead = a.dead;
-        prev.nf = a.nf;
-        prev.mean = a.mean;
-        prev.m2 = a.m2;
-        prev.mn = a.mn;
-        prev.mx = a.mx;
-        M64 r = m64_merge(prev, m);
-        a.n = r.n;
-        a.dead = r.dead;
-        a.nf = r.nf;
-        a.mean = r.mean;
-        a.m2 = r.m2;
-        a.mn = r.mn;
-        a.mx = r.mx;
-        acc[seed] = a;
+    if (lane == 0) shm[warp] = m;
+    __syncthreads();
+    if (warp != 0) return;
+    m = lane < nw ? shm[lane] : m64_empty();
+    for (int off = 16; off > 0; off >>= 1) {
+        M64 o = m64_shfl_down(m, off);
+        m = m64_merge(m, o);
     }
+    if (lane == 0) acc_add(acc, seed, m);
 }
 
 // ---------------------------------------------------------------- backward
@@ -813,6 +896,535 @@ extern "C" __global__ void kasmina_bwd_finalize(const float* __restrict__ gpart,
     }
 }
 
+// ---------------------------------------------------------------- seed-uniform kernels
+//
+// Used when C % V == 0: every thread's V columns then lie in one seed, so the seed's
+// mode is a per-thread value (no per-lane branches), per-thread statistics replace the
+// per-column ones (a few registers instead of 6 V), a RESIDUAL / ATTENTION / MLP column
+// needs one coefficient in a register (the other two are per seed), and CONV takes its
+// neighbours from the thread's own registers or a warp shuffle instead of global memory.
+// Loads and stores stay outside every divergent branch.
+
+// The branch-free formula of lin_out for one seed type: `k` is R (RESIDUAL), P (ATTENTION)
+// or W (MLP); Ps and Qs are the seed's uniform P and Q. Same operations as lin_out.
+__device__ __forceinline__ float lin_u(u32 ty, float k, float Ps, float Qs, float x) {
+    if (ty == TYPE_RES) return fmaf(Ps, x, k);
+    if (ty == TYPE_ATT) return fmaf(k, x, 0.f);
+    float yv = fmaf(Ps, x, 0.f);
+    if (Qs != 0.f) yv = fmaf(Qs, relu_nan(k * x), yv);
+    return yv;
+}
+
+template <class D>
+__device__ __forceinline__ u32 raw_u32(typename D::R r) { return (u32)r; }
+
+// The values of columns c - 1 and c - 2 of one row for a CONV thread whose first column is
+// c (chunk position j0): from the lower neighbour lane's registers, else from memory.
+template <class D, int V>
+__device__ __forceinline__ void conv_left(const Pack<D, V>& e, const typename D::R* __restrict__ x, u64 rowoff, u32 c,
+                                          u32 j0, u32 lane, u32 wmask, bool conv, float& m1, float& m2) {
+    const u32 s1 = __shfl_up_sync(wmask, raw_u32<D>(e.e[V - 1]), 1);
+    const u32 s2 = V >= 2 ? __shfl_up_sync(wmask, raw_u32<D>(e.e[V >= 2 ? V - 2 : 0]), 1)
+                          : __shfl_up_sync(wmask, raw_u32<D>(e.e[V - 1]), 2);
+    m1 = 0.f;
+    m2 = 0.f;
+    if (conv) {
+        if (j0 >= 1) m1 = lane >= 1 ? D::in((typename D::R)s1) : D::in(x[rowoff + c - 1]);
+        if (j0 >= 2) m2 = lane >= (V >= 2 ? 1u : 2u) ? D::in((typename D::R)s2) : D::in(x[rowoff + c - 2]);
+    }
+}
+
+template <class D, int V>
+__device__ __forceinline__ float conv_xm1(const Pack<D, V>& e, int l, float m1) {
+    return l >= 1 ? D::in(e.e[l >= 1 ? l - 1 : 0]) : m1;
+}
+
+template <class D, int V>
+__device__ __forceinline__ float conv_xm2(const Pack<D, V>& e, int l, float m1, float m2) {
+    return l >= 2 ? D::in(e.e[l >= 2 ? l - 2 : 0]) : (l == 1 ? m1 : m2);
+}
+
+// Per-thread constants of an active seed (identity threads keep the defaults).
+template <int V>
+__device__ __forceinline__ void uni_setup(bool act, u32 ty, u32 seed, u32 c, const SeedConst* __restrict__ sc,
+                                          const ColCoef* __restrict__ colc, SeedConst& q, float* k, float& Ps,
+                                          float& Qs) {
+    q.flags = 0;
+    q.a = 0.f;
+    q.s = 0.f;
+    q.lo = 0.f;
+    q.hi = 0.f;
+    q.w0 = 0.f;
+    q.w1 = 0.f;
+    q.w2 = 0.f;
+    Ps = 1.f;
+    Qs = 0.f;
+#pragma unroll
+    for (int l = 0; l < V; l++) k[l] = 0.f;
+    if (act) {
+        q = sc[seed];
+        if (ty != TYPE_CONV) {
+            Ps = colc[c].P;
+            Qs = colc[c].Q;
+#pragma unroll
+            for (int l = 0; l < V; l++) {
+                const ColCoef kk = colc[c + l];
+                k[l] = ty == TYPE_RES ? kk.R : ty == TYPE_ATT ? kk.P : kk.W;
+            }
+        }
+    }
+}
+
+// Min / max of bf16 pairs in one instruction each (sm_80 on): the statistics' fast path
+// (all inputs finite, else recomputed) keeps running minima and maxima of packed pairs.
+template <class D, int V> struct MinMax2 {
+    static const bool ON = false;
+    static __device__ __forceinline__ u32 min2(u32 a, u32) { return a; }
+    static __device__ __forceinline__ u32 max2(u32 a, u32) { return a; }
+};
+#if __CUDA_ARCH__ >= 800
+template <int V> struct MinMax2<DBF16, V> {
+    static const bool ON = V >= 2;
+    static __device__ __forceinline__ u32 min2(u32 a, u32 b) {
+        u32 r;
+        asm("min.bf16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
+        return r;
+    }
+    static __device__ __forceinline__ u32 max2(u32 a, u32 b) {
+        u32 r;
+        asm("max.bf16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
+        return r;
+    }
+};
+#endif
+
+// The outputs of a row's lanes, two at a time (xa, xb: the inputs of lanes l, l + 1);
+// V == 1 takes the first expression only.
+#define FOR_PAIRS(YA, YB)                                                \
+    do {                                                                 \
+        if (V == 1) {                                                    \
+            const int l = 0;                                             \
+            const float xa = D::in(buf[u].e[0]);                         \
+            const float xb = xa;                                         \
+            (void)xb;                                                    \
+            out.e[0] = D::out(YA);                                       \
+        } else {                                                         \
+            _Pragma("unroll") for (int l = 0; l < (V > 1 ? V : 2); l += 2) { \
+                const float xa = D::in(buf[u].e[l]);                     \
+                const float xb = D::in(buf[u].e[l + 1]);                 \
+                put2(out, l, YA, YB);                                    \
+            }                                                            \
+        }                                                                \
+    } while (0)
+
+template <class D, int V, bool ACT, bool FUSE>
+__device__ __forceinline__ void fwdu_impl(const typename D::R* __restrict__ x, typename D::R* __restrict__ y, u64 B,
+                                          u32 H, u32 C, u32 R, float dead_eps, const SeedConst* __restrict__ sc,
+                                          const ColCoef* __restrict__ colc, const float* __restrict__ coef,
+                                          Partial* __restrict__ part, u32 segs, Acc* __restrict__ acc,
+                                          u32* __restrict__ counter, u32 S) {
+    typedef Pack<D, V> P;
+    extern __shared__ Partial sh_thr[];
+    const u32 T = blockDim.x;
+    const u32 TW = T * V;
+    const u32 tile = blockIdx.y;
+    const u64 rg = blockIdx.x;
+    const u32 c0 = tile * TW;
+    const u32 c = c0 + threadIdx.x * V;
+    const u64 r0 = rg * (u64)R;
+    const u64 rend = (r0 + R < B) ? r0 + R : B;
+    const u32 nrows = (u32)(rend - r0);
+    const bool inrange = c < H;
+    const u32 seed = inrange ? c / C : 0;
+    const u32 j0 = c - seed * C;
+    const u32 lane = threadIdx.x % 32;
+
+    u32 fl = 0;
+    if (ACT && inrange) fl = sc[seed].flags;
+    const bool act = ACT && (fl & FLAG_ACTIVE) != 0;
+    const u32 ty = btype(fl);
+    const bool conv = act && ty == TYPE_CONV;
+    SeedConst q;
+    float k[V];
+    float Ps, Qs;
+    uni_setup<V>(act, ty, seed, c, sc, colc, q, k, Ps, Qs);
+    const u32 wmask = __ballot_sync(0xffffffffu, inrange);
+    const bool wconv = ACT && __any_sync(0xffffffffu, conv);
+
+    // Shift: the first finite element of the thread's first row (0 if none).
+    float K = 0.f;
+    if (inrange && nrows > 0) {
+        P first;
+        first.raw = *reinterpret_cast<const typename P::Raw*>(x + r0 * (u64)H + c);
+#pragma unroll
+        for (int l = V - 1; l >= 0; l--) {
+            float f = D::in(first.e[l]);
+            if (finite_f(f)) K = f;
+        }
+    }
+    float S1 = 0.f, S2 = 0.f;
+    float mn = __int_as_float(0x7f800000), mx = __int_as_float(0xff800000);
+    u32 mn2 = 0x7f807f80u, mx2 = 0xff80ff80u;  // bf16 pairs (+inf, +inf), (-inf, -inf)
+    u32 dead = 0, nf = 0;
+
+    if (inrange) {
+        for (u32 i = 0; i < nrows; i += UNROLL) {
+            P buf[UNROLL];
+#pragma unroll
+            for (int u = 0; u < UNROLL; u++) {
+                if (i + u < nrows) {
+                    const u64 off = (r0 + i + u) * (u64)H + c;
+                    buf[u].raw = *reinterpret_cast<const typename P::Raw*>(x + off);
+                }
+            }
+#pragma unroll
+            for (int u = 0; u < UNROLL; u++) {
+                if (i + u < nrows) {
+                    const u64 rowoff = (r0 + i + u) * (u64)H;
+                    // Statistics assuming finite inputs; any non-finite input makes S1
+                    // non-finite and the thread recomputes them exactly below.
+#pragma unroll
+                    for (int l = 0; l < V; l++) {
+                        const float f = D::in(buf[u].e[l]);
+                        const float dd = f - K;
+                        S1 += dd;
+                        S2 = fmaf(dd, dd, S2);
+                        if (!MinMax2<D, V>::ON) {
+                            mn = fminf(mn, f);
+                            mx = fmaxf(mx, f);
+                        }
+                        dead += fabsf(f) < dead_eps ? 1u : 0u;
+                    }
+                    if (MinMax2<D, V>::ON) {
+#pragma unroll
+                        for (int w = 0; w < (V >= 2 ? V / 2 : 1); w++) {
+                            const u32 word = reinterpret_cast<const u32*>(buf[u].e)[w];
+                            mn2 = MinMax2<D, V>::min2(mn2, word);
+                            mx2 = MinMax2<D, V>::max2(mx2, word);
+                        }
+                    }
+                    P out;
+                    out.raw = buf[u].raw;
+                    if (ACT) {
+                        float m1 = 0.f, m2 = 0.f;
+                        if (wconv) conv_left<D, V>(buf[u], x, rowoff, c, j0, lane, wmask, conv, m1, m2);
+                        if (conv) {
+#pragma unroll
+                            for (int l = 0; l < V; l++) {
+                                const float xv = D::in(buf[u].e[l]);
+                                const float xm1 = conv_xm1<D, V>(buf[u], l, m1);
+                                const float xm2 = conv_xm2<D, V>(buf[u], l, m1, m2);
+                                out.e[l] = D::out(clamp_band(fl, q, seed_out(fl, 0.f, q, xv, xm1, xm2)));
+                            }
+                        } else if (act && finite_f(S1) && !(fl & FLAG_CLAMP)) {
+                            // Every input so far is finite (S1 would not be otherwise) and
+                            // nothing clamps: lin_out's operations, one type per thread.
+                            if (ty == TYPE_RES) {
+                                FOR_PAIRS(fmaf(Ps, xa, k[l]), fmaf(Ps, xb, k[l + 1]));
+                            } else if (ty == TYPE_ATT) {
+                                FOR_PAIRS(fmaf(k[l], xa, 0.f), fmaf(k[l + 1], xb, 0.f));
+                            } else if (Qs != 0.f) {
+                                FOR_PAIRS(fmaf(Qs, relu_nan(k[l] * xa), fmaf(Ps, xa, 0.f)),
+                                          fmaf(Qs, relu_nan(k[l + 1] * xb), fmaf(Ps, xb, 0.f)));
+                            } else {
+                                FOR_PAIRS(fmaf(Ps, xa, 0.f), fmaf(Ps, xb, 0.f));
+                            }
+                        } else if (act) {
+#pragma unroll
+                            for (int l = 0; l < V; l++) {
+                                const float xv = D::in(buf[u].e[l]);
+                                float yv;
+                                if (finite_f(xv)) {
+                                    yv = lin_u(ty, k[l], Ps, Qs, xv);
+                                } else {
+                                    yv = seed_out(fl, coef[c + l], q, xv, 0.f, 0.f);
+                                }
+                                out.e[l] = D::out(clamp_band(fl, q, yv));
+                            }
+                        }
+                    }
+                    *reinterpret_cast<typename P::Raw*>(y + rowoff + c) = out.raw;
+                }
+            }
+        }
+        if (MinMax2<D, V>::ON) {
+            mn = fminf(D::in((typename D::R)(mn2 & 0xffffu)), D::in((typename D::R)(mn2 >> 16)));
+            mx = fmaxf(D::in((typename D::R)(mx2 & 0xffffu)), D::in((typename D::R)(mx2 >> 16)));
+        }
+        if (!(finite_f(S1) && finite_f(S2))) {
+            // A non-finite input (or an overflow): the exact per-element path.
+            S1 = 0.f;
+            S2 = 0.f;
+            mn = __int_as_float(0x7f800000);
+            mx = __int_as_float(0xff800000);
+            dead = 0;
+            for (u32 i = 0; i < nrows; i++) {
+                P e;
+                e.raw = *reinterpret_cast<const typename P::Raw*>(x + (r0 + i) * (u64)H + c);
+#pragma unroll
+                for (int l = 0; l < V; l++) {
+                    const float f = D::in(e.e[l]);
+                    if (finite_f(f)) {
+                        const float dd = f - K;
+                        S1 += dd;
+                        S2 = fmaf(dd, dd, S2);
+                        mn = fminf(mn, f);
+                        mx = fmaxf(mx, f);
+                        dead += fabsf(f) < dead_eps ? 1u : 0u;
+                    } else {
+                        nf += 1u;
+                    }
+                }
+            }
+        }
+    }
+
+    {
+        Partial p = partial_empty();
+        if (inrange) {
+            const u32 n = nrows * V - nf;
+            p.nf = nf;
+            if (n > 0) {
+                p.n = n;
+                p.dead = dead;
+                p.K = K;
+                p.d = S1 / (float)n;
+                p.m2 = fmaxf(S2 - S1 * p.d, 0.f);
+                p.mn = mn;
+                p.mx = mx;
+            }
+        }
+        sh_thr[threadIdx.x] = p;
+    }
+    __syncthreads();
+
+    const u32 cend = (c0 + TW < H) ? c0 + TW : H;
+    const u32 sfirst = c0 / C;
+    const u32 nseg = (cend - 1) / C - sfirst + 1;
+    const u32 warp = threadIdx.x / 32, nw = T / 32;
+    for (u32 kk = warp; kk < nseg; kk += nw) {
+        const u32 sd = sfirst + kk;
+        const u32 lo = ((sd * C > c0 ? sd * C : c0) - c0) / V;
+        const u32 hi = (((sd + 1) * C < cend ? (sd + 1) * C : cend) - c0) / V;
+        Partial pacc = partial_empty();
+        for (u32 tt = lo + lane; tt < hi; tt += 32) pacc = partial_merge(pacc, sh_thr[tt]);
+        for (int off = 16; off > 0; off >>= 1) {
+            Partial o = partial_shfl_down(pacc, off);
+            pacc = partial_merge(pacc, o);
+        }
+        if (lane == 0) part[(rg * gridDim.y + tile) * (u64)segs + kk] = pacc;
+    }
+
+    // Fused merge (small calls, FUSE): the last block to finish merges every
+    // partial into the accumulators, in the same fixed order as kasmina_fwd_merge, and
+    // re-arms the counter for the next launch.
+    if (FUSE) {
+        __shared__ u32 is_last;
+        __threadfence();
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            const u32 total = gridDim.x * gridDim.y;
+            is_last = atomicAdd(counter, 1u) == total - 1 ? 1u : 0u;
+        }
+        __syncthreads();
+        if (is_last) {
+            __threadfence();
+            for (u32 sd = threadIdx.x; sd < S; sd += T) merge_seed_serial(part, gridDim.x, gridDim.y, segs, TW, C, sd, acc);
+            if (threadIdx.x == 0) *counter = 0u;
+        }
+    }
+}
+
+template <class D, int V, bool ACT>
+__device__ __forceinline__ void bwdu_impl(const typename D::R* __restrict__ x, const typename D::R* __restrict__ g,
+                                          typename D::R* __restrict__ dx, u64 B, u32 H, u32 C, u32 R,
+                                          const SeedConst* __restrict__ sc, const ColCoef* __restrict__ colc,
+                                          const float* __restrict__ coef, float* __restrict__ gpart,
+                                          float* __restrict__ ppart, u32 segs) {
+    typedef Pack<D, V> P;
+    extern __shared__ float sh_g2[];
+    const u32 T = blockDim.x;
+    const u32 TW = T * V;
+    const u32 tile = blockIdx.y;
+    const u64 rg = blockIdx.x;
+    const u32 c0 = tile * TW;
+    const u32 c = c0 + threadIdx.x * V;
+    const u64 r0 = rg * (u64)R;
+    const u64 rend = (r0 + R < B) ? r0 + R : B;
+    const u32 nrows = (u32)(rend - r0);
+    const bool inrange = c < H;
+    const u32 seed = inrange ? c / C : 0;
+    const u32 j0 = c - seed * C;
+    const u32 lane = threadIdx.x % 32;
+
+    u32 fl = 0;
+    if (ACT && inrange) fl = sc[seed].flags;
+    const bool act = ACT && (fl & FLAG_ACTIVE) != 0;
+    const u32 ty = btype(fl);
+    const bool conv = act && ty == TYPE_CONV;
+    SeedConst q;
+    float k[V];
+    float Ps, Qs;
+    uni_setup<V>(act, ty, seed, c, sc, colc, q, k, Ps, Qs);
+    const u32 wmask = __ballot_sync(0xffffffffu, inrange);
+    const bool wconv = ACT && __any_sync(0xffffffffu, conv);
+    const u32 lastlane = 31u - __clz(wmask | 1u);
+
+    float G2 = 0.f, P1 = 0.f, P2 = 0.f;
+    float P0[V];
+#pragma unroll
+    for (int l = 0; l < V; l++) P0[l] = 0.f;
+
+    if (inrange) {
+        for (u32 i = 0; i < nrows; i += UNROLL) {
+            P gb[UNROLL];
+            P xb[UNROLL];
+#pragma unroll
+            for (int u = 0; u < UNROLL; u++) {
+                if (i + u < nrows) {
+                    const u64 off = (r0 + i + u) * (u64)H + c;
+                    gb[u].raw = *reinterpret_cast<const typename P::Raw*>(g + off);
+                    if (act) xb[u].raw = *reinterpret_cast<const typename P::Raw*>(x + off);
+                }
+            }
+#pragma unroll
+            for (int u = 0; u < UNROLL; u++) {
+                if (i + u < nrows) {
+                    const u64 rowoff = (r0 + i + u) * (u64)H;
+                    P out;
+                    out.raw = gb[u].raw;
+#pragma unroll
+                    for (int l = 0; l < V; l++) {
+                        const float gf = D::in(gb[u].e[l]);
+                        G2 = fmaf(gf, gf, G2);
+                    }
+                    if (ACT) {
+                        if (wconv) {
+                            float m1 = 0.f, m2 = 0.f;
+                            conv_left<D, V>(xb[u], x, rowoff, c, j0, lane, wmask, conv, m1, m2);
+                            // The gradient reaching each column's pre-clamp output.
+                            float ge[V];
+#pragma unroll
+                            for (int l = 0; l < V; l++) {
+                                ge[l] = D::in(gb[u].e[l]);
+                                if (conv && (fl & FLAG_CLAMP)) {
+                                    const float xv = D::in(xb[u].e[l]);
+                                    const float xm1 = conv_xm1<D, V>(xb[u], l, m1);
+                                    const float xm2 = conv_xm2<D, V>(xb[u], l, m1, m2);
+                                    if (is_clamped(fl, q, seed_out(fl, 0.f, q, xv, xm1, xm2))) ge[l] = 0.f;
+                                }
+                            }
+                            // Columns c + V and c + V + 1 from the upper neighbour lane.
+                            const float n0 = __shfl_down_sync(wmask, ge[0], 1);
+                            const float n1 = V >= 2 ? __shfl_down_sync(wmask, ge[V >= 2 ? 1 : 0], 1)
+                                                    : __shfl_down_sync(wmask, ge[0], 2);
+                            if (conv) {
+#pragma unroll
+                                for (int l = 0; l < V; l++) {
+                                    const u32 j = j0 + l;
+                                    const float xv = D::in(xb[u].e[l]);
+                                    const float xm1 = conv_xm1<D, V>(xb[u], l, m1);
+                                    const float xm2 = conv_xm2<D, V>(xb[u], l, m1, m2);
+                                    float g1 = 0.f, g2 = 0.f;
+                                    if (j + 1 < C) {
+                                        if (l + 1 < V) {
+                                            g1 = ge[l + 1 < V ? l + 1 : 0];
+                                        } else if (lane + 1 <= lastlane) {
+                                            g1 = n0;
+                                        } else {
+                                            g1 = conv_geff<D>(x, g, rowoff, c + l + 1, j + 1, fl, q);
+                                        }
+                                    }
+                                    if (j + 2 < C) {
+                                        if (l + 2 < V) {
+                                            g2 = ge[l + 2 < V ? l + 2 : 0];
+                                        } else if (l + 2 == V && lane + 1 <= lastlane) {
+                                            g2 = n0;
+                                        } else if (l + 2 == V + 1 && V >= 2 && lane + 1 <= lastlane) {
+                                            g2 = n1;
+                                        } else if (V == 1 && lane + 2 <= lastlane) {
+                                            g2 = n1;
+                                        } else {
+                                            g2 = conv_geff<D>(x, g, rowoff, c + l + 2, j + 2, fl, q);
+                                        }
+                                    }
+                                    const float gj = ge[l];
+                                    const float inner = q.s * (q.w0 * gj + q.w1 * g1 + q.w2 * g2);
+                                    const float d = (fl & FLAG_BLUEPRINT) ? inner : (1.f - q.a) * gj + q.a * inner;
+                                    P0[l] = fmaf(gj, xv, P0[l]);
+                                    P1 = fmaf(gj, xm1, P1);
+                                    P2 = fmaf(gj, xm2, P2);
+                                    out.e[l] = D::out(d);
+                                }
+                            }
+                        }
+                        if (act && !conv) {
+#pragma unroll
+                            for (int l = 0; l < V; l++) {
+                                const float xf = D::in(xb[u].e[l]);
+                                float gj = D::in(gb[u].e[l]);
+                                const bool fin = finite_f(xf) && finite_f(gj);
+                                if (fl & FLAG_CLAMP) {
+                                    float yv = finite_f(xf) ? lin_u(ty, k[l], Ps, Qs, xf)
+                                                            : seed_out(fl, coef[c + l], q, xf, 0.f, 0.f);
+                                    if (is_clamped(fl, q, yv)) gj = 0.f;
+                                }
+                                const float W = ty == TYPE_MLP ? k[l] : 0.f;
+                                const float Pl = ty == TYPE_ATT ? k[l] : Ps;
+                                const float v = W * xf;
+                                const bool m = v > 0.f;
+                                float d;
+                                if (fin) {
+                                    d = gj * (m ? fmaf(Qs, W, Pl) : Pl);
+                                } else {
+                                    const float cwv = coef[c + l];
+                                    float inner = ty == TYPE_RES ? gj
+                                                : ty == TYPE_ATT ? gj * cwv
+                                                : (xf * cwv > 0.f ? gj * cwv * q.s : 0.f);
+                                    d = (fl & FLAG_BLUEPRINT) ? inner : (1.f - q.a) * gj + q.a * inner;
+                                }
+                                const float u0 = ty == TYPE_RES ? 1.f : ((ty == TYPE_ATT || m) ? xf : 0.f);
+                                P0[l] = fmaf(gj, u0, P0[l]);
+                                if (ty == TYPE_MLP) P1 = fmaf(gj, m ? v : 0.f, P1);
+                                out.e[l] = D::out(d);
+                            }
+                        }
+                    }
+                    *reinterpret_cast<typename P::Raw*>(dx + rowoff + c) = out.raw;
+                }
+            }
+        }
+    }
+
+    sh_g2[threadIdx.x] = inrange ? G2 : 0.f;
+    if (act) {
+        // Parameter partials per column; the ones only ever summed over a seed's columns
+        // (MLP's Σ g relu(x w), CONV's shifted products) go to the thread's first column.
+#pragma unroll
+        for (int l = 0; l < V; l++) {
+            float* pp = ppart + (rg * H + c + l) * 3;
+            pp[0] = P0[l];
+            pp[1] = l == 0 ? P1 : 0.f;
+            pp[2] = l == 0 ? P2 : 0.f;
+        }
+    }
+    __syncthreads();
+
+    const u32 cend = (c0 + TW < H) ? c0 + TW : H;
+    const u32 sfirst = c0 / C;
+    const u32 nseg = (cend - 1) / C - sfirst + 1;
+    const u32 warp = threadIdx.x / 32, nw = T / 32;
+    for (u32 kk = warp; kk < nseg; kk += nw) {
+        const u32 sd = sfirst + kk;
+        const u32 lo = ((sd * C > c0 ? sd * C : c0) - c0) / V;
+        const u32 hi = (((sd + 1) * C < cend ? (sd + 1) * C : cend) - c0) / V;
+        float acc = 0.f;
+        for (u32 tt = lo + lane; tt < hi; tt += 32) acc += sh_g2[tt];
+        for (int off = 16; off > 0; off >>= 1) acc += __shfl_down_sync(0xffffffffu, acc, off);
+        if (lane == 0) gpart[(rg * gridDim.y + tile) * (u64)segs + kk] = acc;
+    }
+}
+
 // ---------------------------------------------------------------- entry points
 
 // One module per (dtype, vector width): the host compiles only the variants it uses
@@ -847,4 +1459,37 @@ extern "C" __global__ void kasmina_bwd_identity(const KASMINA_DT::R* x, const KA
                                                 const ColCoef* colc, const float* coef, float* gpart, float* ppart,
                                                 u32 segs) {
     bwd_impl<KASMINA_DT, KASMINA_V, false>(x, g, dx, B, H, C, R, sc, colc, coef, gpart, ppart, segs);
+}
+
+// Seed-uniform variants (C % V == 0), see fwdu_impl / bwdu_impl. The *_fused forwards
+// also merge the statistics into the accumulators (last block; `counter` is 0 between
+// launches); the others leave that to kasmina_fwd_merge and ignore `acc` and `counter`.
+#define KASMINA_FWDU(NAME, BOUNDS, ACT, FUSE)                                                                   \
+    extern "C" __global__ void __launch_bounds__ BOUNDS NAME(                                                  \
+        const KASMINA_DT::R* x, KASMINA_DT::R* y, u64 B, u32 H, u32 C, u32 R, float dead_eps,                 \
+        const SeedConst* sc, const ColCoef* colc, const float* coef, Partial* part, u32 segs, Acc* acc,        \
+        u32* counter, u32 S) {                                                                                 \
+        fwdu_impl<KASMINA_DT, KASMINA_V, ACT, FUSE>(x, y, B, H, C, R, dead_eps, sc, colc, coef, part, segs, acc, \
+                                                    counter, S);                                               \
+    }
+KASMINA_FWDU(kasmina_fwdu, (256, 3), true, false)
+KASMINA_FWDU(kasmina_fwdu_identity, (256), false, false)
+KASMINA_FWDU(kasmina_fwdu_fused, (256, 3), true, true)
+KASMINA_FWDU(kasmina_fwdu_identity_fused, (256), false, true)
+
+extern "C" __global__ void __launch_bounds__(256, 2) kasmina_bwdu(const KASMINA_DT::R* x, const KASMINA_DT::R* g,
+                                                             KASMINA_DT::R* dx, u64 B, u32 H, u32 C, u32 R,
+                                                             const SeedConst* sc, const ColCoef* colc,
+                                                             const float* coef, float* gpart, float* ppart,
+                                                             u32 segs) {
+    bwdu_impl<KASMINA_DT, KASMINA_V, true>(x, g, dx, B, H, C, R, sc, colc, coef, gpart, ppart, segs);
+}
+
+extern "C" __global__ void __launch_bounds__(256) kasmina_bwdu_identity(const KASMINA_DT::R* x,
+                                                                      const KASMINA_DT::R* g, KASMINA_DT::R* dx,
+                                                                      u64 B, u32 H, u32 C, u32 R,
+                                                                      const SeedConst* sc, const ColCoef* colc,
+                                                                      const float* coef, float* gpart, float* ppart,
+                                                                      u32 segs) {
+    bwdu_impl<KASMINA_DT, KASMINA_V, false>(x, g, dx, B, H, C, R, sc, colc, coef, gpart, ppart, segs);
 }
