@@ -1,6 +1,6 @@
 //! Choosing devices for commands that run on several (`--backend cpu|wgpu|cuda|all`).
 
-use kasmina::{BackendKind, DeviceName, Error};
+use kasmina::{BackendKind, DeviceName, DeviceStatus, Error};
 
 /// The devices named by `backend` (`all`, a backend name, or a device name such
 /// as `cuda:1`) and `index`. With `all`, backends that are not compiled in or
@@ -15,13 +15,7 @@ pub fn devices(backend: &str, index: Option<usize>) -> kasmina::Result<(Vec<Devi
                 skipped.push(format!("{kind}: not compiled in (rebuild with `--features {}`)", kind.feature()));
                 continue;
             }
-            match kind.device_indices() {
-                Ok(ids) if ids.is_empty() => skipped.push(format!("{kind}: no device found")),
-                Ok(ids) => out.extend(
-                    ids.into_iter().filter(|i| index.is_none_or(|n| n == *i)).map(|i| DeviceName::new(kind, i)),
-                ),
-                Err(e) => skipped.push(format!("{kind}: {e}")),
-            }
+            openable(kind, index, &mut out, &mut skipped);
         }
         if out.is_empty() {
             return Err(Error::Invalid(format!("no device to run on: {}", skipped.join("; "))));
@@ -41,10 +35,35 @@ pub fn devices(backend: &str, index: Option<usize>) -> kasmina::Result<(Vec<Devi
     if let Some(i) = index {
         return Ok((vec![DeviceName::new(name.kind, i)], skipped));
     }
-    let ids = name.kind.device_indices()?;
-    if ids.is_empty() {
-        return Err(Error::Invalid(format!("no {} device found on this machine", name.kind)));
+    openable(name.kind, None, &mut out, &mut skipped);
+    if out.is_empty() {
+        return Err(Error::Invalid(format!("no {} device to run on: {}", name.kind, skipped.join("; "))));
     }
-    out.extend(ids.into_iter().map(|i| DeviceName::new(name.kind, i)));
     Ok((out, skipped))
+}
+
+/// The devices of `kind` (only `index`, if given) that open, into `out`; the
+/// ones found but unable to run (e.g. a GL adapter without a display) go to
+/// `skipped` with the reason, so one broken adapter does not stop a run over
+/// the others.
+fn openable(kind: BackendKind, index: Option<usize>, out: &mut Vec<DeviceName>, skipped: &mut Vec<String>) {
+    let mut found = false;
+    for entry in kasmina::list_devices().into_iter().filter(|e| e.device.kind == kind) {
+        if index.is_some_and(|n| n != entry.device.index) {
+            continue;
+        }
+        match entry.status {
+            DeviceStatus::Available { .. } => {
+                found = true;
+                out.push(entry.device);
+            }
+            DeviceStatus::Unavailable { reason } => skipped.push(format!("{}: {reason}", entry.device)),
+            DeviceStatus::NotCompiled { feature } => {
+                skipped.push(format!("{kind}: not compiled in (rebuild with `--features {feature}`)"))
+            }
+        }
+    }
+    if !found && !skipped.iter().any(|s| s.starts_with(kind.name())) {
+        skipped.push(format!("{kind}: no device found"));
+    }
 }
