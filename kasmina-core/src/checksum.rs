@@ -129,6 +129,76 @@ impl RawState<'_> {
     }
 }
 
+/// One seed's raw fields as a device keeps them side by side (array of structs),
+/// `scale` included. Backends that hold per-seed records read them back into
+/// these and call [`crc32_of_seeds`] for their device checksum.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RawSeed {
+    /// Raw lifecycle value.
+    pub lifecycle: u8,
+    /// Blueprint id.
+    pub blueprint_id: u16,
+    /// Raw blueprint type.
+    pub blueprint_type: u8,
+    /// Raw grafting strategy.
+    pub grafting_strategy: u8,
+    /// Alpha.
+    pub alpha: f32,
+    /// Epochs in state.
+    pub epochs_in_state: u16,
+    /// Last update epoch.
+    pub last_update_epoch: u32,
+    /// Clamp mean.
+    pub clamp_mean: f32,
+    /// Clamp standard deviation.
+    pub clamp_std: f32,
+    /// Blueprint scale.
+    pub scale: f32,
+}
+
+/// The layer-wide fields at the start of the canonical bytes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RawHeader {
+    /// Schema version.
+    pub schema_version: u8,
+    /// H.
+    pub hidden_dim: u32,
+    /// S.
+    pub num_seeds: u32,
+    /// Epoch.
+    pub epoch: u32,
+}
+
+/// CRC-32 (SPEC 2.1) of a state given as per-seed records and `weights[S, C]`.
+pub fn crc32_of_seeds(header: RawHeader, seeds: &[RawSeed], weights: &[f32]) -> u32 {
+    fn col<T>(seeds: &[RawSeed], f: impl Fn(&RawSeed) -> T) -> Vec<T> {
+        seeds.iter().map(f).collect()
+    }
+    let (lifecycle, blueprint_id) = (col(seeds, |r| r.lifecycle), col(seeds, |r| r.blueprint_id));
+    let (blueprint_type, grafting_strategy) = (col(seeds, |r| r.blueprint_type), col(seeds, |r| r.grafting_strategy));
+    let (alpha, epochs_in_state) = (col(seeds, |r| r.alpha), col(seeds, |r| r.epochs_in_state));
+    let (last_update_epoch, scales) = (col(seeds, |r| r.last_update_epoch), col(seeds, |r| r.scale));
+    let (clamp_mean, clamp_std) = (col(seeds, |r| r.clamp_mean), col(seeds, |r| r.clamp_std));
+    RawState {
+        schema_version: header.schema_version,
+        hidden_dim: header.hidden_dim,
+        num_seeds: header.num_seeds,
+        epoch: header.epoch,
+        lifecycle: &lifecycle,
+        blueprint_id: &blueprint_id,
+        blueprint_type: &blueprint_type,
+        grafting_strategy: &grafting_strategy,
+        alpha: &alpha,
+        epochs_in_state: &epochs_in_state,
+        last_update_epoch: &last_update_epoch,
+        clamp_mean: &clamp_mean,
+        clamp_std: &clamp_std,
+        weights,
+        scales: &scales,
+    }
+    .crc32()
+}
+
 /// The canonical bytes of a state (SPEC 2.1).
 pub fn canonical_bytes(state: &LayerState) -> Vec<u8> {
     let raw = RawArrays::of(state);
@@ -208,6 +278,28 @@ mod tests {
 
     // python3 -c "import zlib,struct; ..." over the 90 bytes above: 0x2cc94270.
     const PINNED_CRC: u32 = 0x2cc9_4270;
+
+    #[test]
+    fn per_seed_records_give_the_same_checksum() {
+        let st = hand_written();
+        let s = &st.seeds;
+        let seeds: Vec<RawSeed> = (0..2)
+            .map(|i| RawSeed {
+                lifecycle: s.lifecycle[i].raw(),
+                blueprint_id: s.blueprint_id[i],
+                blueprint_type: s.blueprint_type[i].raw(),
+                grafting_strategy: s.grafting_strategy[i].raw(),
+                alpha: s.alpha[i],
+                epochs_in_state: s.epochs_in_state[i],
+                last_update_epoch: s.last_update_epoch[i],
+                clamp_mean: s.clamp_mean[i],
+                clamp_std: s.clamp_std[i],
+                scale: st.params.scales[i],
+            })
+            .collect();
+        let header = RawHeader { schema_version: 1, hidden_dim: 4, num_seeds: 2, epoch: 7 };
+        assert_eq!(crc32_of_seeds(header, &seeds, &st.params.weights), PINNED_CRC);
+    }
 
     #[test]
     fn any_field_change_changes_the_checksum() {

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use cudarc::driver::sys::{CUdevice_attribute, CUevent_flags, CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg};
-use kasmina_core::checksum::RawState;
+use kasmina_core::checksum::{RawHeader, RawSeed, crc32_of_seeds};
 use kasmina_core::{
     Accumulators, Backend, DType, DeviceInfo, DeviceTensor, Error, HostData, HostDataMut, LayerState, Moments,
     ParamGrads, StateChange,
@@ -982,34 +982,28 @@ impl Backend for CudaBackend {
             .chunks_exact(std::mem::size_of::<SeedRecord>())
             .map(bytemuck::pod_read_unaligned::<SeedRecord>)
             .collect();
-        let lifecycle: Vec<u8> = recs.iter().map(|r| r.lifecycle).collect();
-        let blueprint_id: Vec<u16> = recs.iter().map(|r| r.blueprint_id).collect();
-        let blueprint_type: Vec<u8> = recs.iter().map(|r| r.blueprint_type).collect();
-        let grafting_strategy: Vec<u8> = recs.iter().map(|r| r.grafting_strategy).collect();
-        let alpha: Vec<f32> = recs.iter().map(|r| r.alpha).collect();
-        let epochs_in_state: Vec<u16> = recs.iter().map(|r| r.epochs_in_state).collect();
-        let last_update_epoch: Vec<u32> = recs.iter().map(|r| r.last_update_epoch).collect();
-        let clamp_mean: Vec<f32> = recs.iter().map(|r| r.clamp_mean).collect();
-        let clamp_std: Vec<f32> = recs.iter().map(|r| r.clamp_std).collect();
-        let scales: Vec<f32> = recs.iter().map(|r| r.scale).collect();
-        let raw_state = RawState {
+        let seeds: Vec<RawSeed> = recs
+            .iter()
+            .map(|r| RawSeed {
+                lifecycle: r.lifecycle,
+                blueprint_id: r.blueprint_id,
+                blueprint_type: r.blueprint_type,
+                grafting_strategy: r.grafting_strategy,
+                alpha: r.alpha,
+                epochs_in_state: r.epochs_in_state,
+                last_update_epoch: r.last_update_epoch,
+                clamp_mean: r.clamp_mean,
+                clamp_std: r.clamp_std,
+                scale: r.scale,
+            })
+            .collect();
+        let header = RawHeader {
             schema_version: header[0] as u8,
             hidden_dim: header[1],
             num_seeds: header[2],
             epoch: header[3],
-            lifecycle: &lifecycle,
-            blueprint_id: &blueprint_id,
-            blueprint_type: &blueprint_type,
-            grafting_strategy: &grafting_strategy,
-            alpha: &alpha,
-            epochs_in_state: &epochs_in_state,
-            last_update_epoch: &last_update_epoch,
-            clamp_mean: &clamp_mean,
-            clamp_std: &clamp_std,
-            weights: &weights[..layer.s * layer.c],
-            scales: &scales,
         };
-        Ok(raw_state.crc32())
+        Ok(crc32_of_seeds(header, &seeds, &weights[..layer.s * layer.c]))
     }
 
     fn copy(&self, src: &CudaTensor, dst: &mut CudaTensor) -> Result<()> {

@@ -3,7 +3,7 @@
 use std::num::NonZeroU64;
 use std::sync::{Arc, OnceLock};
 
-use kasmina_core::checksum::RawState;
+use kasmina_core::checksum::{RawHeader, RawSeed, crc32_of_seeds};
 use kasmina_core::{
     Accumulators, Backend, DType, DeviceInfo, DeviceTensor, Error, ForwardMode, HostData, HostDataMut, LayerState,
     LifecycleState, Moments, ParamGrads, StabilityMode, StateChange,
@@ -945,37 +945,26 @@ impl Backend for WgpuBackend {
         let raw =
             words_to_u32(&self.gpu.read_bytes(&layer.state_buf, 0, ((HEADER_WORDS + s * STATE_WORDS) * 4) as u64)?);
         let prm = words_to_u32(&self.gpu.read_bytes(&layer.params_buf, 0, ((s * SEED_WORDS + s * c) * 4) as u64)?);
-        let raw = &raw;
-        let field = |k: usize| (0..s).map(move |i| raw[HEADER_WORDS + i * STATE_WORDS + k]);
-        let lifecycle: Vec<u8> = field(0).map(|v| v as u8).collect();
-        let blueprint_id: Vec<u16> = field(1).map(|v| v as u16).collect();
-        let blueprint_type: Vec<u8> = field(2).map(|v| v as u8).collect();
-        let grafting_strategy: Vec<u8> = field(3).map(|v| v as u8).collect();
-        let alpha: Vec<f32> = field(4).map(f32::from_bits).collect();
-        let epochs_in_state: Vec<u16> = field(5).map(|v| v as u16).collect();
-        let last_update_epoch: Vec<u32> = field(6).collect();
-        let clamp_mean: Vec<f32> = field(7).map(f32::from_bits).collect();
-        let clamp_std: Vec<f32> = field(8).map(f32::from_bits).collect();
+        let seeds: Vec<RawSeed> = (0..s)
+            .map(|i| {
+                let f = |k: usize| raw[HEADER_WORDS + i * STATE_WORDS + k];
+                RawSeed {
+                    lifecycle: f(0) as u8,
+                    blueprint_id: f(1) as u16,
+                    blueprint_type: f(2) as u8,
+                    grafting_strategy: f(3) as u8,
+                    alpha: f32::from_bits(f(4)),
+                    epochs_in_state: f(5) as u16,
+                    last_update_epoch: f(6),
+                    clamp_mean: f32::from_bits(f(7)),
+                    clamp_std: f32::from_bits(f(8)),
+                    scale: f32::from_bits(prm[i * SEED_WORDS + 3]),
+                }
+            })
+            .collect();
         let weights: Vec<f32> = prm[s * SEED_WORDS..].iter().map(|v| f32::from_bits(*v)).collect();
-        let scales: Vec<f32> = (0..s).map(|i| f32::from_bits(prm[i * SEED_WORDS + 3])).collect();
-        let rs = RawState {
-            schema_version: raw[0] as u8,
-            hidden_dim: raw[1],
-            num_seeds: raw[2],
-            epoch: raw[3],
-            lifecycle: &lifecycle,
-            blueprint_id: &blueprint_id,
-            blueprint_type: &blueprint_type,
-            grafting_strategy: &grafting_strategy,
-            alpha: &alpha,
-            epochs_in_state: &epochs_in_state,
-            last_update_epoch: &last_update_epoch,
-            clamp_mean: &clamp_mean,
-            clamp_std: &clamp_std,
-            weights: &weights,
-            scales: &scales,
-        };
-        Ok(rs.crc32())
+        let header = RawHeader { schema_version: raw[0] as u8, hidden_dim: raw[1], num_seeds: raw[2], epoch: raw[3] };
+        Ok(crc32_of_seeds(header, &seeds, &weights))
     }
 
     fn copy(&self, src: &WgpuTensor, dst: &mut WgpuTensor) -> Result<()> {
