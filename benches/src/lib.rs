@@ -110,6 +110,9 @@ pub struct BenchSpec {
 pub struct BenchRecord {
     /// `cpu`, `wgpu`, `cuda`.
     pub backend: String,
+    /// The kernel family that ran, where a backend has several (e.g. `portable` or `hopper`
+    /// on CUDA, `auto>hopper` for the autotuner's pick); empty otherwise.
+    pub variant: String,
     /// The device's name.
     pub device: String,
     /// Rows.
@@ -124,14 +127,55 @@ pub struct BenchRecord {
     pub mix: SeedMix,
     /// `forward` or `backward`.
     pub op: String,
-    /// Median milliseconds per call.
+    /// Median milliseconds per call, each call timed alone on the device's clock
+    /// (CUDA events / timestamp queries around one call; wall clock on the CPU).
     pub median_ms: f64,
+    /// Milliseconds per call when `stream_calls` calls are issued back to back and timed
+    /// together on the device's clock (what a training loop sees; launch latency overlaps the
+    /// previous call). Median of 5 such batches.
+    pub stream_ms: f64,
+    /// Calls per batch behind `stream_ms`.
+    pub stream_calls: usize,
+    /// Median host wall-clock milliseconds from issuing one call to `synchronize` returning
+    /// (the latency of one isolated call, host overhead included).
+    pub wall_ms: f64,
     /// Effective GB/s: forward counts X read + Y written, backward X and G read + dX written.
     pub gbps: f64,
     /// The device's own copy of the same number of bytes, in GB/s (read + written), same run.
     pub copy_gbps: f64,
     /// `gbps / copy_gbps`.
     pub ratio: f64,
+}
+
+/// Per-call time of `f` on the device's clock over batches of back-to-back calls, the
+/// batch size chosen so that a batch lasts about 2 ms (1 to 1000 calls); and the median
+/// host wall-clock latency of one call followed by `synchronize`.
+fn streamed<B: Backend>(
+    backend: &B,
+    spec: &BenchSpec,
+    single_ms: f64,
+    f: &mut dyn FnMut() -> Result<()>,
+) -> Result<(f64, usize, f64)> {
+    let calls = if single_ms > 0.0 { ((2.0 / single_ms) as usize).clamp(1, 1000) } else { 1000 };
+    let mut batches = Vec::with_capacity(5);
+    for _ in 0..5 {
+        let ms = backend.time_ms(&mut || {
+            for _ in 0..calls {
+                f()?;
+            }
+            Ok(())
+        })?;
+        batches.push(ms / calls as f64);
+    }
+    let mut wall = Vec::with_capacity(spec.reps.max(1));
+    backend.synchronize()?;
+    for _ in 0..spec.reps.max(1) {
+        let t = std::time::Instant::now();
+        f()?;
+        backend.synchronize()?;
+        wall.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok((median(batches), calls, median(wall)))
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -176,13 +220,17 @@ pub fn run_bench<B: Backend>(backend: &B, spec: &BenchSpec) -> Result<Vec<BenchR
     let mut x = backend.alloc(spec.b, spec.h, spec.dtype)?;
     backend.write(&mut x, random_input(spec.dtype, n, 2).view())?;
     let mut y = backend.alloc(spec.b, spec.h, spec.dtype)?;
-    let fwd_ms = timed(backend, spec, &mut || backend.forward(&mut layer, &x, &mut y))?;
+    let mut fwd = || backend.forward(&mut layer, &x, &mut y);
+    let fwd_ms = timed(backend, spec, &mut fwd)?;
+    let fwd_stream = streamed(backend, spec, fwd_ms, &mut fwd)?;
     drop(y);
 
     let mut g = backend.alloc(spec.b, spec.h, spec.dtype)?;
     backend.write(&mut g, random_input(spec.dtype, n, 3).view())?;
     let mut dx = backend.alloc(spec.b, spec.h, spec.dtype)?;
-    let bwd_ms = timed(backend, spec, &mut || backend.backward(&mut layer, &x, &g, &mut dx))?;
+    let mut bwd = || backend.backward(&mut layer, &x, &g, &mut dx);
+    let bwd_ms = timed(backend, spec, &mut bwd)?;
+    let bwd_stream = streamed(backend, spec, bwd_ms, &mut bwd)?;
     drop((x, g, dx, layer));
 
     // Copies moving the same bytes: forward moves 2n elements (n in, n out), backward 3n,
@@ -190,10 +238,11 @@ pub fn run_bench<B: Backend>(backend: &B, spec: &BenchSpec) -> Result<Vec<BenchR
     let fwd_copy = copy_gbps(backend, spec, spec.b)?;
     let bwd_copy = copy_gbps(backend, spec, spec.b + spec.b.div_ceil(2))?;
 
-    let record = |op: &str, ms: f64, bytes: f64, copy: f64| {
+    let record = |op: &str, ms: f64, (stream_ms, stream_calls, wall_ms): (f64, usize, f64), bytes: f64, copy: f64| {
         let gbps = bytes / (ms * 1e-3) / 1e9;
         BenchRecord {
             backend: info.backend.to_string(),
+            variant: String::new(),
             device: info.name.clone(),
             b: spec.b,
             h: spec.h,
@@ -202,28 +251,48 @@ pub fn run_bench<B: Backend>(backend: &B, spec: &BenchSpec) -> Result<Vec<BenchR
             mix: spec.mix,
             op: op.to_string(),
             median_ms: ms,
+            stream_ms,
+            stream_calls,
+            wall_ms,
             gbps,
             copy_gbps: copy,
             ratio: gbps / copy,
         }
     };
     Ok(vec![
-        record("forward", fwd_ms, 2.0 * n as f64 * elem, fwd_copy),
-        record("backward", bwd_ms, 3.0 * n as f64 * elem, bwd_copy),
+        record("forward", fwd_ms, fwd_stream, 2.0 * n as f64 * elem, fwd_copy),
+        record("backward", bwd_ms, bwd_stream, 3.0 * n as f64 * elem, bwd_copy),
     ])
 }
 
-/// The records as a table for people (the same content as the JSON).
+/// The records as a table for people (the same content as the JSON). `median_ms` times one
+/// call alone; `stream_us` is the per-call time of back-to-back calls and `wall_us` the host
+/// latency of one call to `synchronize` (see [`BenchRecord`]).
 pub fn format_table(records: &[BenchRecord]) -> String {
     let mut out = format!(
-        "{:<6} {:<28} {:>6} {:>6} {:>5} {:<5} {:<8} {:<8} {:>10} {:>9} {:>9} {:>6}\n",
-        "backend", "device", "B", "H", "S", "dtype", "mix", "op", "median_ms", "GB/s", "copy GB/s", "ratio"
+        "{:<6} {:<14} {:<28} {:>6} {:>6} {:>5} {:<5} {:<8} {:<8} {:>10} {:>10} {:>9} {:>9} {:>9} {:>6}\n",
+        "backend",
+        "variant",
+        "device",
+        "B",
+        "H",
+        "S",
+        "dtype",
+        "mix",
+        "op",
+        "median_ms",
+        "stream_us",
+        "wall_us",
+        "GB/s",
+        "copy GB/s",
+        "ratio"
     );
     for r in records {
         let dev: String = r.device.chars().take(28).collect();
         out.push_str(&format!(
-            "{:<6} {:<28} {:>6} {:>6} {:>5} {:<5} {:<8} {:<8} {:>10.4} {:>9.1} {:>9.1} {:>6.3}\n",
+            "{:<6} {:<14} {:<28} {:>6} {:>6} {:>5} {:<5} {:<8} {:<8} {:>10.4} {:>10.2} {:>9.1} {:>9.1} {:>9.1} {:>6.3}\n",
             r.backend,
+            if r.variant.is_empty() { "-" } else { r.variant.as_str() },
             dev,
             r.b,
             r.h,
@@ -232,6 +301,8 @@ pub fn format_table(records: &[BenchRecord]) -> String {
             r.mix.name(),
             r.op,
             r.median_ms,
+            r.stream_ms * 1e3,
+            r.wall_ms * 1e3,
             r.gbps,
             r.copy_gbps,
             r.ratio

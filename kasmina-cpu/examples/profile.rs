@@ -1,5 +1,6 @@
 //! Quick A/B timing for tuning (min over interleaved rounds, robust to a busy machine):
-//! `cargo run --release -p kasmina-cpu --example profile -- ROUNDS` (env THREADS, KASMINA_CPU_PREFETCH).
+//! `cargo run --release -p kasmina-cpu --example profile -- ROUNDS [OP]` (env B, THREADS, DTYPE=f32|bf16,
+//! KASMINA_CPU_PREFETCH).
 
 use kasmina_core::{Backend, BlueprintType, DType, HostTensorData, LayerConfig, LayerState, LifecycleState};
 use kasmina_cpu::CpuBackend;
@@ -26,7 +27,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let xs: Vec<f32> = (0..b * h).map(|i| ((i * 7919 % 1000) as f32) * 0.004 - 2.0).collect();
     let mut names = Vec::new();
     let mut best = Vec::new();
+    let only_dtype = std::env::var("DTYPE").ok();
     for dtype in [DType::F32, DType::BF16] {
+        if only_dtype.as_deref().is_some_and(|d| d != dtype.to_string()) {
+            continue;
+        }
         let data = HostTensorData::from_f32(dtype, &xs);
         let mut x = be.alloc(b, h, dtype)?;
         be.write(&mut x, data.view())?;

@@ -8,7 +8,7 @@ use crate::kernels::{BwdPartial, Dt, Plan, ThreadScratch, backward_block, forwar
 #[cfg(target_arch = "aarch64")]
 use crate::simd::Neon;
 #[cfg(target_arch = "x86_64")]
-use crate::simd::{Avx2, Avx512};
+use crate::simd::{Avx2, Avx512, Avx512Bf16};
 use crate::simd::{Scalar, SimdLevel};
 
 /// A detected instruction set, holding its proof-of-detection token.
@@ -16,6 +16,8 @@ use crate::simd::{Scalar, SimdLevel};
 pub(crate) enum Isa {
     #[cfg(target_arch = "x86_64")]
     Avx512(Avx512),
+    #[cfg(target_arch = "x86_64")]
+    Avx512Bf16(Avx512Bf16),
     #[cfg(target_arch = "x86_64")]
     Avx2(Avx2),
     #[cfg(target_arch = "aarch64")]
@@ -29,6 +31,8 @@ impl Isa {
         match level {
             #[cfg(target_arch = "x86_64")]
             SimdLevel::Avx512 => Avx512::new().map(Isa::Avx512),
+            #[cfg(target_arch = "x86_64")]
+            SimdLevel::Avx512Bf16 => Avx512Bf16::new().map(Isa::Avx512Bf16),
             #[cfg(target_arch = "x86_64")]
             SimdLevel::Avx2 => Avx2::new().map(Isa::Avx2),
             #[cfg(target_arch = "aarch64")]
@@ -52,6 +56,20 @@ unsafe fn fwd_avx512<D: Dt, const NT: bool>(
 ) {
     // SAFETY: forwarded contract; the features are enabled here.
     unsafe { forward_block::<Avx512, D, NT>(s, plan, x, y, sc, out) }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma,f16c,popcnt")]
+unsafe fn fwd_avx512bf16<D: Dt, const NT: bool>(
+    s: Avx512Bf16,
+    plan: &Plan<'_>,
+    x: &[D::Raw],
+    y: &mut [D::Raw],
+    sc: &mut ThreadScratch,
+    out: &mut [Moments],
+) {
+    // SAFETY: forwarded contract; the features are enabled here.
+    unsafe { forward_block::<Avx512Bf16, D, NT>(s, plan, x, y, sc, out) }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -89,6 +107,10 @@ pub(crate) unsafe fn forward<D: Dt>(
             #[cfg(target_arch = "x86_64")]
             (Isa::Avx512(s), false) => fwd_avx512::<D, false>(s, plan, x, y, sc, out),
             #[cfg(target_arch = "x86_64")]
+            (Isa::Avx512Bf16(s), true) => fwd_avx512bf16::<D, true>(s, plan, x, y, sc, out),
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx512Bf16(s), false) => fwd_avx512bf16::<D, false>(s, plan, x, y, sc, out),
+            #[cfg(target_arch = "x86_64")]
             (Isa::Avx2(s), true) => fwd_avx2::<D, true>(s, plan, x, y, sc, out),
             #[cfg(target_arch = "x86_64")]
             (Isa::Avx2(s), false) => fwd_avx2::<D, false>(s, plan, x, y, sc, out),
@@ -113,6 +135,21 @@ unsafe fn bwd_avx512<D: Dt, const NT: bool>(
 ) {
     // SAFETY: forwarded contract; the features are enabled here.
     unsafe { backward_block::<Avx512, D, NT>(s, plan, x, g, dx, sc, part) }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma,f16c,popcnt")]
+unsafe fn bwd_avx512bf16<D: Dt, const NT: bool>(
+    s: Avx512Bf16,
+    plan: &Plan<'_>,
+    x: &[D::Raw],
+    g: &[D::Raw],
+    dx: &mut [D::Raw],
+    sc: &mut ThreadScratch,
+    part: BwdPartial<'_>,
+) {
+    // SAFETY: forwarded contract; the features are enabled here.
+    unsafe { backward_block::<Avx512Bf16, D, NT>(s, plan, x, g, dx, sc, part) }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -152,6 +189,10 @@ pub(crate) unsafe fn backward<D: Dt>(
             (Isa::Avx512(s), true) => bwd_avx512::<D, true>(s, plan, x, g, dx, sc, part),
             #[cfg(target_arch = "x86_64")]
             (Isa::Avx512(s), false) => bwd_avx512::<D, false>(s, plan, x, g, dx, sc, part),
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx512Bf16(s), true) => bwd_avx512bf16::<D, true>(s, plan, x, g, dx, sc, part),
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx512Bf16(s), false) => bwd_avx512bf16::<D, false>(s, plan, x, g, dx, sc, part),
             #[cfg(target_arch = "x86_64")]
             (Isa::Avx2(s), true) => bwd_avx2::<D, true>(s, plan, x, g, dx, sc, part),
             #[cfg(target_arch = "x86_64")]

@@ -4,10 +4,11 @@
 //! # Determinism
 //! Rows are cut into blocks by [`rows_per_block`], a function of the shape
 //! only (`B`, `H`), never of the thread count. Each block is computed by one
-//! thread in a fixed order (groups of 4 rows, seed by seed, row by row; see
-//! the `kernels` module) into its own slot of a partials array; after the
-//! parallel section, the slots are merged by one thread in block order (Chan's
-//! formula in f64 for telemetry, f64 sums for gradients). No float atomics,
+//! thread in a fixed order (groups of 4 rows, 8 in the forward of f16/bf16;
+//! seed by seed, row by row; see the `kernels` module) into its own slot of a
+//! partials array; after the parallel section, the slots are merged by one
+//! thread in block order (Chan's formula in f64 for telemetry, f64 sums for
+//! gradients). No float atomics,
 //! no reduction whose order depends on scheduling. Which thread ran which
 //! block, and when, cannot change any bit of the result: outputs, telemetry and
 //! gradients are bit-identical for 1 or N threads (tested with 1, 2, 3 and 5).

@@ -8,7 +8,8 @@
 //!   NEON (4 lanes) and a portable scalar fallback, chosen at runtime
 //!   ([`SimdLevel::detect`]; [`CpuBackend::with_options`] forces one). f16 and
 //!   bf16 are converted in vector registers (F16C, NEON `fcvtl`/`fcvtn`; u16
-//!   shifts and round-to-nearest-even bit arithmetic for bf16).
+//!   shifts and round-to-nearest-even bit arithmetic for bf16, or AVX512_BF16's
+//!   `vcvtneps2bf16` where the CPU has it: [`SimdLevel::Avx512Bf16`]).
 //! - **Threads**: rows are split into fixed blocks (a function of the shape,
 //!   not of the thread count) run on a rayon pool owned by the backend; block
 //!   partials are merged in block order, so telemetry and parameter gradients
@@ -25,7 +26,8 @@
 //! output from which stores are non-temporal, default 8 MiB),
 //! `KASMINA_CPU_PREFETCH` (software prefetch distance in bytes, default 0 =
 //! off: on the machine measured, the hardware prefetchers did as well) and
-//! `KASMINA_CPU_ROWS_PER_VISIT=fwd,bwd` (rows per seed visit, default 4,4; it
+//! `KASMINA_CPU_ROWS_PER_VISIT=fwd,bwd` (rows per seed visit, default 4,4,
+//! forward 8 for f16/bf16; it
 //! changes the f32 summation order, so results are bit-identical across thread
 //! counts for a given setting, not across settings).
 //!

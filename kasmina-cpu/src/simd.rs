@@ -13,13 +13,23 @@
 //! `vcvtps2ph` (round to nearest even) for f16; for bf16 a widening of the
 //! u16 lanes to u32 and a shift by 16 on load, and on store the same
 //! round-to-nearest-even bit trick as the `half` crate (`x + 0x7FFF +
-//! ((x >> 16) & 1)) >> 16`, NaN kept quiet with `| 0x0040`).
+//! ((x >> 16) & 1)) >> 16`, NaN kept quiet with `| 0x0040`), or one
+//! `vcvtneps2bf16` where the CPU has AVX512_BF16 ([`SimdLevel::Avx512Bf16`]).
+//! The identity fast path widens a whole line of bf16 without shuffles (even
+//! elements shifted up, odd ones masked: a lane order only the order-free
+//! telemetry sees) and tracks the magnitudes for the NaN/Inf and dead checks
+//! on the raw u16 lanes ([`Simd::copy_load2_bf16_mag`]).
 
 /// Which instruction set the kernels run with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SimdLevel {
     /// AVX-512 F/BW/VL/DQ + F16C + FMA: 16 f32 lanes.
     Avx512,
+    /// As [`SimdLevel::Avx512`], plus AVX512_BF16: f32 to bf16 rounding in one
+    /// instruction (`vcvtneps2bf16`; the one difference: f32 results below the
+    /// smallest normal, |y| < 1.2e-38, round to a signed zero instead of a
+    /// bf16 subnormal).
+    Avx512Bf16,
     /// AVX2 + FMA + F16C: 8 f32 lanes.
     Avx2,
     /// AArch64 NEON (always present there): 4 f32 lanes; f16 through `fcvtl`/`fcvtn`.
@@ -42,7 +52,11 @@ impl SimdLevel {
                 && std::arch::is_x86_feature_detected!("f16c")
                 && std::arch::is_x86_feature_detected!("popcnt")
             {
-                return SimdLevel::Avx512;
+                return if std::arch::is_x86_feature_detected!("avx512bf16") {
+                    SimdLevel::Avx512Bf16
+                } else {
+                    SimdLevel::Avx512
+                };
             }
             if std::arch::is_x86_feature_detected!("avx2")
                 && std::arch::is_x86_feature_detected!("fma")
@@ -64,8 +78,11 @@ impl SimdLevel {
     pub fn is_supported(self) -> bool {
         match self {
             SimdLevel::Scalar => true,
-            SimdLevel::Avx2 => matches!(SimdLevel::detect(), SimdLevel::Avx2 | SimdLevel::Avx512),
-            SimdLevel::Avx512 => SimdLevel::detect() == SimdLevel::Avx512,
+            SimdLevel::Avx2 => {
+                matches!(SimdLevel::detect(), SimdLevel::Avx2 | SimdLevel::Avx512 | SimdLevel::Avx512Bf16)
+            }
+            SimdLevel::Avx512 => matches!(SimdLevel::detect(), SimdLevel::Avx512 | SimdLevel::Avx512Bf16),
+            SimdLevel::Avx512Bf16 => SimdLevel::detect() == SimdLevel::Avx512Bf16,
             SimdLevel::Neon => cfg!(target_arch = "aarch64"),
         }
     }
@@ -73,7 +90,7 @@ impl SimdLevel {
     /// Lanes per f32 vector.
     pub fn lanes(self) -> usize {
         match self {
-            SimdLevel::Avx512 => 16,
+            SimdLevel::Avx512 | SimdLevel::Avx512Bf16 => 16,
             SimdLevel::Avx2 => 8,
             SimdLevel::Neon => 4,
             SimdLevel::Scalar => 1,
@@ -84,6 +101,9 @@ impl SimdLevel {
     pub fn features(self) -> Vec<String> {
         let names: &[&str] = match self {
             SimdLevel::Avx512 => &["avx512f", "avx512bw", "avx512vl", "avx512dq", "avx2", "fma", "f16c", "popcnt"],
+            SimdLevel::Avx512Bf16 => {
+                &["avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512bf16", "avx2", "fma", "f16c", "popcnt"]
+            }
             SimdLevel::Avx2 => &["avx2", "fma", "f16c", "popcnt"],
             SimdLevel::Neon => &["neon"],
             SimdLevel::Scalar => &["scalar"],
@@ -159,6 +179,33 @@ pub(crate) unsafe trait Simd: Copy + Send + Sync {
                 (self.copy_load_f16::<NT>(src, dst), self.copy_load_f16::<NT>(src.add(Self::W), dst.add(Self::W)))
             }
         }
+    }
+    /// Copies `2 W` raw bf16 lanes (bit for bit) and returns them widened, in
+    /// an order of this implementation's choosing (each element exactly once;
+    /// only order-free telemetry may consume them), folding the magnitude bits
+    /// of the elements into `amax`/`amin` in the form [`Simd::bf16_mag_fold`]
+    /// turns into `bits(|x|)` trackers. Default: `copy_load2_16` and 32-bit
+    /// trackers (`imax_bits`/`imin_bits` of `|x|`).
+    #[inline(always)]
+    unsafe fn copy_load2_bf16_mag<const NT: bool>(
+        self,
+        src: *const u16,
+        dst: *mut u16,
+        amax: &mut Self::I,
+        amin: &mut Self::I,
+    ) -> (Self::V, Self::V) {
+        // SAFETY: forwarded contract (valid for 2 W elements).
+        let (v0, v1) = unsafe { self.copy_load2_16::<NT, true>(src, dst) };
+        let (a0, a1) = (self.abs(v0), self.abs(v1));
+        *amax = self.imax_bits(self.imax_bits(*amax, a0), a1);
+        *amin = self.imin_bits(self.imin_bits(*amin, a0), a1);
+        (v0, v1)
+    }
+    /// The trackers kept by [`Simd::copy_load2_bf16_mag`] as lane-wise
+    /// `max bits(|x|)`, `min bits(|x|)` (identity for the default).
+    #[inline(always)]
+    fn bf16_mag_fold(self, amax: Self::I, amin: Self::I) -> (Self::I, Self::I) {
+        (amax, amin)
     }
     /// `m ? acc + v : acc`.
     fn add_m(self, m: Self::M, acc: Self::V, v: Self::V) -> Self::V;
@@ -394,7 +441,7 @@ unsafe impl Simd for Scalar {
 #[cfg(target_arch = "aarch64")]
 pub(crate) use arm::Neon;
 #[cfg(target_arch = "x86_64")]
-pub(crate) use x86::{Avx2, Avx512};
+pub(crate) use x86::{Avx2, Avx512, Avx512Bf16};
 
 #[cfg(target_arch = "aarch64")]
 mod arm {
@@ -685,14 +732,28 @@ mod x86 {
         }
     }
 
-    /// AVX-512 F/BW/VL/DQ (+ AVX2, FMA, F16C), 16 lanes. Constructed only by [`Avx512::new`].
+    /// AVX-512 F/BW/VL/DQ (+ AVX2, FMA, F16C), 16 lanes; with `BF16`, also
+    /// AVX512_BF16 (bf16 rounding in one instruction). Constructed only by
+    /// [`Avx512::new`] and [`Avx512Bf16::new`].
     #[derive(Debug, Clone, Copy)]
-    pub(crate) struct Avx512(());
+    pub(crate) struct Avx512T<const BF16: bool>(());
+
+    /// AVX-512 without the BF16 instructions.
+    pub(crate) type Avx512 = Avx512T<false>;
+    /// AVX-512 with AVX512_BF16.
+    pub(crate) type Avx512Bf16 = Avx512T<true>;
 
     impl Avx512 {
         /// `Some` when the CPU has the AVX-512 subsets used here.
         pub(crate) fn new() -> Option<Self> {
-            super::SimdLevel::Avx512.is_supported().then_some(Avx512(()))
+            super::SimdLevel::Avx512.is_supported().then_some(Avx512T(()))
+        }
+    }
+
+    impl Avx512Bf16 {
+        /// `Some` when the CPU also has AVX512_BF16.
+        pub(crate) fn new() -> Option<Self> {
+            super::SimdLevel::Avx512Bf16.is_supported().then_some(Avx512T(()))
         }
     }
 
@@ -849,6 +910,42 @@ mod x86 {
             }
         }
         #[inline(always)]
+        unsafe fn copy_load2_bf16_mag<const NT: bool>(
+            self,
+            src: *const u16,
+            dst: *mut u16,
+            amax: &mut __m256i,
+            amin: &mut __m256i,
+        ) -> (__m256, __m256) {
+            // SAFETY: see impl comment; with NT, `dst` is 32-byte aligned (the caller
+            // streams only 64-byte aligned chunks, in steps of 2 W = 16 elements).
+            // As for AVX-512: u16 magnitude trackers, even/odd widening.
+            unsafe {
+                let r = _mm256_loadu_si256(src as *const __m256i);
+                if NT {
+                    _mm256_stream_si256(dst as *mut __m256i, r)
+                } else {
+                    _mm256_storeu_si256(dst as *mut __m256i, r)
+                }
+                let m = _mm256_and_si256(r, _mm256_set1_epi16(0x7FFF));
+                *amax = _mm256_max_epu16(*amax, m);
+                *amin = _mm256_min_epu16(*amin, m);
+                let even = _mm256_slli_epi32::<16>(r);
+                let odd = _mm256_and_si256(r, _mm256_set1_epi32(0xFFFF_0000u32 as i32));
+                (_mm256_castsi256_ps(even), _mm256_castsi256_ps(odd))
+            }
+        }
+        #[inline(always)]
+        fn bf16_mag_fold(self, amax: __m256i, amin: __m256i) -> (__m256i, __m256i) {
+            // SAFETY: see impl comment; as for AVX-512.
+            unsafe {
+                let lo = _mm256_set1_epi32(0xFFFF);
+                let mx = _mm256_max_epu32(_mm256_and_si256(amax, lo), _mm256_srli_epi32::<16>(amax));
+                let mn = _mm256_min_epu32(_mm256_and_si256(amin, lo), _mm256_srli_epi32::<16>(amin));
+                (_mm256_slli_epi32::<16>(mx), _mm256_slli_epi32::<16>(mn))
+            }
+        }
+        #[inline(always)]
         fn add_m(self, m: __m256, acc: __m256, v: __m256) -> __m256 {
             // SAFETY: see impl comment.
             unsafe { _mm256_add_ps(acc, _mm256_and_ps(m, v)) }
@@ -961,9 +1058,10 @@ mod x86 {
         }
     }
 
-    // SAFETY: an `Avx512` value exists only when AVX-512 F/BW/VL/DQ, AVX2, FMA
-    // and F16C were detected at runtime; pointer validity is the caller's contract.
-    unsafe impl Simd for Avx512 {
+    // SAFETY: an `Avx512T` value exists only when AVX-512 F/BW/VL/DQ, AVX2, FMA
+    // and F16C (and, with `BF16`, AVX512_BF16) were detected at runtime; pointer
+    // validity is the caller's contract.
+    unsafe impl<const BF16: bool> Simd for Avx512T<BF16> {
         const W: usize = 16;
         type V = __m512;
         type M = __mmask16;
@@ -1012,8 +1110,19 @@ mod x86 {
         }
         #[inline(always)]
         unsafe fn store_bf16<const NT: bool>(self, p: *mut u16, v: __m512) {
-            // SAFETY: see impl comment.
+            // SAFETY: see impl comment; `BF16` proves AVX512_BF16 (callers of the
+            // `BF16` instantiation enable it: see `crate::dispatch`).
             unsafe {
+                if BF16 {
+                    // Round to nearest even, NaN kept quiet with its payload's top bits (as below).
+                    let h: __m256i = std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(v));
+                    if NT {
+                        _mm256_stream_si256(p as *mut __m256i, h)
+                    } else {
+                        _mm256_storeu_si256(p as *mut __m256i, h)
+                    }
+                    return;
+                }
                 let b = _mm512_castps_si512(v);
                 let hi = _mm512_srli_epi32::<16>(b);
                 let lsb = _mm512_and_si512(hi, _mm512_set1_epi32(1));
@@ -1127,6 +1236,44 @@ mod x86 {
                 } else {
                     (_mm512_cvtph_ps(lo), _mm512_cvtph_ps(hi))
                 }
+            }
+        }
+        #[inline(always)]
+        unsafe fn copy_load2_bf16_mag<const NT: bool>(
+            self,
+            src: *const u16,
+            dst: *mut u16,
+            amax: &mut __m512i,
+            amin: &mut __m512i,
+        ) -> (__m512, __m512) {
+            // SAFETY: see impl comment; with NT, `dst` is 64-byte aligned (caller).
+            // One cache line: the magnitudes are tracked as 32 u16 lanes (no
+            // widening needed), and bf16 widens to f32 with one op per half:
+            // the even elements shifted up, the odd ones with the low half cleared.
+            unsafe {
+                let r = _mm512_loadu_si512(src as *const __m512i);
+                if NT {
+                    _mm512_stream_si512(dst as *mut __m512i, r)
+                } else {
+                    _mm512_storeu_si512(dst as *mut __m512i, r)
+                }
+                let m = _mm512_and_si512(r, _mm512_set1_epi16(0x7FFF));
+                *amax = _mm512_max_epu16(*amax, m);
+                *amin = _mm512_min_epu16(*amin, m);
+                let even = _mm512_slli_epi32::<16>(r);
+                let odd = _mm512_and_si512(r, _mm512_set1_epi32(0xFFFF_0000u32 as i32));
+                (_mm512_castsi512_ps(even), _mm512_castsi512_ps(odd))
+            }
+        }
+        #[inline(always)]
+        fn bf16_mag_fold(self, amax: __m512i, amin: __m512i) -> (__m512i, __m512i) {
+            // SAFETY: see impl comment. Each u32 lane holds two u16 magnitudes:
+            // keep the larger (smaller) one, moved to the top half (= its f32 bits).
+            unsafe {
+                let lo = _mm512_set1_epi32(0xFFFF);
+                let mx = _mm512_max_epu32(_mm512_and_si512(amax, lo), _mm512_srli_epi32::<16>(amax));
+                let mn = _mm512_min_epu32(_mm512_and_si512(amin, lo), _mm512_srli_epi32::<16>(amin));
+                (_mm512_slli_epi32::<16>(mx), _mm512_slli_epi32::<16>(mn))
             }
         }
         #[inline(always)]

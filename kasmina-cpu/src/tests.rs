@@ -14,7 +14,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::{CpuBackend, CpuTensor, SimdLevel};
 
 fn levels() -> Vec<SimdLevel> {
-    [SimdLevel::Scalar, SimdLevel::Avx2, SimdLevel::Avx512, SimdLevel::Neon]
+    [SimdLevel::Scalar, SimdLevel::Avx2, SimdLevel::Avx512, SimdLevel::Avx512Bf16, SimdLevel::Neon]
         .into_iter()
         .filter(|l| l.is_supported())
         .collect()
@@ -409,6 +409,65 @@ fn identity_seeds_copy_nan_payloads_bit_for_bit() {
             let mut dx = be.alloc(2, 48, data.view().dtype()).unwrap();
             be.backward(&mut layer, &x, &x, &mut dx).unwrap();
             assert_eq!(bits(&read(&be, &dx)), bits(&data), "{level:?} backward");
+        }
+    }
+}
+
+/// The identity fast path (copy + telemetry settled once per visit of several
+/// rows) against the f64 reference: chunks that are whole cache lines, chunks
+/// with a remainder, NaN/Inf/zero/dead values in some visits and not others, a
+/// seed whose first rows have no finite element, every dtype and SIMD level,
+/// streamed and cached stores; plus identical bits for 1 and 3 threads.
+#[test]
+fn identity_visits_count_special_values_exactly() {
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    for &(c, s, rows) in &[(64usize, 4usize, 23usize), (96, 3, 13), (40, 4, 11), (32, 2, 9)] {
+        let h = c * s;
+        let st = LayerState::new(LayerConfig::new(h, s).unwrap()).unwrap();
+        let mut v: Vec<f32> = (0..rows * h).map(|_| rng.random_range(-3.0..3.0)).collect();
+        // Seed 1: no finite element in its first 5 rows.
+        for r in 0..5.min(rows) {
+            for j in 0..c {
+                v[r * h + c + j] = if j % 3 == 0 { f32::NEG_INFINITY } else { f32::NAN };
+            }
+        }
+        // A few special values scattered over the other seeds, leaving most visits clean.
+        for (n, &special) in [f32::NAN, f32::INFINITY, 0.0, -0.0, 1e-9, -3e-7, f32::NEG_INFINITY].iter().enumerate() {
+            let r = (n * 7 + 3) % rows;
+            let i = [0, 2, 0, 3, 2, 0, 3][n] % s;
+            let j = (n * 13 + 5) % c;
+            v[r * h + i * c + j] = special;
+        }
+        for dtype in DType::ALL {
+            let xd = HostTensorData::from_f32(dtype, &v);
+            let (_, want) = forward_ref(&st, &widen(&xd));
+            for level in levels() {
+                let mut first: Option<Vec<Moments>> = None;
+                for threads in [1, 3] {
+                    let ctx = format!("C={c} {dtype} {level:?} threads={threads}");
+                    let be = CpuBackend::with_options(threads, level).unwrap();
+                    let mut layer = be.create_layer(&st).unwrap();
+                    let x = tensor(&be, rows, h, &xd);
+                    let mut y = be.alloc(rows, h, dtype).unwrap();
+                    be.forward(&mut layer, &x, &mut y).unwrap();
+                    assert_eq!(bits(&read(&be, &y)), bits(&xd), "{ctx}: identity output");
+                    let got = be.accumulators(&layer).unwrap().moments;
+                    for i in 0..s {
+                        let (m, r) = (&got[i], &want[i]);
+                        assert_eq!((m.count, m.dead, m.nonfinite), (r.count, r.dead, r.nonfinite), "{ctx} seed {i}");
+                        assert_eq!((m.min, m.max), (r.min, r.max), "{ctx} seed {i}");
+                        assert!((m.mean - r.mean).abs() <= 1e-5 * (1.0 + r.mean.abs()), "{ctx} seed {i}: mean");
+                        assert!((m.m2 - r.m2).abs() <= 1e-5 * r.m2, "{ctx} seed {i}: m2 {} vs {}", m.m2, r.m2);
+                    }
+                    match &first {
+                        None => first = Some(got),
+                        Some(f) => {
+                            let key = |m: &Moments| (m.count, m.mean.to_bits(), m.m2.to_bits(), m.dead, m.nonfinite);
+                            assert!(f.iter().map(key).eq(got.iter().map(key)), "{ctx}: bits differ across threads");
+                        }
+                    }
+                }
+            }
         }
     }
 }

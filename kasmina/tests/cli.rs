@@ -467,9 +467,30 @@ fn bench_quick_on_the_cpu_writes_one_record_per_configuration() {
     assert_eq!(recs.len(), 8, "{v}");
     for r in recs {
         assert_eq!(r["backend"], "cpu");
-        for k in ["median_ms", "gbps", "copy_gbps", "ratio"] {
+        for k in ["median_ms", "stream_ms", "wall_ms", "gbps", "copy_gbps", "ratio"] {
             assert!(r[k].as_f64().unwrap() > 0.0, "{k} in {r}");
         }
+        let calls = r["stream_calls"].as_u64().unwrap();
+        assert!((1..=1000).contains(&calls), "{r}");
     }
-    assert!(stdout(&o).contains("copy GB/s"));
+    assert!(stdout(&o).contains("copy GB/s") && stdout(&o).contains("stream_us"));
+}
+
+#[test]
+fn bench_takes_explicit_shapes_and_rejects_bad_ones() {
+    let f = Files::new();
+    let json = f.path("s.json");
+    let o = kasmina(&["bench", "--backend", "cpu", "--quick", "--shape", "8,64,4", "--json", p(&json)]);
+    ok(&o);
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let recs = v.as_array().unwrap();
+    assert_eq!(recs.len(), 8, "{v}");
+    assert!(recs.iter().all(|r| r["b"] == 8 && r["h"] == 64 && r["s"] == 4), "{v}");
+
+    let bad = f.path("bad.json");
+    for (shape, needle) in [("8,10,3", "not a multiple"), ("8,0,4", "above zero"), ("8,x,4", "'x'")] {
+        let o = kasmina(&["bench", "--backend", "cpu", "--quick", "--shape", shape, "--json", p(&bad)]);
+        assert!(!o.status.success() && stderr(&o).contains(needle), "{shape}: {}", stderr(&o));
+    }
+    assert!(!bad.exists());
 }

@@ -28,10 +28,30 @@ pub struct BenchArgs {
     /// Also write the records as JSON.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+    /// Shapes to run instead of the backend's defaults, as `B,H,S` (repeatable).
+    #[arg(long = "shape", value_name = "B,H,S", value_parser = parse_shape)]
+    shapes: Vec<(usize, usize, usize)>,
+    /// CUDA kernel families to compare, each in its own run (repeatable or comma-separated):
+    /// `portable`, `hopper` (TMA + warp specialization, compute capability 9.0) and `auto` (the
+    /// autotuner's pick). Without it the CUDA backend follows `KASMINA_CUDA_PATH`.
+    #[arg(long = "cuda-path", value_name = "PATH", value_delimiter = ',')]
+    cuda_paths: Vec<String>,
+}
+
+fn parse_shape(s: &str) -> Result<(usize, usize, usize), String> {
+    let v: Vec<usize> = s
+        .split(',')
+        .map(|p| p.trim().parse::<usize>().map_err(|e| format!("'{p}' in shape '{s}': {e}")))
+        .collect::<Result<_, _>>()?;
+    match v[..] {
+        [b, h, sd] if b > 0 && h > 0 && sd > 0 && h % sd == 0 => Ok((b, h, sd)),
+        [_, h, sd] if sd > 0 && h % sd != 0 => Err(format!("H={h} is not a multiple of S={sd} in '{s}'")),
+        _ => Err(format!("a shape is B,H,S with every part above zero, got '{s}'")),
+    }
 }
 
 /// The default shapes `(B, H, S)` and dtypes of a backend.
-fn shapes(kind: BackendKind, quick: bool) -> (Vec<(usize, usize, usize)>, Vec<DType>) {
+fn defaults(kind: BackendKind, quick: bool) -> (Vec<(usize, usize, usize)>, Vec<DType>) {
     let dtypes = match kind {
         BackendKind::Cpu | BackendKind::Cuda => vec![DType::F32, DType::BF16],
         BackendKind::Wgpu => vec![DType::F32, DType::F16],
@@ -45,17 +65,30 @@ fn shapes(kind: BackendKind, quick: bool) -> (Vec<(usize, usize, usize)>, Vec<DT
     (shapes, dtypes)
 }
 
-fn bench_on<B: Backend>(
-    open: impl Fn() -> kasmina::Result<B>,
+/// What one `kasmina bench` run measures.
+struct Plan<'a> {
     kind: BackendKind,
     quick: bool,
     reps: Option<usize>,
+    shapes: &'a [(usize, usize, usize)],
+}
+
+fn bench_on<B: Backend>(open: impl Fn() -> kasmina::Result<B>, plan: &Plan<'_>) -> kasmina::Result<Vec<BenchRecord>> {
+    bench_backend(&open()?, plan, &mut |_| String::new())
+}
+
+/// Runs every spec of `plan` on `backend`; `variant(backward)` labels each record after its run.
+fn bench_backend<B: Backend>(
+    backend: &B,
+    plan: &Plan<'_>,
+    variant: &mut dyn FnMut(bool) -> String,
 ) -> kasmina::Result<Vec<BenchRecord>> {
-    let backend = open()?;
+    let (quick, reps) = (plan.quick, plan.reps);
     let info = backend.info();
-    let (shapes, dtypes) = shapes(kind, quick);
+    let (default_shapes, dtypes) = defaults(plan.kind, quick);
+    let shapes = if plan.shapes.is_empty() { &default_shapes[..] } else { plan.shapes };
     let mut specs = Vec::new();
-    for &(b, h, s) in &shapes {
+    for &(b, h, s) in shapes {
         for &dtype in &dtypes {
             if !backend.supports(dtype) {
                 eprintln!("{}: skipping {dtype} (not supported by {})", info.id(), info.name);
@@ -84,11 +117,40 @@ fn bench_on<B: Backend>(
             spec.dtype,
             spec.mix.name()
         ));
-        out.extend(kasmina_benches::run_bench(&backend, spec)?);
+        let mut recs = kasmina_benches::run_bench(backend, spec)?;
+        for r in &mut recs {
+            r.variant = variant(r.op == "backward");
+        }
+        out.extend(recs);
         pb.inc(1);
     }
     pb.finish_and_clear();
     Ok(out)
+}
+
+/// One run per CUDA kernel family, each record labelled with the family that ran (for `auto`,
+/// `auto>` and the autotuner's pick; a forced family that fell back shows as `hopper>portable`).
+#[cfg(feature = "cuda")]
+fn cuda_paths(device: kasmina::DeviceName, names: &[String], plan: &Plan<'_>) -> kasmina::Result<Vec<BenchRecord>> {
+    use kasmina::cuda::{CudaBackend, CudaPath, autotune::Tuner};
+    let mut out = Vec::new();
+    for name in names {
+        let path = CudaPath::parse(name)
+            .ok_or_else(|| kasmina::Error::Invalid(format!("--cuda-path {name}: expected portable, hopper or auto")))?;
+        let backend = CudaBackend::with_options(device.index, Tuner::from_env(), path)?;
+        let mut label = |backward: bool| match (path, backend.last_path(backward)) {
+            (p, Some(ran)) if p == ran => p.name().to_string(),
+            (p, Some(ran)) => format!("{}>{}", p.name(), ran.name()),
+            (p, None) => p.name().to_string(),
+        };
+        out.extend(bench_backend(&backend, plan, &mut label)?);
+    }
+    Ok(out)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_paths(_: kasmina::DeviceName, _: &[String], _: &Plan<'_>) -> kasmina::Result<Vec<BenchRecord>> {
+    Err(BackendKind::Cuda.not_compiled())
 }
 
 /// Runs the benchmarks and prints the table (and writes JSON).
@@ -99,8 +161,12 @@ pub fn run(a: BenchArgs) -> CmdResult {
     }
     let mut records = Vec::new();
     for device in devices {
-        let r: kasmina::Result<Vec<BenchRecord>> =
-            kasmina::with_backend!(device, |open| bench_on(open, device.kind, a.quick, a.reps));
+        let plan = Plan { kind: device.kind, quick: a.quick, reps: a.reps, shapes: &a.shapes };
+        if device.kind == BackendKind::Cuda && !a.cuda_paths.is_empty() {
+            records.extend(cuda_paths(device, &a.cuda_paths, &plan)?);
+            continue;
+        }
+        let r: kasmina::Result<Vec<BenchRecord>> = kasmina::with_backend!(device, |open| bench_on(open, &plan));
         records.extend(r?);
     }
     say_raw!("{}", kasmina_benches::format_table(&records));
