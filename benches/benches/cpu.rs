@@ -14,7 +14,7 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput};
-use kasmina_benches::{BenchSpec, SeedMix, bench_state, format_table, random_input, run_bench};
+use kasmina_benches::{BenchSpec, SeedMix, WARMUP_SECONDS, bench_state, format_table, random_input, run_bench};
 use kasmina_core::{Backend, DType, LayerConfig, StateChange};
 use kasmina_cpu::CpuBackend;
 
@@ -65,7 +65,7 @@ fn ratio_table() {
     let mut records = Vec::new();
     for dtype in [DType::F32, DType::BF16] {
         for mix in [SeedMix::Dormant, SeedMix::Mixed] {
-            let spec = BenchSpec { b: B, h: H, s: S, dtype, mix, reps: 15, warmup: 3 };
+            let spec = BenchSpec { b: B, h: H, s: S, dtype, mix, reps: 15, warmup: 3, warmup_s: WARMUP_SECONDS };
             records.extend(run_bench(&be, &spec).expect("bench"));
         }
     }

@@ -14,7 +14,7 @@
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput};
-use kasmina_benches::{BenchSpec, SeedMix, bench_state, format_table, random_input, run_bench};
+use kasmina_benches::{BenchSpec, SeedMix, WARMUP_SECONDS, bench_state, format_table, random_input, run_bench};
 use kasmina_core::{Backend, DType, LayerConfig, StateChange};
 use kasmina_cuda::CudaBackend;
 
@@ -74,7 +74,7 @@ fn ratio_table(be: &CudaBackend) {
     for (b, h, s) in SHAPES {
         for dtype in [DType::F32, DType::BF16] {
             for mix in [SeedMix::Dormant, SeedMix::Mixed] {
-                let spec = BenchSpec { b, h, s, dtype, mix, reps: 30, warmup: 5 };
+                let spec = BenchSpec { b, h, s, dtype, mix, reps: 30, warmup: 5, warmup_s: WARMUP_SECONDS };
                 records.extend(run_bench(be, &spec).expect("bench"));
             }
         }

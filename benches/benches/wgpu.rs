@@ -19,7 +19,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput};
-use kasmina_benches::{BenchSpec, SeedMix, bench_state, format_table, random_input, run_bench};
+use kasmina_benches::{BenchSpec, SeedMix, WARMUP_SECONDS, bench_state, format_table, random_input, run_bench};
 use kasmina_core::{Backend, DType, LayerConfig, StateChange};
 use kasmina_wgpu::WgpuBackend;
 
@@ -92,7 +92,7 @@ fn ratio_table(be: &WgpuBackend) {
     let mut records = Vec::new();
     for dtype in [DType::F32, DType::F16] {
         for mix in [SeedMix::Dormant, SeedMix::Mixed] {
-            let spec = BenchSpec { b, h, s, dtype, mix, reps: 15, warmup: 3 };
+            let spec = BenchSpec { b, h, s, dtype, mix, reps: 15, warmup: 3, warmup_s: WARMUP_SECONDS };
             records.extend(run_bench(be, &spec).expect("bench"));
         }
     }

@@ -101,8 +101,11 @@ pub struct BenchSpec {
     pub mix: SeedMix,
     /// Timed repetitions (the median is reported).
     pub reps: usize,
-    /// Untimed warm-up calls.
+    /// Untimed warm-up calls before each timed series.
     pub warmup: usize,
+    /// Minimum wall-clock seconds of back-to-back warm-up calls before each timed series (0 for
+    /// smoke tests; [`WARMUP_SECONDS`] for measurements), so a GPU is at its working clock.
+    pub warmup_s: f64,
 }
 
 /// One line of the report: an (op, shape, dtype, mix) on one device.
@@ -183,10 +186,29 @@ fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() { f64::NAN } else { v[v.len() / 2] }
 }
 
-fn timed<B: Backend>(backend: &B, spec: &BenchSpec, f: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
-    for _ in 0..spec.warmup {
-        backend.time_ms(f)?;
+/// The warm-up a measurement should use ([`BenchSpec::warmup_s`]): GPUs drop their clock within
+/// milliseconds of going idle (an H100 fell from 1980 to 345 MHz while the host generated the
+/// next series' data), so every series, the copy yardstick included, starts from a busy device.
+pub const WARMUP_SECONDS: f64 = 0.3;
+
+/// Runs `f` back to back for at least `spec.warmup` calls and `spec.warmup_s` seconds, then
+/// waits for the device.
+fn warm_up<B: Backend>(backend: &B, spec: &BenchSpec, f: &mut dyn FnMut() -> Result<()>) -> Result<()> {
+    let start = std::time::Instant::now();
+    let mut calls = 0usize;
+    while calls < spec.warmup || start.elapsed().as_secs_f64() < spec.warmup_s {
+        f()?;
+        calls += 1;
+        if calls.is_multiple_of(64) {
+            // Keep the queue short so the elapsed time tracks the device's work.
+            backend.synchronize()?;
+        }
     }
+    backend.synchronize()
+}
+
+fn timed<B: Backend>(backend: &B, spec: &BenchSpec, f: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
+    warm_up(backend, spec, f)?;
     let mut t = Vec::with_capacity(spec.reps);
     for _ in 0..spec.reps.max(1) {
         t.push(backend.time_ms(f)?);

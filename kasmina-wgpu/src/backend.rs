@@ -48,6 +48,28 @@ pub struct WgpuOptions {
     /// type (2048 on GPUs, 32 on CPU adapters such as lavapipe, where every
     /// workgroup costs a CPU thread switch).
     pub target_tiles: Option<usize>,
+    /// `time_ms` writes each timestamp in a submission of its own, as before
+    /// (host-side gaps between submissions are then timed too); also set by
+    /// `KASMINA_WGPU_TIMING=submit`. By default the timestamps go into the
+    /// command buffers of the timed work itself.
+    pub separate_submit_timing: bool,
+    /// Decode f16 with integer arithmetic only (no `unpack2x16float`); also set
+    /// by `KASMINA_WGPU_F16_DECODE=int`. Same bits, for speed comparisons.
+    pub f16_integer_decode: bool,
+    /// Run the tiles through two kernels (identity seeds, and the rest), each
+    /// compiled without the other's code, instead of one for all seeds; also
+    /// set by `KASMINA_WGPU_SPLIT=1`. Same results; on the H100 the single
+    /// kernel was as fast or faster (f32 mixed forward 0.431 ms vs 0.476 ms
+    /// with 16-byte groups, 1.34 ms vs 1.49 ms word by word).
+    pub split_tile_kernels: bool,
+    /// Rows each invocation loads together in the word-wise tile loops
+    /// (`UNROLL` in kasmina.wgsl; default 8, 1 to 16); also set by
+    /// `KASMINA_WGPU_UNROLL`. Same results, for speed comparisons.
+    pub unroll: Option<u32>,
+    /// Forward tiles read one word per row and invocation instead of one
+    /// 16-byte group (4 words) where C allows it; also set by
+    /// `KASMINA_WGPU_VEC4=0`. Same outputs, for speed comparisons.
+    pub scalar_tile_loads: bool,
 }
 
 struct Pipelines {
@@ -68,6 +90,8 @@ struct Timer {
     queries: wgpu::QuerySet,
     resolve: wgpu::Buffer,
     period_ns: f64,
+    /// `KASMINA_WGPU_TIMING=submit`: timestamps in submissions of their own.
+    separate_submits: bool,
 }
 
 /// The Kasmina layer on one wgpu adapter (Vulkan preferred).
@@ -89,11 +113,36 @@ pub struct WgpuBackend {
     storage_align: u64,
     uniform_stride: u64,
     target_tiles: usize,
+    f16_integer_decode: bool,
+    /// Rows loaded together per invocation (`UNROLL` in kasmina.wgsl).
+    unroll: u32,
+    /// Forward tiles move 16-byte groups where C allows (`vec4` in the uniforms).
+    vec4_tiles: bool,
+    /// The tile kernels to dispatch: (forward, backward) entry points.
+    tile_kernels: (&'static [&'static str], &'static [&'static str]),
     bgl: wgpu::BindGroupLayout,
     layout: wgpu::PipelineLayout,
     pipes: [OnceLock<std::result::Result<Arc<Pipelines>, WgpuError>>; 3],
+    /// The reference copy kernel of [`WgpuBackend::shader_copy`], built on first use.
+    copy_pipe: OnceLock<std::result::Result<wgpu::ComputePipeline, WgpuError>>,
     timer: Option<Timer>,
 }
+
+/// A plain 16-byte-per-invocation copy: the bandwidth a compute shader reaches
+/// through this adapter, for comparison with the kernels and the yardstick.
+const COPY4_WGSL: &str = "
+@group(0) @binding(0) var<storage, read> src: array<vec4<u32>>;
+@group(0) @binding(1) var<storage, read_write> dst: array<vec4<u32>>;
+
+@compute @workgroup_size(256)
+fn copy4(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = (wid.x + wid.y * nwg.x) * 256u + lid;
+    if (i < arrayLength(&dst)) {
+        dst[i] = src[i];
+    }
+}
+";
 
 impl std::fmt::Debug for WgpuBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -155,6 +204,27 @@ pub struct WgpuLayer {
     scratch: Option<wgpu::Buffer>,
     uniform: Option<wgpu::Buffer>,
     uniform_slots: usize,
+    /// The uniform bytes last written (a call with the same plan writes nothing).
+    uniform_bytes: Vec<u8>,
+    /// Bind groups of the last forward (0) and backward (1) call, reused while
+    /// the call binds the same buffers with the same plan. (A cached group keeps
+    /// its buffers alive until a call with other tensors replaces it.)
+    groups: [Option<BindCache>; 2],
+}
+
+/// Bind groups for one combination of buffers and row slices.
+#[derive(Debug)]
+struct BindCache {
+    key: BindKey,
+    groups: Vec<wgpu::BindGroup>,
+}
+
+#[derive(Debug, PartialEq)]
+struct BindKey {
+    buffers: [wgpu::Buffer; 5],
+    /// (row0, rows) of every slice, and the bytes per row.
+    slices: Vec<(usize, usize)>,
+    row_bytes: u64,
 }
 
 impl WgpuLayer {
@@ -177,7 +247,8 @@ impl WgpuLayer {
         self.gc_off() + self.s
     }
     fn pers_words(&self) -> usize {
-        self.colsum_off() + 3 * self.h
+        // Column sums as compensated pairs: 3 H high parts, then 3 H low parts.
+        self.colsum_off() + 6 * self.h
     }
 }
 
@@ -196,6 +267,8 @@ struct Plan {
     tile_rows: usize,
     total_rb: usize,
     aligned: bool,
+    /// Forward tiles move 16-byte groups: aligned, and C / (elements per word) a multiple of 4.
+    vec4: bool,
     row_bytes: u64,
 }
 
@@ -270,13 +343,14 @@ impl WgpuBackend {
         let mut max_binding = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
         // Kernels index words of a binding with u32: stay below 4 GiB.
         max_binding = max_binding.min(u64::from(u32::MAX) & !255);
-        max_binding -= max_binding % 4;
+        // Multiples of 16: activation bindings are arrays of 16-byte groups.
+        max_binding -= max_binding % 16;
         let adapter_binding = max_binding;
         if let Some(m) = options.max_binding_bytes {
             max_binding = max_binding.min(m.max(256));
         }
-        max_binding -= max_binding % 4;
-        let storage_align = u64::from(limits.min_storage_buffer_offset_alignment).max(4);
+        max_binding -= max_binding % 16;
+        let storage_align = u64::from(limits.min_storage_buffer_offset_alignment).max(16);
         let uniform_stride =
             PARAMS_BYTES.next_multiple_of(u64::from(limits.min_uniform_buffer_offset_alignment).max(16));
         let target_tiles =
@@ -339,6 +413,8 @@ impl WgpuBackend {
                         mapped_at_creation: false,
                     }),
                     period_ns,
+                    separate_submits: options.separate_submit_timing
+                        || std::env::var("KASMINA_WGPU_TIMING").is_ok_and(|v| v == "submit"),
                 })?)
             } else {
                 None
@@ -353,9 +429,23 @@ impl WgpuBackend {
             storage_align,
             uniform_stride,
             target_tiles,
+            f16_integer_decode: options.f16_integer_decode
+                || std::env::var("KASMINA_WGPU_F16_DECODE").is_ok_and(|v| v == "int"),
+            unroll: options
+                .unroll
+                .or_else(|| std::env::var("KASMINA_WGPU_UNROLL").ok().and_then(|v| v.parse().ok()))
+                .unwrap_or(8)
+                .clamp(1, 16),
+            vec4_tiles: !(options.scalar_tile_loads || std::env::var("KASMINA_WGPU_VEC4").is_ok_and(|v| v == "0")),
+            tile_kernels: if options.split_tile_kernels || std::env::var("KASMINA_WGPU_SPLIT").is_ok_and(|v| v == "1") {
+                (&["fwd_tile_id", "fwd_tile_bp"], &["bwd_tile_id", "bwd_tile_bp"])
+            } else {
+                (&["fwd_tile"], &["bwd_tile"])
+            },
             bgl,
             layout,
             pipes: [OnceLock::new(), OnceLock::new(), OnceLock::new()],
+            copy_pipe: OnceLock::new(),
             timer,
         })
     }
@@ -368,6 +458,11 @@ impl WgpuBackend {
     /// Whether reductions use subgroup operations (else workgroup memory).
     pub fn uses_subgroups(&self) -> bool {
         self.subgroups
+    }
+
+    /// Whether f16 pipelines decode with integer arithmetic only.
+    pub fn f16_integer_decode(&self) -> bool {
+        self.f16_integer_decode || !self.gpu.f16_in_f32
     }
 
     /// Whether `time_ms` uses timestamp queries (else the wall clock).
@@ -398,8 +493,12 @@ impl WgpuBackend {
     }
 
     fn build_pipelines(&self, dtype: DType) -> std::result::Result<Arc<Pipelines>, WgpuError> {
-        let variant = Variant { dtype, subgroups: self.subgroups };
-        let src = variant.source();
+        let half_unpack = self.gpu.f16_in_f32 && !self.f16_integer_decode;
+        let variant = Variant { dtype, subgroups: self.subgroups, half_unpack };
+        let mut src = variant.source();
+        if self.unroll != 8 {
+            src = src.replace("const UNROLL: u32 = 8u;", &format!("const UNROLL: u32 = {}u;", self.unroll));
+        }
         let compile = |e: Error| match e {
             Error::Backend(b) => WgpuError::Compile(b.message),
             other => WgpuError::Compile(other.to_string()),
@@ -431,6 +530,72 @@ impl WgpuBackend {
             list.push(p);
         }
         Ok(Arc::new(Pipelines { list }))
+    }
+
+    /// Copies `src` to `dst` (same shape and dtype) with a plain compute shader
+    /// moving 16 bytes per invocation: not part of the layer, a reference for
+    /// what a kernel can move through this adapter (timed by `time_ms` like the
+    /// `copy_buffer_to_buffer` of [`Backend::copy`]). The tensor must fit one
+    /// storage binding.
+    pub fn shader_copy(&self, src: &WgpuTensor, dst: &mut WgpuTensor) -> Result<()> {
+        if src.rows != dst.rows || src.cols != dst.cols || src.dtype != dst.dtype {
+            return Err(Error::shape(
+                "shader copy destination",
+                format!("[{}, {}] {}", src.rows, src.cols, src.dtype),
+                format!("[{}, {}] {}", dst.rows, dst.cols, dst.dtype),
+            ));
+        }
+        let size = src.buf.size().min(dst.buf.size());
+        if size > self.max_binding {
+            return Err(unsupported(format!("a shader copy of {size} bytes exceeds one storage binding")));
+        }
+        let pipe = self
+            .copy_pipe
+            .get_or_init(|| {
+                let module = self
+                    .gpu
+                    .scoped("compiling the copy shader", || {
+                        self.gpu.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                            label: Some("copy4"),
+                            source: wgpu::ShaderSource::Wgsl(COPY4_WGSL.into()),
+                        })
+                    })
+                    .map_err(|e| WgpuError::Compile(e.to_string()))?;
+                self.gpu
+                    .scoped("building the copy pipeline", || {
+                        self.gpu.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                            label: Some("copy4"),
+                            layout: None,
+                            module: &module,
+                            entry_point: Some("copy4"),
+                            compilation_options: Default::default(),
+                            cache: None,
+                        })
+                    })
+                    .map_err(|e| WgpuError::Compile(e.to_string()))
+            })
+            .clone()
+            .map_err(Error::from)?;
+        fn bind(b: &wgpu::Buffer, size: u64) -> wgpu::BindingResource<'_> {
+            wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer: b, offset: 0, size: NonZeroU64::new(size) })
+        }
+        let group = self.gpu.scoped("creating the copy bind group", || {
+            self.gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some("copy4"),
+                layout: &pipe.get_bind_group_layout(0),
+                entries: &[
+                    wgpu::BindGroupEntry { binding: 0, resource: bind(&src.buf, size) },
+                    wgpu::BindGroupEntry { binding: 1, resource: bind(&dst.buf, size) },
+                ],
+            })
+        })?;
+        let (gx, gy) = grid((size / 16).div_ceil(WG))?;
+        self.run_passes("shader copy", |pass| {
+            pass.set_pipeline(&pipe);
+            pass.set_bind_group(0, &group, &[]);
+            pass.dispatch_workgroups(gx, gy, 1);
+            Ok(())
+        })
     }
 
     fn check_dtype(&self, dtype: DType) -> Result<()> {
@@ -485,6 +650,7 @@ impl WgpuBackend {
             tile_rows,
             total_rb: rb_base,
             aligned: dtype == DType::F32 || c.is_multiple_of(2),
+            vec4: self.vec4_tiles && (c * dtype.size_bytes()).is_multiple_of(16),
             row_bytes,
         })
     }
@@ -508,6 +674,7 @@ impl WgpuBackend {
             })?;
             layer.uniform = Some(buf);
             layer.uniform_slots = n;
+            layer.uniform_bytes.clear();
         }
         Ok(())
     }
@@ -544,23 +711,27 @@ impl WgpuBackend {
             colpart,
             nelems,
             layer.s * sl.nrb,
-            0,
+            usize::from(plan.vec4),
             0,
         ];
         Params { v: v.map(|x| x as u32) }
     }
 
-    /// Writes the per-slice uniforms and builds one bind group per slice.
-    fn bind_slices(
+    /// Writes the per-slice uniforms (unless they are already there) and returns
+    /// one bind group per slice, from the layer's cache `which` (0 forward,
+    /// 1 backward) when the call binds the same buffers with the same slices.
+    #[allow(clippy::too_many_arguments)]
+    fn bind_slices<'l>(
         &self,
-        layer: &WgpuLayer,
+        layer: &'l mut WgpuLayer,
+        which: usize,
         plan: &Plan,
         dtype: DType,
         a: &WgpuTensor,
         b: &WgpuTensor,
         out: &WgpuTensor,
-    ) -> Result<Vec<wgpu::BindGroup>> {
-        let (Some(uniform), Some(scratch)) = (layer.uniform.as_ref(), layer.scratch.as_ref()) else {
+    ) -> Result<&'l [wgpu::BindGroup]> {
+        let (Some(uniform), Some(scratch)) = (layer.uniform.clone(), layer.scratch.clone()) else {
             return Err(WgpuError::Device("scratch buffers missing".into()).into());
         };
         let mut bytes = vec![0u8; plan.slices.len() * self.uniform_stride as usize];
@@ -569,42 +740,60 @@ impl WgpuBackend {
             let o = i * self.uniform_stride as usize;
             bytes[o..o + PARAMS_BYTES as usize].copy_from_slice(bytemuck::bytes_of(&p));
         }
-        self.gpu.write_bytes(uniform, 0, &bytes)?;
-        self.gpu.scoped("creating bind groups", || {
-            plan.slices
-                .iter()
-                .map(|sl| {
-                    let off = sl.row0 as u64 * plan.row_bytes;
-                    let size = NonZeroU64::new((sl.rows as u64 * plan.row_bytes).next_multiple_of(4).max(4));
-                    fn slice(t: &WgpuTensor, off: u64, size: Option<NonZeroU64>) -> wgpu::BindingResource<'_> {
-                        wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer: &t.buf, offset: off, size })
-                    }
-                    fn whole(b: &wgpu::Buffer) -> wgpu::BindingResource<'_> {
-                        b.as_entire_binding()
-                    }
-                    self.gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
-                        label: Some("kasmina slice"),
-                        layout: &self.bgl,
-                        entries: &[
-                            wgpu::BindGroupEntry {
-                                binding: 0,
-                                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                                    buffer: uniform,
-                                    offset: 0,
-                                    size: NonZeroU64::new(PARAMS_BYTES),
-                                }),
-                            },
-                            wgpu::BindGroupEntry { binding: 1, resource: whole(&layer.params_buf) },
-                            wgpu::BindGroupEntry { binding: 2, resource: slice(a, off, size) },
-                            wgpu::BindGroupEntry { binding: 3, resource: slice(b, off, size) },
-                            wgpu::BindGroupEntry { binding: 4, resource: slice(out, off, size) },
-                            wgpu::BindGroupEntry { binding: 5, resource: whole(&layer.pers_buf) },
-                            wgpu::BindGroupEntry { binding: 6, resource: whole(scratch) },
-                        ],
+        if layer.uniform_bytes != bytes {
+            self.gpu.write_bytes(&uniform, 0, &bytes)?;
+            layer.uniform_bytes = bytes;
+        }
+        let key = BindKey {
+            buffers: [a.buf.clone(), b.buf.clone(), out.buf.clone(), scratch.clone(), uniform.clone()],
+            slices: plan.slices.iter().map(|sl| (sl.row0, sl.rows)).collect(),
+            row_bytes: plan.row_bytes,
+        };
+        let slot = &mut layer.groups[which];
+        if slot.as_ref().is_none_or(|c| c.key != key) {
+            *slot = None;
+            let groups = self.gpu.scoped("creating bind groups", || {
+                plan.slices
+                    .iter()
+                    .map(|sl| {
+                        let off = sl.row0 as u64 * plan.row_bytes;
+                        // Whole 16-byte groups (the shader's element type); tensors are padded to 16.
+                        let size = NonZeroU64::new((sl.rows as u64 * plan.row_bytes).next_multiple_of(16).max(16));
+                        fn slice(t: &WgpuTensor, off: u64, size: Option<NonZeroU64>) -> wgpu::BindingResource<'_> {
+                            wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer: &t.buf, offset: off, size })
+                        }
+                        fn whole(b: &wgpu::Buffer) -> wgpu::BindingResource<'_> {
+                            b.as_entire_binding()
+                        }
+                        self.gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                            label: Some("kasmina slice"),
+                            layout: &self.bgl,
+                            entries: &[
+                                wgpu::BindGroupEntry {
+                                    binding: 0,
+                                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                                        buffer: &uniform,
+                                        offset: 0,
+                                        size: NonZeroU64::new(PARAMS_BYTES),
+                                    }),
+                                },
+                                wgpu::BindGroupEntry { binding: 1, resource: whole(&layer.params_buf) },
+                                wgpu::BindGroupEntry { binding: 2, resource: slice(a, off, size) },
+                                wgpu::BindGroupEntry { binding: 3, resource: slice(b, off, size) },
+                                wgpu::BindGroupEntry { binding: 4, resource: slice(out, off, size) },
+                                wgpu::BindGroupEntry { binding: 5, resource: whole(&layer.pers_buf) },
+                                wgpu::BindGroupEntry { binding: 6, resource: whole(&scratch) },
+                            ],
+                        })
                     })
-                })
-                .collect()
-        })
+                    .collect::<Vec<_>>()
+            })?;
+            *slot = Some(BindCache { key, groups });
+        }
+        match slot {
+            Some(c) => Ok(&c.groups),
+            None => Err(WgpuError::Device("bind groups missing".into()).into()),
+        }
     }
 
     fn check_act(&self, layer: &WgpuLayer, what: &str, t: &WgpuTensor, rows: usize, dtype: DType) -> Result<()> {
@@ -618,20 +807,11 @@ impl WgpuBackend {
     }
 
     fn run_passes(&self, label: &str, f: impl FnOnce(&mut wgpu::ComputePass<'_>) -> Result<()>) -> Result<()> {
-        let mut inner = Ok(());
-        self.gpu.scoped(label, || {
-            let mut enc =
-                self.gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) });
-            {
-                let mut pass =
-                    enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(label), timestamp_writes: None });
-                inner = f(&mut pass);
-            }
-            if inner.is_ok() {
-                self.gpu.queue.submit([enc.finish()]);
-            }
-        })?;
-        inner
+        self.gpu.submit_work(label, |enc| {
+            let mut pass =
+                enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(label), timestamp_writes: None });
+            f(&mut pass)
+        })
     }
 
     fn slot_offset(&self, i: usize) -> u32 {
@@ -720,7 +900,8 @@ impl Backend for WgpuBackend {
     fn alloc(&self, rows: usize, cols: usize, dtype: DType) -> Result<WgpuTensor> {
         self.check_dtype(dtype)?;
         let bytes = (rows as u64).saturating_mul(cols as u64).saturating_mul(dtype.size_bytes() as u64);
-        let buf = self.gpu.storage("kasmina tensor", bytes)?;
+        // Padded to whole 16-byte groups (the shaders bind activations as vec4<u32> arrays).
+        let buf = self.gpu.storage("kasmina tensor", bytes.max(16).next_multiple_of(16))?;
         Ok(WgpuTensor { buf, rows, cols, dtype })
     }
 
@@ -762,6 +943,8 @@ impl Backend for WgpuBackend {
             scratch: None,
             uniform: None,
             uniform_slots: 0,
+            uniform_bytes: Vec::new(),
+            groups: [None, None],
         };
         layer.pers_buf = self.gpu.storage("kasmina accumulators", (layer.pers_words() * 4) as u64)?;
         self.upload(&mut layer, state, StateChange::All)?;
@@ -834,8 +1017,9 @@ impl Backend for WgpuBackend {
         let pipes = self.pipelines(dtype)?;
         let plan = self.plan(x.rows, layer.h, layer.s, dtype)?;
         self.ensure_scratch(layer, &plan, plan.slices.len())?;
-        let groups = self.bind_slices(layer, &plan, dtype, x, x, y)?;
-        let seeds_grid = grid((layer.s as u64).div_ceil(WG))?;
+        let (h, s) = (layer.h, layer.s);
+        let groups = self.bind_slices(layer, 0, &plan, dtype, x, x, y)?;
+        let seeds_grid = grid((s as u64).div_ceil(WG))?;
         let last = plan.slices.len() - 1;
         self.run_passes("kasmina forward", |pass| {
             pass.set_pipeline(pipes.get("fwd_prep")?);
@@ -843,11 +1027,13 @@ impl Backend for WgpuBackend {
             pass.dispatch_workgroups(seeds_grid.0, seeds_grid.1, 1);
             for (i, sl) in plan.slices.iter().enumerate() {
                 pass.set_bind_group(0, &groups[i], &[self.slot_offset(i)]);
-                let (gx, gy) = grid((layer.s * sl.nrb) as u64)?;
-                pass.set_pipeline(pipes.get("fwd_tile")?);
-                pass.dispatch_workgroups(gx, gy, 1);
+                let (gx, gy) = grid((s * sl.nrb) as u64)?;
+                for k in self.tile_kernels.0 {
+                    pass.set_pipeline(pipes.get(k)?);
+                    pass.dispatch_workgroups(gx, gy, 1);
+                }
                 if !plan.aligned {
-                    let words = ((sl.rows * layer.h).div_ceil(2)) as u64;
+                    let words = ((sl.rows * h).div_ceil(2)) as u64;
                     let (fx, fy) = grid(words.div_ceil(WG))?;
                     pass.set_pipeline(pipes.get("fwd_flat")?);
                     pass.dispatch_workgroups(fx, fy, 1);
@@ -874,26 +1060,29 @@ impl Backend for WgpuBackend {
         let pipes = self.pipelines(dtype)?;
         let plan = self.plan(x.rows, layer.h, layer.s, dtype)?;
         self.ensure_scratch(layer, &plan, plan.slices.len())?;
-        let groups = self.bind_slices(layer, &plan, dtype, x, g, dx)?;
+        let (h, s) = (layer.h, layer.s);
+        let groups = self.bind_slices(layer, 1, &plan, dtype, x, g, dx)?;
         let last = plan.slices.len() - 1;
         self.run_passes("kasmina backward", |pass| {
             for (i, sl) in plan.slices.iter().enumerate() {
                 pass.set_bind_group(0, &groups[i], &[self.slot_offset(i)]);
-                let (gx, gy) = grid((layer.s * sl.nrb) as u64)?;
-                pass.set_pipeline(pipes.get("bwd_tile")?);
-                pass.dispatch_workgroups(gx, gy, 1);
+                let (gx, gy) = grid((s * sl.nrb) as u64)?;
+                for k in self.tile_kernels.1 {
+                    pass.set_pipeline(pipes.get(k)?);
+                    pass.dispatch_workgroups(gx, gy, 1);
+                }
                 if !plan.aligned {
-                    let words = ((sl.rows * layer.h).div_ceil(2)) as u64;
+                    let words = ((sl.rows * h).div_ceil(2)) as u64;
                     let (fx, fy) = grid(words.div_ceil(WG))?;
                     pass.set_pipeline(pipes.get("bwd_flat")?);
                     pass.dispatch_workgroups(fx, fy, 1);
                 }
             }
             pass.set_bind_group(0, &groups[last], &[self.slot_offset(last)]);
-            let (cx, cy) = grid((3 * layer.h as u64).div_ceil(WG))?;
+            let (cx, cy) = grid((3 * h as u64).div_ceil(WG))?;
             pass.set_pipeline(pipes.get("bwd_colmerge")?);
             pass.dispatch_workgroups(cx, cy, 1);
-            let (sx, sy) = grid(layer.s as u64)?;
+            let (sx, sy) = grid(s as u64)?;
             pass.set_pipeline(pipes.get("bwd_final")?);
             pass.dispatch_workgroups(sx, sy, 1);
             Ok(())
@@ -982,11 +1171,9 @@ impl Backend for WgpuBackend {
         if size == 0 {
             return Ok(());
         }
-        self.gpu.scoped("copy_buffer_to_buffer", || {
-            let mut enc =
-                self.gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("copy") });
+        self.gpu.submit_work("copy_buffer_to_buffer", |enc| {
             enc.copy_buffer_to_buffer(&src.buf, 0, &dst.buf, 0, size);
-            self.gpu.queue.submit([enc.finish()]);
+            Ok(())
         })
     }
 
@@ -1003,22 +1190,33 @@ impl Backend for WgpuBackend {
             return Ok(start.elapsed().as_secs_f64() * 1e3);
         };
         self.synchronize()?;
-        let stamp = |i: u32, resolve: bool| {
-            self.gpu.scoped("timestamp", || {
-                let mut enc = self
-                    .gpu
-                    .device
-                    .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("timestamp") });
-                enc.write_timestamp(&t.queries, i);
-                if resolve {
-                    enc.resolve_query_set(&t.queries, 0..2, &t.resolve, 0);
-                }
-                self.gpu.queue.submit([enc.finish()]);
-            })
-        };
-        stamp(0, false)?;
-        f()?;
-        stamp(1, true)?;
+        if t.separate_submits {
+            // The earlier method, kept for comparison (`KASMINA_WGPU_TIMING=submit`): each
+            // timestamp in a submission of its own, so host-side gaps are timed too.
+            let stamp = |i: u32, resolve: bool| {
+                self.gpu.scoped("timestamp", || {
+                    let mut enc = self
+                        .gpu
+                        .device
+                        .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("timestamp") });
+                    enc.write_timestamp(&t.queries, i);
+                    if resolve {
+                        enc.resolve_query_set(&t.queries, 0..2, &t.resolve, 0);
+                    }
+                    self.gpu.queue.submit([enc.finish()]);
+                })
+            };
+            stamp(0, false)?;
+            f()?;
+            stamp(1, true)?;
+        } else {
+            self.gpu.begin_capture(&t.queries);
+            if let Err(e) = f() {
+                self.gpu.cancel_capture();
+                return Err(e);
+            }
+            self.gpu.end_capture(&t.resolve)?;
+        }
         let b = self.gpu.read_bytes(&t.resolve, 0, 16)?;
         let t0 = u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
         let t1 = u64::from_le_bytes([b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]]);

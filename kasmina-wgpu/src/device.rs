@@ -106,10 +106,29 @@ pub(crate) struct Gpu {
     pub queue: wgpu::Queue,
     pub limits: wgpu::Limits,
     pub features: wgpu::Features,
+    /// The adapter runs `unpack2x16float` (`DownlevelFlags::SHADER_F16_IN_F32`).
+    pub f16_in_f32: bool,
     pub lost: Arc<Mutex<Option<String>>>,
     pub uncaptured: Arc<Mutex<Option<String>>>,
     /// Grow-only MAP_READ buffer for readbacks.
     staging: Mutex<Option<wgpu::Buffer>>,
+    /// While `time_ms` measures: where its timestamps go (see [`Capture`]).
+    capture: Mutex<Option<Capture>>,
+}
+
+/// Timestamps recorded in the same command buffers as the timed work.
+///
+/// A timestamp in a submission of its own lands on the GPU long before the
+/// next submission's work does (the host still has to record and submit it),
+/// so the gap would be timed as if it were work. While a capture is active,
+/// the first work encoder gets the start timestamp ahead of its commands, and
+/// the last one is held back (`deferred`) so the end timestamp can be appended
+/// to it; any other queue operation submits the held encoder first, which
+/// keeps the queue order of every write, copy and dispatch unchanged.
+pub(crate) struct Capture {
+    queries: wgpu::QuerySet,
+    start_pending: bool,
+    deferred: Option<wgpu::CommandEncoder>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -158,7 +177,18 @@ impl Gpu {
                 *g = Some(e.to_string());
             }
         }));
-        Ok(Gpu { device, queue, limits, features, lost, uncaptured, staging: Mutex::new(None) })
+        let f16_in_f32 = adapter.get_downlevel_capabilities().flags.contains(wgpu::DownlevelFlags::SHADER_F16_IN_F32);
+        Ok(Gpu {
+            device,
+            queue,
+            limits,
+            features,
+            f16_in_f32,
+            lost,
+            uncaptured,
+            staging: Mutex::new(None),
+            capture: Mutex::new(None),
+        })
     }
 
     /// Fails with `DeviceLost` (or the recorded uncaptured error) if the device is gone.
@@ -196,8 +226,83 @@ impl Gpu {
         Ok(out)
     }
 
+    /// Submits the encoder a capture holds back, if any.
+    pub fn flush(&self) {
+        let held = lock(&self.capture).as_mut().and_then(|c| c.deferred.take());
+        if let Some(enc) = held {
+            self.queue.submit([enc.finish()]);
+        }
+    }
+
+    /// Records work with `record` into a new command encoder and submits it,
+    /// or, during a capture, holds it back (with the start timestamp first if
+    /// it is the capture's first work). Runs inside error scopes.
+    pub fn submit_work(&self, label: &str, record: impl FnOnce(&mut wgpu::CommandEncoder) -> Result<()>) -> Result<()> {
+        let mut inner = Ok(());
+        self.scoped(label, || {
+            let mut guard = lock(&self.capture);
+            if let Some(held) = guard.as_mut().and_then(|c| c.deferred.take()) {
+                self.queue.submit([held.finish()]);
+            }
+            let mut enc = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) });
+            let mut stamped = false;
+            if let Some(c) = guard.as_mut()
+                && c.start_pending
+            {
+                enc.write_timestamp(&c.queries, 0);
+                c.start_pending = false;
+                stamped = true;
+            }
+            inner = record(&mut enc);
+            match guard.as_mut() {
+                Some(c) if inner.is_ok() => c.deferred = Some(enc),
+                // Nothing of a failed recording is submitted; the start timestamp
+                // (if it went into this encoder) goes ahead of the next work instead.
+                Some(c) => c.start_pending |= stamped,
+                None if inner.is_ok() => {
+                    self.queue.submit([enc.finish()]);
+                }
+                None => {}
+            }
+        })?;
+        inner
+    }
+
+    /// Starts a capture: timestamp 0 of `queries` goes ahead of the next work.
+    pub fn begin_capture(&self, queries: &wgpu::QuerySet) {
+        self.flush();
+        *lock(&self.capture) = Some(Capture { queries: queries.clone(), start_pending: true, deferred: None });
+    }
+
+    /// Ends a capture: timestamp 1 goes after the last work (in the same
+    /// command buffer), then both are resolved into `resolve`.
+    pub fn end_capture(&self, resolve: &wgpu::Buffer) -> Result<()> {
+        let Some(c) = lock(&self.capture).take() else {
+            return Err(WgpuError::Device("no timestamp capture in progress".into()).into());
+        };
+        self.scoped("timestamp", || {
+            let mut enc = c.deferred.unwrap_or_else(|| {
+                self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("timestamp") })
+            });
+            if c.start_pending {
+                enc.write_timestamp(&c.queries, 0);
+            }
+            enc.write_timestamp(&c.queries, 1);
+            enc.resolve_query_set(&c.queries, 0..2, resolve, 0);
+            self.queue.submit([enc.finish()]);
+        })
+    }
+
+    /// Abandons a capture (after an error), submitting what it held back.
+    pub fn cancel_capture(&self) {
+        if let Some(enc) = lock(&self.capture).take().and_then(|c| c.deferred) {
+            self.queue.submit([enc.finish()]);
+        }
+    }
+
     /// Blocks until the queue is idle.
     pub fn wait(&self) -> Result<()> {
+        self.flush();
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| kasmina_core::Error::from(WgpuError::Device(format!("poll: {e}"))))?;
@@ -225,6 +330,7 @@ impl Gpu {
         let Some(staging) = guard.as_ref() else {
             return Err(WgpuError::Device("readback buffer missing".into()).into());
         };
+        self.flush();
         self.scoped("copying to the readback buffer", || {
             let mut enc =
                 self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("readback") });
@@ -257,6 +363,7 @@ impl Gpu {
         if data.is_empty() {
             return Ok(());
         }
+        self.flush();
         self.scoped("writing a buffer", || {
             if data.len().is_multiple_of(4) {
                 self.queue.write_buffer(dst, offset, data);

@@ -5,13 +5,27 @@
 //!   shaders (`src/shaders/*.wgsl`): forward output and telemetry (SPEC 5),
 //!   backward dx, parameter gradients and gradient telemetry (SPEC 7), in f32,
 //!   f16 and bf16 (16-bit values are packed two per `u32` and converted in the
-//!   shader in integer arithmetic, so no adapter feature is needed).
+//!   shader, so no adapter feature is needed: bf16 by shifts, f16 with WGSL's
+//!   core `unpack2x16float` where it is exact (normal numbers, zeros) and
+//!   integer arithmetic elsewhere, and an integer round-to-nearest-even encoder).
+//!   Each storage word is loaded and decoded once per element.
 //! - Reductions are two-stage and deterministic: per-workgroup partials, then a
-//!   merge in a fixed order (Chan's formula for moments). Telemetry partials are
+//!   merge in a fixed order (Chan's formula for moments). Parameter-gradient
+//!   sums are compensated (two-sum pairs through every stage: rows in a tile,
+//!   tiles, columns), so sums of hundreds of thousands of cancelling terms keep
+//!   f32 accuracy in the result. Telemetry partials are
 //!   Welford states of `x - K` with a per-seed shift `K` (the seed's first
 //!   element of row 0 at the first forward after a reset), so f32 keeps the
 //!   variance of data with `|mean| / std = 1e4`. The final merge runs on the
 //!   device, so a forward never waits on the host.
+//! - A workgroup handles one (seed, row-block) tile. Where a chunk row is a
+//!   whole number of 16-byte groups (C * element size a multiple of 16), each
+//!   forward invocation reads and writes one `vec4<u32>` per row (4 f32 or 8
+//!   halves), two rows per step with the next two already loading; other
+//!   shapes go word by word ([`WgpuOptions::scalar_tile_loads`] forces that).
+//!   Activations are bound as `array<vec4<u32>>` (tensors are padded to 16
+//!   bytes). One kernel serves every seed; [`WgpuOptions::split_tile_kernels`]
+//!   runs identity and blueprint tiles through two (measured slower on the H100).
 //! - Workgroup reductions use subgroup shuffles when the adapter has
 //!   `SUBGROUP`, workgroup memory otherwise ([`WgpuOptions::force_shared_memory`]).
 //! - Tensors larger than `max_storage_buffer_binding_size` are processed in
@@ -22,8 +36,16 @@
 //!   rest, so nothing panics inside wgpu's default handler).
 //!
 //! Buffers (state, parameters, accumulators, scratch, uniforms) and pipelines
-//! are created once per layer / per dtype and reused; scratch grows only. A
-//! call creates one small bind group per row slice (no buffer allocation).
+//! are created once per layer / per dtype and reused; scratch grows only. The
+//! uniforms are written only when the call's plan changes, and the bind groups
+//! of the last forward and the last backward are reused while a call binds the
+//! same tensors, so a repeated call allocates nothing on the device.
+//!
+//! Timing (`Backend::time_ms`) uses timestamp queries written into the same
+//! command buffers as the timed work (start before the first command, end after
+//! the last), so host-side recording and submission gaps are not counted; the
+//! copy yardstick is timed the same way. `KASMINA_WGPU_TIMING=submit` restores
+//! the earlier method (timestamps in submissions of their own) for comparison.
 //!
 //! Determinism: the tile plan depends only on the shape, the adapter's limits
 //! and [`WgpuOptions`], and every reduction runs in a fixed order, so the

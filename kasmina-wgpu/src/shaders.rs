@@ -4,9 +4,12 @@
 //! dtype file (how activations are stored and converted) and one reduction file
 //! (subgroup shuffles or workgroup memory). f16 is converted in integer
 //! arithmetic (exact decode, round-to-nearest-even encode), so it needs no
-//! `SHADER_F16`: naga 30 cannot bitcast a `u32` to `vec2<f16>`, and WGSL leaves the
-//! rounding of a native f32 -> f16 conversion to the implementation. WGSL declarations are order-free, so
-//! concatenation is all the "linking" needed; the only textual substitution is
+//! `SHADER_F16`; the decoder takes WGSL's core `unpack2x16float` for words whose
+//! halves are normal numbers or zeros (exact on every implementation), and the
+//! encoder has a short path for results in f16's normal range. (naga 30 cannot
+//! bitcast a `u32` to `vec2<f16>`, and WGSL leaves the rounding of a native
+//! f32 -> f16 conversion, and `pack2x16float` out of range, to the
+//! implementation.) WGSL declarations are order-free, so concatenation is all the "linking" needed; the only textual substitution is
 //! the subgroup built-ins in the entry points' parameter lists.
 
 use kasmina_core::DType;
@@ -37,8 +40,20 @@ pub const FILES: &[(&str, &str)] = &[
 ];
 
 /// The kernel entry points, in the order the pipelines are built.
-pub const ENTRY_POINTS: &[&str] =
-    &["fwd_prep", "fwd_tile", "fwd_flat", "fwd_merge", "bwd_tile", "bwd_flat", "bwd_colmerge", "bwd_final"];
+pub const ENTRY_POINTS: &[&str] = &[
+    "fwd_prep",
+    "fwd_tile",
+    "fwd_tile_id",
+    "fwd_tile_bp",
+    "fwd_flat",
+    "fwd_merge",
+    "bwd_tile",
+    "bwd_tile_id",
+    "bwd_tile_bp",
+    "bwd_flat",
+    "bwd_colmerge",
+    "bwd_final",
+];
 
 /// One compiled flavour of the kernels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -47,6 +62,11 @@ pub struct Variant {
     pub dtype: DType,
     /// Reduce with subgroup shuffles (needs `SUBGROUP`) instead of workgroup memory.
     pub subgroups: bool,
+    /// f16 only: decode words with `unpack2x16float` where that is exact
+    /// (normal numbers and zeros), the integer decoder elsewhere; `false` uses
+    /// the integer decoder for everything (`KASMINA_WGPU_F16_DECODE=int`, for
+    /// comparison). Both give the same bits.
+    pub half_unpack: bool,
 }
 
 impl Variant {
@@ -55,7 +75,11 @@ impl Variant {
         let mut out = Vec::new();
         for dtype in DType::ALL {
             for subgroups in [false, true] {
-                out.push(Variant { dtype, subgroups });
+                for half_unpack in [true, false] {
+                    if half_unpack || dtype == DType::F16 {
+                        out.push(Variant { dtype, subgroups, half_unpack });
+                    }
+                }
             }
         }
         out
@@ -67,6 +91,10 @@ impl Variant {
         if self.subgroups {
             caps |= naga::valid::Capabilities::SUBGROUP;
         }
+        if self.half_unpack && self.dtype == DType::F16 {
+            // unpack2x16float (wgpu: `DownlevelFlags::SHADER_F16_IN_F32`, no f16 extension).
+            caps |= naga::valid::Capabilities::SHADER_FLOAT16_IN_FLOAT32;
+        }
         caps
     }
 
@@ -75,6 +103,14 @@ impl Variant {
         let mut src = String::new();
         match self.dtype {
             DType::F32 => src.push_str(DTYPE_F32),
+            DType::F16 if !self.half_unpack => {
+                let (a, rest) = DTYPE_F16.split_once("/*F16_UNPACK_BEGIN*/").unwrap_or((DTYPE_F16, ""));
+                let b = rest.split_once("/*F16_UNPACK_END*/").map_or("", |(_, b)| b);
+                src.push_str(a);
+                src.push_str(b);
+                src.push_str(HALF_COMMON);
+                src.push_str(F16_ENCODE);
+            }
             DType::F16 => {
                 src.push_str(DTYPE_F16);
                 src.push_str(HALF_COMMON);
@@ -128,12 +164,20 @@ mod tests {
 
     #[test]
     fn subgroup_variant_needs_the_capability() {
-        let v = Variant { dtype: DType::F32, subgroups: true };
+        let v = Variant { dtype: DType::F32, subgroups: true, half_unpack: true };
         let src = v.source();
         let module = naga::front::wgsl::parse_str(&src).unwrap();
         let r = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::empty())
             .validate(&module);
         assert!(r.is_err(), "subgroup variant validated without SUBGROUP");
+    }
+
+    #[test]
+    fn the_integer_f16_variant_has_no_unpack() {
+        let v = Variant { dtype: DType::F16, subgroups: false, half_unpack: false };
+        assert!(!v.source().contains("unpack2x16float("));
+        let v = Variant { dtype: DType::F16, subgroups: false, half_unpack: true };
+        assert!(v.source().contains("unpack2x16float("));
     }
 
     #[test]

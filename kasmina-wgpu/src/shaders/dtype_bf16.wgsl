@@ -11,3 +11,8 @@ fn enc(v: f32) -> u32 {
     }
     return ((x + 0x7FFFu + ((x >> 16u) & 1u)) >> 16u) & 0xFFFFu;
 }
+
+// Both halves of a storage word (low half first): exact shifts.
+fn dec2(w: u32) -> vec2<f32> {
+    return vec2<f32>(bitcast<f32>(w << 16u), bitcast<f32>(w & 0xFFFF0000u));
+}

@@ -16,3 +16,21 @@ fn dec(h: u32) -> f32 {
     }
     return bitcast<f32>(sign | ((e + 112u) << 23u) | (m << 13u));
 }
+
+// Whether unpack2x16float is exact for the half `h` on every implementation:
+// normal numbers and zeros. Subnormals (which an implementation may flush),
+// infinities and NaNs (payloads) take the integer path.
+fn half_plain(h: u32) -> bool {
+    let e = h & 0x7C00u;
+    return (e != 0u && e != 0x7C00u) || (h & 0x7FFFu) == 0u;
+}
+
+// Both halves of a storage word (low half first), exactly as `dec` decodes them.
+fn dec2(w: u32) -> vec2<f32> {
+    /*F16_UNPACK_BEGIN*/
+    if (half_plain(w & 0xFFFFu) && half_plain(w >> 16u)) {
+        return unpack2x16float(w);
+    }
+    /*F16_UNPACK_END*/
+    return vec2<f32>(dec(w & 0xFFFFu), dec(w >> 16u));
+}

@@ -3,6 +3,13 @@
 fn enc(v: f32) -> u32 {
     let x = bitcast<u32>(v);
     let sign = (x >> 16u) & 0x8000u;
+    let a = x & 0x7FFFFFFFu;
+    if (a >= 0x38800000u && a < 0x47800000u) {
+        // Normal f16 results (2^-14 <= |v| < 2^16): rebias the exponent and round
+        // the 13 dropped bits to nearest even; a carry steps into the next
+        // exponent, and from 65520 on into infinity (0x7C00), as it should.
+        return sign | ((a - 0x38000000u + 0xFFFu + ((a >> 13u) & 1u)) >> 13u);
+    }
     let e = (x >> 23u) & 0xFFu;
     let m = x & 0x7FFFFFu;
     if (e == 0xFFu) {

@@ -96,7 +96,16 @@ fn bench_backend<B: Backend>(
             }
             for mix in [SeedMix::Dormant, SeedMix::Mixed] {
                 let reps = reps.unwrap_or(if quick { 3 } else { 20 });
-                specs.push(BenchSpec { b, h, s, dtype, mix, reps, warmup: if quick { 1 } else { 3 } });
+                specs.push(BenchSpec {
+                    b,
+                    h,
+                    s,
+                    dtype,
+                    mix,
+                    reps,
+                    warmup: if quick { 1 } else { 3 },
+                    warmup_s: if quick { 0.0 } else { kasmina_benches::WARMUP_SECONDS },
+                });
             }
         }
     }
