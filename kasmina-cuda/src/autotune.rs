@@ -31,11 +31,30 @@ pub struct KernelConfig {
     pub threads: u32,
     /// Elements per thread and load (the vector width).
     pub vec: u32,
+    /// Rows a thread loads before it processes any: [`DEFAULT_UNROLL`], or 8 (the seed-uniform
+    /// forward's `*_u8` kernels, more bytes in flight per thread). Entries written before this
+    /// knob existed read as the default.
+    #[serde(default = "default_unroll")]
+    pub unroll: u32,
+}
+
+/// The kernels' built-in unroll (`UNROLL` in `kasmina.cu`).
+pub const DEFAULT_UNROLL: u32 = 4;
+
+fn default_unroll() -> u32 {
+    DEFAULT_UNROLL
+}
+
+impl KernelConfig {
+    /// A configuration with the default unroll.
+    pub const fn new(rows: u32, threads: u32, vec: u32) -> Self {
+        Self { rows, threads, vec, unroll: DEFAULT_UNROLL }
+    }
 }
 
 impl std::fmt::Display for KernelConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "rows={} threads={} vec={}", self.rows, self.threads, self.vec)
+        write!(f, "rows={} threads={} vec={} unroll={}", self.rows, self.threads, self.vec, self.unroll)
     }
 }
 
@@ -110,6 +129,12 @@ impl TuneKey {
     }
 }
 
+/// The operation field of a key string ([`TuneKey::as_string`]: device first, so it is
+/// counted from the end; a `|` in the device name does not move it).
+fn key_op(key: &str) -> Option<&str> {
+    key.rsplit('|').nth(3)
+}
+
 /// The shape bucket of `rows x cols`: both rounded up to a power of two.
 pub fn shape_bucket(rows: usize, cols: usize) -> String {
     format!("b{}-h{}", rows.max(1).next_power_of_two(), cols.max(1).next_power_of_two())
@@ -166,12 +191,20 @@ pub struct Tuner {
     memory: HashMap<String, KernelConfig>,
     warnings: Vec<String>,
     tuned: usize,
+    /// Print every candidate's time while tuning (`KASMINA_AUTOTUNE_LOG=1`).
+    log: bool,
 }
 
 impl Tuner {
     /// A tuner over `path` (None: memory only).
     pub fn new(path: Option<PathBuf>, mode: TuneMode) -> Self {
-        Self { path, mode, memory: HashMap::new(), warnings: Vec::new(), tuned: 0 }
+        Self { path, mode, memory: HashMap::new(), warnings: Vec::new(), tuned: 0, log: false }
+    }
+
+    /// Prints each candidate's time to stderr while tuning (for comparing kernel variants).
+    pub fn with_log(mut self, log: bool) -> Self {
+        self.log = log;
+        self
     }
 
     /// Reads `KASMINA_AUTOTUNE` and `KASMINA_AUTOTUNE_CACHE`.
@@ -184,7 +217,7 @@ impl Tuner {
             Some(p) if !p.is_empty() => Some(PathBuf::from(p)),
             _ => dirs::cache_dir().map(|d| d.join("kasmina").join("autotune.json")),
         };
-        Self::new(path, mode)
+        Self::new(path, mode).with_log(std::env::var("KASMINA_AUTOTUNE_LOG").is_ok_and(|v| v == "1"))
     }
 
     /// The cache file, if any.
@@ -244,8 +277,11 @@ impl Tuner {
         let mut file = self.read_file();
         file.version = FILE_VERSION;
         let current = format!("{:016x}", key.kernel_hash);
-        // Entries of this device tuned with another kernel source can never match again.
-        file.entries.retain(|_, e| e.device != key.device || e.kernel_hash == current);
+        // Entries of this device and operation tuned with another kernel source can never match
+        // again. Other operations are kept whatever their source: the Hopper path tunes its keys
+        // against its own source (issue 7), and pruning by source alone made the two families
+        // evict each other's entries on every write, so a second process tuned again.
+        file.entries.retain(|k, e| e.device != key.device || e.kernel_hash == current || key_op(k) != Some(&key.op));
         file.entries.insert(key.as_string(), entry);
         if let Err(e) = write_atomically(&path, &file) {
             self.warn(format!("cannot write the autotune cache {}: {e}", path.display()));
@@ -280,7 +316,16 @@ impl Tuner {
         let mut best: Option<(KernelConfig, f64)> = None;
         let mut first_err = None;
         for c in candidates {
-            match time(c) {
+            let t = time(c);
+            if self.log {
+                match &t {
+                    Ok(ms) => {
+                        eprintln!("kasmina-cuda: autotune {} {} {} {c}: {ms:.4} ms", key.op, key.dtype, key.bucket)
+                    }
+                    Err(_) => eprintln!("kasmina-cuda: autotune {} {} {} {c}: failed", key.op, key.dtype, key.bucket),
+                }
+            }
+            match t {
                 Ok(ms) if ms.is_finite() => {
                     if best.is_none_or(|(_, b)| ms < b) {
                         best = Some((*c, ms));
@@ -340,18 +385,14 @@ mod tests {
     const SRC: &str = "__global__ void k() {}";
 
     fn cands() -> Vec<KernelConfig> {
-        vec![
-            KernelConfig { rows: 8, threads: 128, vec: 4 },
-            KernelConfig { rows: 32, threads: 256, vec: 4 },
-            KernelConfig { rows: 64, threads: 128, vec: 2 },
-        ]
+        vec![KernelConfig::new(8, 128, 4), KernelConfig::new(32, 256, 4), KernelConfig::new(64, 128, 2)]
     }
 
     fn key(src: &str) -> TuneKey {
         TuneKey::new("Fake GPU", (9, 0), "forward", "f32", &shape_bucket(1000, 768), src, &cands())
     }
 
-    const DEFAULT: KernelConfig = KernelConfig { rows: 1, threads: 32, vec: 1 };
+    const DEFAULT: KernelConfig = KernelConfig::new(1, 32, 1);
 
     /// Candidate 1 is the fastest; counts calls.
     fn fake_timer(calls: &mut usize) -> impl FnMut(&KernelConfig) -> Result<f64, String> + '_ {
@@ -414,7 +455,7 @@ mod tests {
     #[test]
     fn a_changed_candidate_set_is_a_different_key() {
         let mut other = cands();
-        other.push(KernelConfig { rows: 128, threads: 64, vec: 4 });
+        other.push(KernelConfig::new(128, 64, 4));
         let a = key(SRC);
         let b = TuneKey::new("Fake GPU", (9, 0), "forward", "f32", &shape_bucket(1000, 768), SRC, &other);
         assert_ne!(a.as_string(), b.as_string());
@@ -503,6 +544,46 @@ mod tests {
         // No temporary file is left behind.
         let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().filter_map(|e| e.ok()).collect();
         assert_eq!(leftovers.len(), 1, "{leftovers:?}");
+    }
+
+    #[test]
+    fn entries_without_unroll_read_as_the_default_unroll() {
+        let c: KernelConfig = serde_json::from_str(r#"{"rows": 32, "threads": 256, "vec": 4}"#).unwrap();
+        assert_eq!(c, KernelConfig::new(32, 256, 4));
+        assert_eq!(c.unroll, DEFAULT_UNROLL);
+        let c8 = KernelConfig { unroll: 8, ..c };
+        assert_ne!(c8.to_string(), c.to_string(), "the unroll is part of the candidate-set hash");
+    }
+
+    /// Two kernel sources (the portable and the Hopper family) share one file: writing a key of
+    /// one never drops the other's entries; re-tuning an operation with a new source drops that
+    /// operation's stale entries only.
+    #[test]
+    fn entries_of_other_sources_survive_unless_their_operation_is_retuned() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("autotune.json");
+        let k =
+            |op: &str, src: &str| TuneKey::new("Fake GPU", (9, 0), op, "f32", &shape_bucket(1000, 768), src, &cands());
+        let (fwd, hop, fwd_new) = (k("forward", SRC), k("hopper-forward", "hopper src"), k("forward", "changed"));
+        let mut calls = 0;
+        let mut t = Tuner::new(Some(path.clone()), TuneMode::On);
+        for key in [&fwd, &hop] {
+            t.get_or_tune(key, &cands(), DEFAULT, &mut fake_timer(&mut calls)).unwrap();
+        }
+        let mut t2 = Tuner::new(Some(path.clone()), TuneMode::On);
+        for key in [&fwd, &hop] {
+            assert_eq!(t2.get_or_tune(key, &cands(), DEFAULT, &mut fake_timer(&mut calls)).unwrap().1, Source::File);
+        }
+        let mut t3 = Tuner::new(Some(path.clone()), TuneMode::On);
+        t3.get_or_tune(&fwd_new, &cands(), DEFAULT, &mut fake_timer(&mut calls)).unwrap();
+        let file: CacheFile = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let mut keys: Vec<_> = file.entries.keys().cloned().collect();
+        keys.sort();
+        let mut want = vec![hop.as_string(), fwd_new.as_string()];
+        want.sort();
+        assert_eq!(keys, want, "the stale forward entry goes, the Hopper one stays");
+        assert_eq!(key_op(&hop.as_string()), Some("hopper-forward"));
+        assert_eq!(key_op("A|B GPU|sm90|forward|f32|b1-h1|00"), Some("forward"));
     }
 
     #[test]

@@ -11,12 +11,18 @@ use kasmina_core::{
     ParamGrads, StateChange,
 };
 
-use crate::autotune::{KernelConfig, TuneKey, Tuner, shape_bucket};
+use crate::autotune::{DEFAULT_UNROLL, KernelConfig, TuneKey, Tuner, shape_bucket};
 use crate::error::{CudaError, CudaResult, DriverContext};
 use crate::kernels::{KERNEL_SOURCE, Kernels, arch_name, vector_widths, widest_vector};
 use crate::layer::{
     Acc, ColCoef, CudaLayer, GraphKey, Scratch, SeedConst, SeedDerived, SeedRecord, seed_const, seed_record,
 };
+
+// ---- Hopper path (issue 7, engineer H1): TMA + warp-specialized kernels, see hopper.rs.
+#[path = "hopper.rs"]
+pub mod hopper;
+pub use hopper::CudaPath;
+// ---- end Hopper path
 
 type Result<T> = std::result::Result<T, Error>;
 
@@ -74,6 +80,24 @@ impl DeviceTensor for CudaTensor {
 /// All work goes to one stream, in order; tensors and layer state stay on the
 /// device between calls. The fused kernels' launch configuration is autotuned
 /// once per key and cached on disk (see [`crate::autotune`]).
+///
+/// Environment switches of the portable kernels, read when the backend opens:
+/// - `KASMINA_CUDA_GRAPHS=off`: no CUDA-graph replay of small calls.
+/// - `KASMINA_CUDA_UNIFORM=off`: the per-column kernels even where the seed-uniform ones apply.
+/// - `KASMINA_CUDA_FUSED_MERGE=on`: small forwards merge their statistics in the main kernel's
+///   last block instead of a separate kernel (off by default: on the H100 the separate kernel
+///   measured 1 to 3 µs faster per call, even with the fused merge's one-warp-per-seed tree).
+/// - `KASMINA_CUDA_TUNE_EXTRA=off`: the autotuner times only the base candidates (rows in
+///   powers of two, tiles of at most 1024 columns, unroll 4). By default the seed-uniform
+///   kernels also try 256-thread tiles of 8-wide vectors, rows that split the batch evenly
+///   over 3 to 12 blocks per SM, and (forward) 8 rows in flight per thread.
+/// - `KASMINA_CUDA_DEFAULT_UNROLL=8`, `KASMINA_CUDA_DEFAULT_THREADS=<n>`: the configuration
+///   used with `KASMINA_AUTOTUNE=off` takes that unroll (seed-uniform forward) and thread
+///   count where the kernels allow them (to run those kernels on every call of a test).
+/// - `KASMINA_CUDA_BWD_TYPED=off`: the active seed-uniform backward without its per-blueprint-type
+///   branch on finite rows (the typed one, default since it measured faster on the H100, gives
+///   the same bits).
+/// - `KASMINA_AUTOTUNE_LOG=1`: print every candidate's time while tuning.
 pub struct CudaBackend {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
@@ -92,8 +116,45 @@ pub struct CudaBackend {
     /// (`KASMINA_CUDA_UNIFORM=off` forces the per-column kernels).
     uniform: bool,
     /// Whether small forwards merge their statistics in the main kernel
-    /// (`KASMINA_CUDA_FUSED_MERGE=off` keeps the separate merge kernel).
+    /// (`KASMINA_CUDA_FUSED_MERGE=on`; off by default, the separate merge kernel).
     fused_merge: bool,
+    /// Launch-candidate options, see [`TuneOptions`].
+    tune_opts: TuneOptions,
+    /// Whether the active seed-uniform backward takes one branch per blueprint type on
+    /// finite rows (default; `KASMINA_CUDA_BWD_TYPED=off` disables it; same results, tuned under
+    /// its own op name).
+    bwd_typed: bool,
+    /// The Hopper path (issue 7): kernel family setting, its modules and picks (see `hopper.rs`).
+    hopper: hopper::HopperState,
+}
+
+/// What the autotuner may try beyond the base candidates (rows in powers of two up to 256,
+/// tiles of at most `MAX_TILE` columns, unroll 4), read from the environment when the
+/// backend opens:
+/// - `KASMINA_CUDA_TUNE_EXTRA=off`: only the base candidates. Otherwise the seed-uniform
+///   kernels also try 256-thread tiles of 8-wide vectors (2048 columns: a bf16 block then
+///   moves as many bytes per row as an f32 one), row counts that split the rows evenly over
+///   3, 4, 6, 8 or 12 blocks per SM (one or two full waves, fewer partials), and, for the
+///   forward, 8 rows in flight per thread (`unroll = 8`).
+/// - `KASMINA_CUDA_DEFAULT_UNROLL=8` and `KASMINA_CUDA_DEFAULT_THREADS=<n>`: the built-in
+///   configuration (`KASMINA_AUTOTUNE=off`) uses that unroll / thread count where the kernel
+///   allows it, so a conformance run can force those kernels onto every call.
+#[derive(Debug, Clone, Copy)]
+struct TuneOptions {
+    extra: bool,
+    default_unroll: u32,
+    default_threads: Option<u32>,
+}
+
+impl TuneOptions {
+    fn from_env() -> Self {
+        let num = |name: &str| std::env::var(name).ok().and_then(|v| v.trim().parse::<u32>().ok());
+        Self {
+            extra: !env_off("KASMINA_CUDA_TUNE_EXTRA"),
+            default_unroll: num("KASMINA_CUDA_DEFAULT_UNROLL").filter(|u| *u == 8).unwrap_or(DEFAULT_UNROLL),
+            default_threads: num("KASMINA_CUDA_DEFAULT_THREADS").filter(|t| t.is_multiple_of(32) && *t >= 32),
+        }
+    }
 }
 
 impl std::fmt::Debug for CudaBackend {
@@ -117,6 +178,11 @@ fn driver_present() -> CudaResult<()> {
                 .into(),
         ))
     }
+}
+
+/// Whether environment variable `name` is set to on / 1 / true / yes.
+fn env_on(name: &str) -> bool {
+    matches!(std::env::var(name).map(|v| v.to_ascii_lowercase()).as_deref(), Ok("on" | "1" | "true" | "yes"))
 }
 
 /// Whether environment variable `name` is set to off / 0 / false / no.
@@ -201,7 +267,10 @@ impl CudaBackend {
             ("forward-uniform", &k.fwdu),
             ("forward-uniform-identity", &k.fwdu_identity),
             ("forward-uniform-fused", &k.fwdu_fused),
+            ("forward-uniform-unroll8", &k.fwdu_u8),
+            ("forward-uniform-identity-unroll8", &k.fwdu_identity_u8),
             ("backward-uniform", &k.bwdu),
+            ("backward-uniform-typed", &k.bwdu_typed),
             ("backward-uniform-identity", &k.bwdu_identity),
         ] {
             let regs = f.num_regs().ctx("reading kernel attributes")?;
@@ -264,7 +333,10 @@ impl CudaBackend {
             picked: Mutex::new(HashMap::new()),
             graphs: !env_off("KASMINA_CUDA_GRAPHS"),
             uniform: !env_off("KASMINA_CUDA_UNIFORM"),
-            fused_merge: !env_off("KASMINA_CUDA_FUSED_MERGE"),
+            fused_merge: env_on("KASMINA_CUDA_FUSED_MERGE"),
+            tune_opts: TuneOptions::from_env(),
+            bwd_typed: !env_off("KASMINA_CUDA_BWD_TYPED"),
+            hopper: hopper::HopperState::new(CudaPath::from_env()),
         })
     }
 
@@ -290,33 +362,78 @@ impl CudaBackend {
         (need.clamp(32, max as u64)) as u32
     }
 
-    /// The built-in configuration (used with `KASMINA_AUTOTUNE=off`).
-    fn default_config(&self, dtype: DType, b: usize, h: usize) -> KernelConfig {
+    /// Most threads per block for vector `v`: the per-column kernels keep a tile within
+    /// `MAX_TILE` columns (their shared memory is per column), the seed-uniform ones need
+    /// only their launch bounds (shared memory per thread).
+    fn max_threads(v: u32, uniform: bool) -> u32 {
+        if uniform { UNIFORM_MAX_THREADS } else { (MAX_TILE / v).min(256) }
+    }
+
+    /// The built-in configuration (used with `KASMINA_AUTOTUNE=off`). `uniform`: the
+    /// seed-uniform kernels run; `forward`: the operation is a forward (unroll 8 exists there).
+    fn default_config(&self, dtype: DType, b: usize, h: usize, uniform: bool, forward: bool) -> KernelConfig {
         let vec = widest_vector(dtype, h);
-        let threads = Self::threads_for(h, vec, (MAX_TILE / vec).min(256));
+        let cap = match self.tune_opts.default_threads {
+            Some(t) => t.min(Self::max_threads(vec, uniform)),
+            None => (MAX_TILE / vec).min(256),
+        };
+        let threads = Self::threads_for(h, vec, cap);
         let tiles = (h as u64).div_ceil((threads * vec) as u64);
         // Enough blocks for 4 per SM before rows per block grow to 32.
         let want_blocks = 4 * self.sms as u64;
         let rows = ((b as u64 * tiles).div_ceil(want_blocks)).clamp(1, 32) as u32;
-        KernelConfig { rows, threads, vec }
+        let unroll = if uniform && forward { self.tune_opts.default_unroll } else { DEFAULT_UNROLL };
+        KernelConfig { rows, threads, vec, unroll }
     }
 
-    /// Candidates timed by the autotuner: rows per block x threads x vector width.
-    fn candidates(&self, dtype: DType, b: usize, h: usize) -> Vec<KernelConfig> {
+    /// Candidates timed by the autotuner: rows per block x threads x vector width (x unroll
+    /// for the seed-uniform forward), see [`TuneOptions`] for what goes beyond the base set.
+    fn candidates(&self, dtype: DType, b: usize, h: usize, uniform: bool, forward: bool) -> Vec<KernelConfig> {
+        Self::candidate_set(dtype, b, h, self.sms, uniform, forward, self.tune_opts.extra)
+    }
+
+    /// [`Self::candidates`] for a device of `sms` SMs; `extra`: beyond the base set.
+    fn candidate_set(
+        dtype: DType,
+        b: usize,
+        h: usize,
+        sms: u32,
+        uniform: bool,
+        forward: bool,
+        extra: bool,
+    ) -> Vec<KernelConfig> {
         let widest = widest_vector(dtype, h);
+        let extra = extra && uniform;
         let vecs: Vec<u32> =
             vector_widths(dtype).iter().copied().filter(|v| *v <= widest && *v * 2 >= widest).collect();
+        let unrolls: &[u32] = if extra && forward { &[DEFAULT_UNROLL, 8] } else { &[DEFAULT_UNROLL] };
         let mut out = Vec::new();
         for &vec in &vecs {
+            let cap = if extra { Self::max_threads(vec, true) } else { (MAX_TILE / vec).min(256) };
             let mut threads: Vec<u32> =
-                [128u32, 256].iter().map(|t| Self::threads_for(h, vec, (*t).min(MAX_TILE / vec))).collect();
+                [128u32, 256].iter().map(|t| Self::threads_for(h, vec, (*t).min(cap))).collect();
             threads.dedup();
             for &t in &threads {
-                for rows in [4u32, 16, 32, 64, 128, 256] {
-                    if rows as usize > b.max(4) * 2 {
-                        continue;
+                let mut rows_set: Vec<u32> = vec![4, 16, 32, 64, 128, 256];
+                if extra {
+                    // Rows that split the work evenly over m blocks per SM.
+                    let tiles = (h as u64).div_ceil((t * vec) as u64);
+                    for m in [3u64, 4, 6, 8, 12] {
+                        let r = (b as u64 * tiles).div_ceil(sms.max(1) as u64 * m);
+                        if (8..=MAX_ROWS_PER_BLOCK as u64).contains(&r) {
+                            rows_set.push(r as u32);
+                        }
                     }
-                    out.push(KernelConfig { rows, threads: t, vec });
+                }
+                rows_set.sort_unstable();
+                rows_set.dedup();
+                for &unroll in unrolls {
+                    for &rows in &rows_set {
+                        if rows as usize > b.max(4) * 2 {
+                            continue;
+                        }
+                        out.push(KernelConfig { rows, threads: t, vec, unroll });
+                    }
                 }
             }
         }
@@ -324,12 +441,14 @@ impl CudaBackend {
         out
     }
 
-    fn check_cfg(cfg: &KernelConfig, dtype: DType, h: usize) -> CudaResult<()> {
+    /// `uniform`: the seed-uniform kernels run this configuration (see `uses_uniform`).
+    fn check_cfg(cfg: &KernelConfig, dtype: DType, h: usize, uniform: bool) -> CudaResult<()> {
         let ok = vector_widths(dtype).contains(&cfg.vec)
             && h.is_multiple_of(cfg.vec as usize)
             && cfg.threads.is_multiple_of(32)
             && (32..=1024).contains(&cfg.threads)
-            && cfg.threads * cfg.vec <= MAX_TILE
+            && (cfg.threads * cfg.vec <= MAX_TILE || (uniform && cfg.threads <= UNIFORM_MAX_THREADS))
+            && (cfg.unroll == DEFAULT_UNROLL || (cfg.unroll == 8 && uniform))
             && (1..=MAX_ROWS_PER_BLOCK).contains(&cfg.rows);
         if ok { Ok(()) } else { Err(CudaError::Unsupported(format!("invalid launch configuration {cfg}"))) }
     }
@@ -349,7 +468,9 @@ impl CudaBackend {
     }
 
     fn tune_reps(bytes: usize) -> usize {
-        ((64usize << 20) / bytes.max(1)).clamp(2, 20)
+        // At least 5 calls even for the largest tensors: candidates a few percent apart must
+        // not be ordered by noise (the whole tuning of a key stays well under a second).
+        ((64usize << 20) / bytes.max(1)).clamp(5, 20)
     }
 
     /// The launch configuration for one operation: tuned once per key, then remembered.
@@ -364,8 +485,10 @@ impl CudaBackend {
         if let Some(c) = self.picked.lock().unwrap_or_else(|p| p.into_inner()).get(&(op, dtype, b, h)) {
             return Ok(*c);
         }
-        let cands = self.candidates(dtype, b, h);
-        let default = self.default_config(dtype, b, h);
+        // The op names say which kernels run (see op_name).
+        let (uniform, forward) = (op.contains("uniform"), op.starts_with("forward"));
+        let cands = self.candidates(dtype, b, h, uniform, forward);
+        let default = self.default_config(dtype, b, h, uniform, forward);
         let key = TuneKey::new(&self.name, self.cc, op, dtype.name(), &shape_bucket(b, h), KERNEL_SOURCE, &cands);
         let mut tuner = self.tuner.lock().unwrap_or_else(|p| p.into_inner());
         let (cfg, _) = tuner.get_or_tune(&key, &cands, default, time)?;
@@ -397,6 +520,7 @@ impl CudaBackend {
             (true, false, false) => "backward-identity",
             (false, true, true) => "forward-uniform",
             (false, false, true) => "forward-uniform-identity",
+            (true, true, true) if self.bwd_typed => "backward-uniform-typed",
             (true, true, true) => "backward-uniform",
             (true, false, true) => "backward-uniform-identity",
         }
@@ -428,14 +552,19 @@ impl CudaBackend {
         cfg: KernelConfig,
         fuse_merge: bool,
     ) -> CudaResult<Geometry> {
-        Self::check_cfg(&cfg, x.dtype, layer.h)?;
+        Self::check_cfg(&cfg, x.dtype, layer.h, self.uses_uniform(layer, &cfg))?;
         let k = self.kernels(x.dtype, cfg.vec)?;
         let g = Geometry::new(cfg, x.rows, layer.h, layer.c, layer.s)?;
         let uni = self.uses_uniform(layer, &cfg);
         let fuse_merge = fuse_merge && uni;
+        let u8 = uni && cfg.unroll == 8;
         let f = match (uni, layer.any_active(), fuse_merge) {
             (false, true, _) => &k.fwd,
             (false, false, _) => &k.fwd_identity,
+            (true, true, false) if u8 => &k.fwdu_u8,
+            (true, false, false) if u8 => &k.fwdu_identity_u8,
+            (true, true, true) if u8 => &k.fwdu_u8_fused,
+            (true, false, true) if u8 => &k.fwdu_identity_u8_fused,
             (true, true, false) => &k.fwdu,
             (true, false, false) => &k.fwdu_identity,
             (true, true, true) => &k.fwdu_fused,
@@ -501,7 +630,7 @@ impl CudaBackend {
         dx: &mut CudaTensor,
         cfg: KernelConfig,
     ) -> CudaResult<Geometry> {
-        Self::check_cfg(&cfg, x.dtype, layer.h)?;
+        Self::check_cfg(&cfg, x.dtype, layer.h, self.uses_uniform(layer, &cfg))?;
         let k = self.kernels(x.dtype, cfg.vec)?;
         let g = Geometry::new(cfg, x.rows, layer.h, layer.c, layer.s)?;
         let pbytes = if layer.any_active() { g.n_rg as usize * layer.h * 3 * 4 } else { 16 };
@@ -509,6 +638,7 @@ impl CudaBackend {
         let f = match (uni, layer.any_active()) {
             (false, true) => &k.bwd,
             (false, false) => &k.bwd_identity,
+            (true, true) if self.bwd_typed => &k.bwdu_typed,
             (true, true) => &k.bwdu,
             (true, false) => &k.bwdu_identity,
         };
@@ -742,7 +872,16 @@ impl CudaBackend {
         }
     }
 
+    /// Forward on the family [`CudaPath`] picks (Hopper path, issue 7), else the portable kernels.
     fn forward_impl(&self, layer: &mut CudaLayer, x: &CudaTensor, y: &mut CudaTensor) -> CudaResult<()> {
+        let mut run = |layer: &mut CudaLayer, hopper: bool| {
+            if hopper { self.hopper_forward(layer, x, y) } else { self.forward_portable(layer, x, y) }
+        };
+        let hopper = self.choose_path(layer, x.dtype, x.rows, false, &mut run)?;
+        run(layer, hopper)
+    }
+
+    fn forward_portable(&self, layer: &mut CudaLayer, x: &CudaTensor, y: &mut CudaTensor) -> CudaResult<()> {
         if x.rows == 0 {
             return Ok(());
         }
@@ -760,7 +899,7 @@ impl CudaBackend {
             std::mem::swap(&mut layer.acc, &mut layer.tune_acc);
             ms
         })?;
-        Self::check_cfg(&cfg, x.dtype, layer.h)?;
+        Self::check_cfg(&cfg, x.dtype, layer.h, self.uses_uniform(layer, &cfg))?;
         // Compile / load and size the scratch before any capture.
         self.kernels(x.dtype, cfg.vec)?;
         let g = Geometry::new(cfg, x.rows, layer.h, layer.c, layer.s)?;
@@ -783,7 +922,22 @@ impl CudaBackend {
         if self.graphs && x.num_bytes() <= GRAPH_MAX_BYTES { self.graphed(layer, key, &mut run) } else { run(layer) }
     }
 
+    /// Backward on the family [`CudaPath`] picks (Hopper path, issue 7), else the portable kernels.
     fn backward_impl(
+        &self,
+        layer: &mut CudaLayer,
+        x: &CudaTensor,
+        g: &CudaTensor,
+        dx: &mut CudaTensor,
+    ) -> CudaResult<()> {
+        let mut run = |layer: &mut CudaLayer, hopper: bool| {
+            if hopper { self.hopper_backward(layer, x, g, dx) } else { self.backward_portable(layer, x, g, dx) }
+        };
+        let hopper = self.choose_path(layer, x.dtype, x.rows, true, &mut run)?;
+        run(layer, hopper)
+    }
+
+    fn backward_portable(
         &self,
         layer: &mut CudaLayer,
         x: &CudaTensor,
@@ -805,7 +959,7 @@ impl CudaBackend {
                 self.launch_bwd_tail(layer, x.dtype, &geo, false)
             })
         })?;
-        Self::check_cfg(&cfg, x.dtype, layer.h)?;
+        Self::check_cfg(&cfg, x.dtype, layer.h, self.uses_uniform(layer, &cfg))?;
         self.kernels(x.dtype, cfg.vec)?;
         let geo = Geometry::new(cfg, x.rows, layer.h, layer.c, layer.s)?;
         let any_active = layer.any_active();
@@ -1033,5 +1187,58 @@ impl Backend for CudaBackend {
         end.record(&self.stream).ctx("recording an event")?;
         let ms = start.elapsed_ms(&end).ctx("reading event time")?;
         Ok(ms as f64)
+    }
+}
+
+#[cfg(test)]
+mod candidate_tests {
+    use super::*;
+
+    fn uniform_ok(cfg: &KernelConfig, c: usize) -> bool {
+        c.is_multiple_of(cfg.vec as usize) && cfg.threads <= UNIFORM_MAX_THREADS
+    }
+
+    /// Every candidate the tuner may time is a configuration the launch code accepts for the
+    /// kernels that will run it (a rejected one would only be skipped, but must not exist).
+    #[test]
+    fn every_candidate_passes_the_launch_checks() {
+        for dtype in DType::ALL {
+            for (b, h, s) in
+                [(16384usize, 8192usize, 128usize), (32, 768, 16), (7, 96, 3), (1000, 4096, 1), (64, 12, 3)]
+            {
+                let c = h / s;
+                let uniform = c.is_multiple_of(8);
+                for forward in [true, false] {
+                    for extra in [true, false] {
+                        let cands = CudaBackend::candidate_set(dtype, b, h, 132, uniform, forward, extra);
+                        assert!(!cands.is_empty());
+                        for cfg in &cands {
+                            let uni = uniform_ok(cfg, c);
+                            CudaBackend::check_cfg(cfg, dtype, h, uni)
+                                .unwrap_or_else(|e| panic!("{dtype} {b}x{h} S={s}: {e}"));
+                            assert!(cfg.unroll == DEFAULT_UNROLL || (forward && uni), "{cfg}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn extra_candidates_only_for_the_seed_uniform_kernels() {
+        let (b, h) = (16384, 8192);
+        let base = CudaBackend::candidate_set(DType::BF16, b, h, 132, true, true, false);
+        let all = CudaBackend::candidate_set(DType::BF16, b, h, 132, true, true, true);
+        assert!(base.iter().all(|c| all.contains(c)), "the extra set contains the base set");
+        // 2048-column bf16 tiles, unroll 8 and rows balanced over 3 blocks per SM (4 tiles).
+        assert!(all.iter().any(|c| c.vec == 8 && c.threads == 256));
+        assert!(all.iter().any(|c| c.unroll == 8));
+        assert!(all.iter().any(|c| c.vec == 8 && c.threads == 256 && c.rows == 166));
+        assert!(base.iter().all(|c| c.threads * c.vec <= MAX_TILE && c.unroll == DEFAULT_UNROLL));
+        // The backward has no unroll-8 kernel; the per-column kernels get the base set only.
+        let bwd = CudaBackend::candidate_set(DType::BF16, b, h, 132, true, false, true);
+        assert!(bwd.iter().all(|c| c.unroll == DEFAULT_UNROLL) && bwd.iter().any(|c| c.threads == 256 && c.vec == 8));
+        let cols = CudaBackend::candidate_set(DType::BF16, b, h, 132, false, true, true);
+        assert_eq!(cols, CudaBackend::candidate_set(DType::BF16, b, h, 132, false, true, false));
     }
 }

@@ -126,8 +126,19 @@ pub struct Kernels {
     pub fwdu_fused: CudaFunction,
     /// Seed-uniform identity forward that also merges the statistics (small calls).
     pub fwdu_identity_fused: CudaFunction,
+    /// Seed-uniform forward with 8 rows in flight per thread (`KernelConfig::unroll == 8`).
+    pub fwdu_u8: CudaFunction,
+    /// Seed-uniform identity forward with 8 rows in flight per thread.
+    pub fwdu_identity_u8: CudaFunction,
+    /// `fwdu_u8` that also merges the statistics (small calls).
+    pub fwdu_u8_fused: CudaFunction,
+    /// `fwdu_identity_u8` that also merges the statistics (small calls).
+    pub fwdu_identity_u8_fused: CudaFunction,
     /// Seed-uniform backward.
     pub bwdu: CudaFunction,
+    /// Seed-uniform backward with one branch per blueprint type on finite rows
+    /// (the default; `KASMINA_CUDA_BWD_TYPED=off` takes `bwdu`; same bits).
+    pub bwdu_typed: CudaFunction,
     /// Seed-uniform identity backward.
     pub bwdu_identity: CudaFunction,
     /// Merges forward partials into the accumulators (f64, fixed order).
@@ -153,8 +164,13 @@ impl Kernels {
             fwdu_identity: f("kasmina_fwdu_identity")?,
             fwdu_fused: f("kasmina_fwdu_fused")?,
             fwdu_identity_fused: f("kasmina_fwdu_identity_fused")?,
+            fwdu_u8: f("kasmina_fwdu_u8")?,
+            fwdu_identity_u8: f("kasmina_fwdu_identity_u8")?,
+            fwdu_u8_fused: f("kasmina_fwdu_u8_fused")?,
+            fwdu_identity_u8_fused: f("kasmina_fwdu_identity_u8_fused")?,
             bwdu: f("kasmina_bwdu")?,
             bwdu_identity: f("kasmina_bwdu_identity")?,
+            bwdu_typed: f("kasmina_bwdu_typed")?,
             fwd_merge: f("kasmina_fwd_merge")?,
             bwd_colsum: f("kasmina_bwd_colsum")?,
             bwd_finalize: f("kasmina_bwd_finalize")?,
@@ -203,8 +219,11 @@ mod tests {
                     "kasmina_fwdu_identity",
                     "kasmina_fwdu_fused",
                     "kasmina_fwdu_identity_fused",
+                    "kasmina_fwdu_u8",
+                    "kasmina_fwdu_identity_u8",
                     "kasmina_bwdu",
                     "kasmina_bwdu_identity",
+                    "kasmina_bwdu_typed",
                     "kasmina_fwd_merge",
                     "kasmina_bwd_colsum",
                     "kasmina_bwd_finalize",

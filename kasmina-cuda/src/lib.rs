@@ -20,9 +20,16 @@
 //! - When the chunk size is a multiple of the vector width, seed-uniform
 //!   kernels run instead (one seed per thread: per-thread statistics, CONV
 //!   neighbours through warp shuffles, far fewer registers;
-//!   `KASMINA_CUDA_UNIFORM=off` keeps the per-column ones), and small forwards
-//!   merge their statistics in the main kernel's last block
-//!   (`KASMINA_CUDA_FUSED_MERGE=off` keeps the separate merge kernel).
+//!   `KASMINA_CUDA_UNIFORM=off` keeps the per-column ones); with
+//!   `KASMINA_CUDA_FUSED_MERGE=on` small forwards merge their statistics in the
+//!   main kernel's last block instead of the separate merge kernel.
+//!
+//! - On compute capability 9.0 a second kernel family, the Hopper path ([`hopper`]):
+//!   persistent warp-specialized kernels whose producer warp moves tiles with TMA
+//!   (`cp.async.bulk.tensor`, tensor maps built by [`tma`]) through an mbarrier ring,
+//!   chosen per key by the autotuner (`Auto`, the default: it times both families once per
+//!   key and keeps the faster) or forced with [`CudaPath`] /
+//!   `KASMINA_CUDA_PATH=portable|hopper|auto`.
 //!
 //! Without a driver, a device or NVRTC, [`CudaBackend::new`] returns a
 //! [`kasmina_core::BackendErrorKind::Unavailable`] error.
@@ -33,7 +40,9 @@ mod backend;
 mod error;
 pub mod kernels;
 mod layer;
+pub mod tma;
 
-pub use backend::{CudaBackend, CudaTensor};
+pub use backend::hopper;
+pub use backend::{CudaBackend, CudaPath, CudaTensor};
 pub use error::CudaError;
 pub use layer::CudaLayer;

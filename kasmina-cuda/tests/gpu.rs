@@ -10,15 +10,14 @@ use half::bf16;
 use kasmina_conformance::reference;
 use kasmina_core::backend::HostTensorData;
 use kasmina_core::{
-    Backend, BackendErrorKind, BlueprintType, DType, DeviceTensor, Error, GraftingStrategy, LayerConfig, LayerState,
-    LifecycleState, StabilityMode, StateChange, TransitionReason,
+    Backend, BackendErrorKind, BlueprintType, DType, DeviceTensor, Error, LayerConfig, LayerState, LifecycleState,
+    StabilityMode, StateChange,
 };
-use kasmina_cuda::CudaBackend;
 use kasmina_cuda::autotune::{TuneMode, Tuner};
+use kasmina_cuda::{CudaBackend, CudaPath};
 
-fn require_gpu() -> bool {
-    std::env::var("KASMINA_REQUIRE_GPU").is_ok_and(|v| v == "1")
-}
+mod common;
+use common::*;
 
 /// The backend, or None (printing why) when this machine has no usable GPU.
 fn backend_or_skip(name: &str) -> Option<CudaBackend> {
@@ -55,102 +54,6 @@ fn constructing_without_a_gpu_is_a_clear_unavailable_error() {
 }
 
 // ------------------------------------------------------------------ helpers
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn uniform(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    /// Roughly normal (sum of 4 uniforms), mean 0, std ~1.
-    fn normal(&mut self) -> f64 {
-        ((0..4).map(|_| self.uniform()).sum::<f64>() - 2.0) * 1.7320508
-    }
-}
-
-fn drive(st: &mut LayerState, seed: usize, target: LifecycleState, ty: BlueprintType) {
-    use LifecycleState::*;
-    let path: &[LifecycleState] = match target {
-        Dormant => &[],
-        Germinated => &[Germinated],
-        Training => &[Germinated, Training],
-        Grafting => &[Germinated, Training, Grafting],
-        Stabilization => &[Germinated, Training, Grafting, Stabilization],
-        Evaluating => &[Germinated, Training, Grafting, Stabilization, Evaluating],
-        FineTuning => &[Germinated, Training, Grafting, Stabilization, Evaluating, FineTuning],
-        Fossilized => &[Germinated, Training, Grafting, Stabilization, Evaluating, FineTuning, Fossilized],
-        Culled => &[Germinated, Training, Culled],
-        Cancelled => &[Germinated, Cancelled],
-        RolledBack => &[Germinated, Training, RolledBack],
-    };
-    for to in path {
-        if *to == Germinated {
-            st.germinate(seed, 9, ty, GraftingStrategy::FixedRamp).unwrap();
-        } else {
-            st.transition(seed, *to, TransitionReason::Requested).unwrap();
-        }
-    }
-}
-
-/// A layer whose seeds cycle through every lifecycle state and blueprint type.
-fn mixed_state(h: usize, s: usize, stability: StabilityMode, rng: &mut Rng) -> LayerState {
-    let mut st = LayerState::new(LayerConfig::new(h, s).unwrap().with_stability(stability)).unwrap();
-    let states = LifecycleState::ALL;
-    for i in 0..s {
-        let ty = BlueprintType::ALL[i % 4];
-        let target = states[(i / 4 + i) % states.len()];
-        drive(&mut st, i, target, ty);
-        if matches!(st.seeds.lifecycle[i].forward_mode(), kasmina_core::ForwardMode::Blend) {
-            st.seeds.alpha[i] = 0.1 + 0.8 * rng.uniform() as f32;
-        }
-        for w in st.params.seed_weights_mut(i) {
-            *w = rng.normal() as f32 * 0.5;
-        }
-        st.params.scales[i] = 0.5 + rng.uniform() as f32;
-        if i % 3 == 0 {
-            st.seeds.clamp_mean[i] = 0.1;
-            st.seeds.clamp_std[i] = 0.3;
-        }
-    }
-    st
-}
-
-fn host(dtype: DType, v: &[f64]) -> HostTensorData {
-    let f: Vec<f32> = v.iter().map(|x| *x as f32).collect();
-    HostTensorData::from_f32(dtype, &f)
-}
-
-fn to_f64(t: &HostTensorData) -> Vec<f64> {
-    t.to_f32().iter().map(|v| *v as f64).collect()
-}
-
-fn rel_l2(got: &[f64], want: &[f64]) -> f64 {
-    let num: f64 = got.iter().zip(want).map(|(a, b)| (a - b) * (a - b)).sum();
-    let den: f64 = want.iter().map(|b| b * b).sum();
-    (num / den.max(1e-300)).sqrt()
-}
-
-fn tol(dtype: DType) -> f64 {
-    match dtype {
-        DType::F32 => 1e-5,
-        DType::F16 => 2e-3,
-        DType::BF16 => 1e-2,
-    }
-}
-
-fn bits(t: &HostTensorData, i: usize) -> u32 {
-    match t {
-        HostTensorData::F32(v) => v[i].to_bits(),
-        HostTensorData::F16(v) => v[i].to_bits() as u32,
-        HostTensorData::BF16(v) => v[i].to_bits() as u32,
-    }
-}
 
 /// Runs forward and backward of a mixed layer and checks everything against the reference.
 fn check_against_reference(be: &CudaBackend, h: usize, s: usize, b: usize, dtype: DType, stability: StabilityMode) {
@@ -319,23 +222,29 @@ fn autotune_winner_is_reused_by_a_second_backend_through_the_cache_file() {
     let Some(_) = backend_or_skip("autotune_winner_is_reused_by_a_second_backend_through_the_cache_file") else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("autotune.json");
-    let run = || {
-        let be = CudaBackend::with_tuner(0, Tuner::new(Some(path.clone()), TuneMode::On)).unwrap();
-        let st = LayerState::new(LayerConfig::new(1024, 8).unwrap()).unwrap();
-        let mut layer = be.create_layer(&st).unwrap();
-        let x = be.alloc(256, 1024, DType::F32).unwrap();
-        let mut y = be.alloc(256, 1024, DType::F32).unwrap();
-        be.forward(&mut layer, &x, &mut y).unwrap();
-        be.backward(&mut layer, &x, &x, &mut y).unwrap();
-        be.synchronize().unwrap();
-        be.tuned_keys()
-    };
-    assert_eq!(run(), 2, "the first backend tunes forward and backward");
-    let text = std::fs::read_to_string(&path).unwrap();
-    println!("autotune cache:\n{text}");
-    assert_eq!(run(), 0, "the second backend finds both winners in the file");
+    // Portable: one key each for forward and backward. Auto (the default) on compute capability
+    // 9.0 also tunes the Hopper configuration and the family choice of each: six keys.
+    for path in [CudaPath::Portable, CudaPath::Auto] {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("autotune.json");
+        let run = || {
+            let be = CudaBackend::with_options(0, Tuner::new(Some(file.clone()), TuneMode::On), path).unwrap();
+            let st = LayerState::new(LayerConfig::new(1024, 8).unwrap()).unwrap();
+            let mut layer = be.create_layer(&st).unwrap();
+            let x = be.alloc(256, 1024, DType::F32).unwrap();
+            let mut y = be.alloc(256, 1024, DType::F32).unwrap();
+            be.forward(&mut layer, &x, &mut y).unwrap();
+            be.backward(&mut layer, &x, &x, &mut y).unwrap();
+            be.synchronize().unwrap();
+            (be.tuned_keys(), be.compute_capability())
+        };
+        let (first, cc) = run();
+        let want = if path == CudaPath::Auto && cc == (9, 0) { 6 } else { 2 };
+        assert_eq!(first, want, "{path:?}: the first backend tunes every key of forward and backward");
+        let text = std::fs::read_to_string(&file).unwrap();
+        println!("autotune cache ({path:?}):\n{text}");
+        assert_eq!(run().0, 0, "{path:?}: the second backend finds every winner in the file");
+    }
 }
 
 /// B * H > 2^31 elements (bf16, 4.3 GB per tensor): offsets must be 64-bit.

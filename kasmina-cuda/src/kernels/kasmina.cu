@@ -177,6 +177,13 @@ __device__ __forceinline__ float seed_out(u32 fl, float cw, const SeedConst& q, 
     return (1.f - q.a) * x + q.a * t;
 }
 
+// seed_out for a CONV seed (`bp`: FOSSILIZED), the same operations in the same order.
+__device__ __forceinline__ float conv_y(const SeedConst& q, bool bp, float x, float xm1, float xm2) {
+    const float t = q.s * (q.w0 * x + q.w1 * xm1 + q.w2 * xm2);
+    if (bp) return t;
+    return (1.f - q.a) * x + q.a * t;
+}
+
 __device__ __forceinline__ float clamp_band(u32 fl, const SeedConst& q, float y) {
     if (fl & FLAG_CLAMP) {
         if (y < q.lo) return q.lo;
@@ -578,6 +585,41 @@ __device__ __forceinline__ void merge_seed_serial(const Partial* __restrict__ pa
     acc_add(acc, seed, m);
 }
 
+// The first offset of a warp's shuffle tree when only lanes below `items` hold data: levels
+// whose partners are all empty merge with m64_empty (an exact no-op for the lanes that
+// reach lane 0), so skipping them gives the same bits with fewer dependent f64 merges.
+__device__ __forceinline__ int tree_top(u64 items) {
+    int top = 16;
+    while (top > 0 && (u64)top >= items) top >>= 1;
+    return top;
+}
+
+// One warp merges every partial of `seed` in f64 (the fused merge of small calls): lane l
+// merges items l, l + 32, l + 64, ... in order (read through L2), then a fixed shuffle tree;
+// lane 0 adds the result to the accumulator. The order is kasmina_fwd_merge's with a block
+// of 32 threads, so both give the same bits there, and the latency is about one load and
+// five merges instead of one load and merge per item. One load at a time keeps the
+// registers of the kernels this is inlined into low.
+__device__ __forceinline__ void merge_seed_warp(const Partial* __restrict__ part, u64 n_rg, u32 n_tiles, u32 segs,
+                                                u32 TW, u32 C, u32 seed, u32 lane, Acc* __restrict__ acc) {
+    const u32 t0 = (u32)(((u64)seed * C) / TW);
+    const u32 t1 = (u32)(((u64)(seed + 1) * C - 1) / TW);
+    const u32 nt = t1 - t0 + 1;
+    const u64 items = n_rg * nt;
+    M64 m = m64_empty();
+    for (u64 it = lane; it < items; it += 32) {
+        const u64 rg = it / nt;
+        const u32 t = t0 + (u32)(it - rg * nt);
+        const u32 k = seed - (u32)(((u64)t * TW) / C);
+        m = m64_merge(m, m64_of(load_partial_cg(part + (rg * n_tiles + t) * segs + k)));
+    }
+    for (int off = tree_top(items); off > 0; off >>= 1) {
+        M64 o = m64_shfl_down(m, off);
+        m = m64_merge(m, o);
+    }
+    if (lane == 0) acc_add(acc, seed, m);
+}
+
 // One block per seed (blockDim.x a multiple of 32, at most 1024): each thread merges a
 // strided share of the seed's partials in f64, then a fixed shuffle tree per warp and
 // one over the warps' results; the same order, hence the same bits, on every run.
@@ -610,6 +652,17 @@ extern "C" __global__ void kasmina_fwd_merge(const Partial* __restrict__ part, u
         for (int u = 0; u < 4; u++) {
             if (it0 + u * bd < items) m = m64_merge(m, m64_of(p[u]));
         }
+    }
+    if (items <= 32) {
+        // Only warp 0's first `items` lanes hold data (one item each): the other warps and the
+        // tree over the warps would only merge empties (exact no-ops), so skip them.
+        if (warp != 0) return;
+        for (int off = tree_top(items); off > 0; off >>= 1) {
+            M64 o = m64_shfl_down(m, off);
+            m = m64_merge(m, o);
+        }
+        if (lane == 0) acc_add(acc, seed, m);
+        return;
     }
     for (int off = 16; off > 0; off >>= 1) {
         M64 o = m64_shfl_down(m, off);
@@ -934,6 +987,22 @@ __device__ __forceinline__ void conv_left(const Pack<D, V>& e, const typename D:
     }
 }
 
+// conv_left for V >= 2 with the thread's columns c - 2 and c - 1 of the row already loaded
+// (`nb`, loaded with the row by lane 0 of a CONV thread with j0 >= 2; j0 is a multiple of V):
+// the same values, without a dependent global load per row.
+template <class D, int V>
+__device__ __forceinline__ void conv_left_pre(const Pack<D, V>& e, const Pack<D, 2>& nb, u32 j0, u32 lane, u32 wmask,
+                                              bool conv, float& m1, float& m2) {
+    const u32 s1 = __shfl_up_sync(wmask, raw_u32<D>(e.e[V - 1]), 1);
+    const u32 s2 = __shfl_up_sync(wmask, raw_u32<D>(e.e[V >= 2 ? V - 2 : 0]), 1);
+    m1 = 0.f;
+    m2 = 0.f;
+    if (conv) {
+        if (j0 >= 1) m1 = lane >= 1 ? D::in((typename D::R)s1) : D::in(nb.e[1]);
+        if (j0 >= 2) m2 = lane >= 1 ? D::in((typename D::R)s2) : D::in(nb.e[0]);
+    }
+}
+
 template <class D, int V>
 __device__ __forceinline__ float conv_xm1(const Pack<D, V>& e, int l, float m1) {
     return l >= 1 ? D::in(e.e[l >= 1 ? l - 1 : 0]) : m1;
@@ -973,6 +1042,14 @@ __device__ __forceinline__ void uni_setup(bool act, u32 ty, u32 seed, u32 c, con
             }
         }
     }
+}
+
+// Whether every seed of a tile is G = C / V consecutive threads aligned within one warp
+// (C % V == 0 is given; G a power of two up to 32 and tiles starting on a seed boundary):
+// then the per-seed statistics reduce with warp shuffles alone. Uniform over the launch.
+__device__ __forceinline__ bool seg_in_warp(u32 C, u32 V, u32 TW) {
+    const u32 G = C / V;
+    return G >= 1 && G <= 32 && (G & (G - 1)) == 0 && TW % C == 0;
 }
 
 // Min / max of bf16 pairs in one instruction each (sm_80 on): the statistics' fast path
@@ -1017,7 +1094,8 @@ template <int V> struct MinMax2<DBF16, V> {
         }                                                                \
     } while (0)
 
-template <class D, int V, bool ACT, bool FUSE>
+// UR: rows loaded before any is processed (UNROLL, or 8 for more bytes in flight per thread).
+template <class D, int V, bool ACT, bool FUSE, int UR = UNROLL>
 __device__ __forceinline__ void fwdu_impl(const typename D::R* __restrict__ x, typename D::R* __restrict__ y, u64 B,
                                           u32 H, u32 C, u32 R, float dead_eps, const SeedConst* __restrict__ sc,
                                           const ColCoef* __restrict__ colc, const float* __restrict__ coef,
@@ -1051,34 +1129,39 @@ __device__ __forceinline__ void fwdu_impl(const typename D::R* __restrict__ x, t
     const u32 wmask = __ballot_sync(0xffffffffu, inrange);
     const bool wconv = ACT && __any_sync(0xffffffffu, conv);
 
-    // Shift: the first finite element of the thread's first row (0 if none).
+    // Shift: the first finite element of the thread's first row (0 if none). It is taken from
+    // the first batch of loads (below), so a block starts streaming without a load of its own.
     float K = 0.f;
-    if (inrange && nrows > 0) {
-        P first;
-        first.raw = *reinterpret_cast<const typename P::Raw*>(x + r0 * (u64)H + c);
-#pragma unroll
-        for (int l = V - 1; l >= 0; l--) {
-            float f = D::in(first.e[l]);
-            if (finite_f(f)) K = f;
-        }
-    }
     float S1 = 0.f, S2 = 0.f;
     float mn = __int_as_float(0x7f800000), mx = __int_as_float(0xff800000);
     u32 mn2 = 0x7f807f80u, mx2 = 0xff80ff80u;  // bf16 pairs (+inf, +inf), (-inf, -inf)
     u32 dead = 0, nf = 0;
 
+    // A CONV thread on lane 0 reads columns c - 2 and c - 1 from memory: with the row's load.
+    const bool cpre = ACT && V >= 2 && conv && lane == 0 && j0 >= 2;
+    typedef Pack<D, 2> P2;
+
     if (inrange) {
-        for (u32 i = 0; i < nrows; i += UNROLL) {
-            P buf[UNROLL];
+        for (u32 i = 0; i < nrows; i += UR) {
+            P buf[UR];
+            P2 nb[UR];
 #pragma unroll
-            for (int u = 0; u < UNROLL; u++) {
+            for (int u = 0; u < UR; u++) {
                 if (i + u < nrows) {
                     const u64 off = (r0 + i + u) * (u64)H + c;
                     buf[u].raw = *reinterpret_cast<const typename P::Raw*>(x + off);
+                    if (cpre) nb[u].raw = *reinterpret_cast<const typename P2::Raw*>(x + off - 2);
+                }
+            }
+            if (i == 0) {
+#pragma unroll
+                for (int l = V - 1; l >= 0; l--) {
+                    const float f = D::in(buf[0].e[l]);
+                    if (finite_f(f)) K = f;
                 }
             }
 #pragma unroll
-            for (int u = 0; u < UNROLL; u++) {
+            for (int u = 0; u < UR; u++) {
                 if (i + u < nrows) {
                     const u64 rowoff = (r0 + i + u) * (u64)H;
                     // Statistics assuming finite inputs; any non-finite input makes S1
@@ -1107,8 +1190,25 @@ __device__ __forceinline__ void fwdu_impl(const typename D::R* __restrict__ x, t
                     out.raw = buf[u].raw;
                     if (ACT) {
                         float m1 = 0.f, m2 = 0.f;
-                        if (wconv) conv_left<D, V>(buf[u], x, rowoff, c, j0, lane, wmask, conv, m1, m2);
-                        if (conv) {
+                        if (wconv) {
+                            if (V >= 2) {
+                                conv_left_pre<D, V>(buf[u], nb[u], j0, lane, wmask, conv, m1, m2);
+                            } else {
+                                conv_left<D, V>(buf[u], x, rowoff, c, j0, lane, wmask, conv, m1, m2);
+                            }
+                        }
+                        if (conv && !(fl & FLAG_CLAMP)) {
+                            // CONV without the clamp: seed_out's CONV operations, without its
+                            // per-element type and clamp branches (same bits).
+                            const bool bp = (fl & FLAG_BLUEPRINT) != 0;
+#pragma unroll
+                            for (int l = 0; l < V; l++) {
+                                const float xv = D::in(buf[u].e[l]);
+                                const float xm1 = conv_xm1<D, V>(buf[u], l, m1);
+                                const float xm2 = conv_xm2<D, V>(buf[u], l, m1, m2);
+                                out.e[l] = D::out(conv_y(q, bp, xv, xm1, xm2));
+                            }
+                        } else if (conv) {
 #pragma unroll
                             for (int l = 0; l < V; l++) {
                                 const float xv = D::in(buf[u].e[l]);
@@ -1194,31 +1294,45 @@ __device__ __forceinline__ void fwdu_impl(const typename D::R* __restrict__ x, t
                 p.mx = mx;
             }
         }
-        sh_thr[threadIdx.x] = p;
-    }
-    __syncthreads();
-
-    const u32 cend = (c0 + TW < H) ? c0 + TW : H;
-    const u32 sfirst = c0 / C;
-    const u32 nseg = (cend - 1) / C - sfirst + 1;
-    const u32 warp = threadIdx.x / 32, nw = T / 32;
-    for (u32 kk = warp; kk < nseg; kk += nw) {
-        const u32 sd = sfirst + kk;
-        const u32 lo = ((sd * C > c0 ? sd * C : c0) - c0) / V;
-        const u32 hi = (((sd + 1) * C < cend ? (sd + 1) * C : cend) - c0) / V;
-        Partial pacc = partial_empty();
-        for (u32 tt = lo + lane; tt < hi; tt += 32) pacc = partial_merge(pacc, sh_thr[tt]);
-        for (int off = 16; off > 0; off >>= 1) {
-            Partial o = partial_shfl_down(pacc, off);
-            pacc = partial_merge(pacc, o);
+        if (seg_in_warp(C, V, TW)) {
+            // A seed's threads are G = C / V aligned lanes of one warp: a shuffle tree
+            // within the group, and its first lane writes the seed's partial. No shared
+            // memory and no barrier (a bf16 block moves half the bytes of an f32 one for
+            // the same partials, so this fixed cost counts twice there).
+            const u32 G = C / V;
+            for (u32 off = G / 2; off > 0; off >>= 1) {
+                Partial o = partial_shfl_down(p, off);
+                p = partial_merge(p, o);
+            }
+            if (inrange && lane % G == 0) part[(rg * gridDim.y + tile) * (u64)segs + (c - c0) / C] = p;
+        } else {
+            sh_thr[threadIdx.x] = p;
         }
-        if (lane == 0) part[(rg * gridDim.y + tile) * (u64)segs + kk] = pacc;
+    }
+    if (!seg_in_warp(C, V, TW)) {
+        __syncthreads();
+        const u32 cend = (c0 + TW < H) ? c0 + TW : H;
+        const u32 sfirst = c0 / C;
+        const u32 nseg = (cend - 1) / C - sfirst + 1;
+        const u32 warp = threadIdx.x / 32, nw = T / 32;
+        for (u32 kk = warp; kk < nseg; kk += nw) {
+            const u32 sd = sfirst + kk;
+            const u32 lo = ((sd * C > c0 ? sd * C : c0) - c0) / V;
+            const u32 hi = (((sd + 1) * C < cend ? (sd + 1) * C : cend) - c0) / V;
+            Partial pacc = partial_empty();
+            for (u32 tt = lo + lane; tt < hi; tt += 32) pacc = partial_merge(pacc, sh_thr[tt]);
+            for (int off = 16; off > 0; off >>= 1) {
+                Partial o = partial_shfl_down(pacc, off);
+                pacc = partial_merge(pacc, o);
+            }
+            if (lane == 0) part[(rg * gridDim.y + tile) * (u64)segs + kk] = pacc;
+        }
     }
 
-    // Fused merge (small calls, FUSE): the last block to finish merges every
-    // partial into the accumulators, in the same fixed order as kasmina_fwd_merge, and
-    // re-arms the counter for the next launch.
-    if (FUSE) {
+    // Fused merge (small calls, FUSE and a counter): the last block to finish merges every
+    // partial into the accumulators, in the fixed order of merge_seed_warp, and re-arms the
+    // counter for the next launch. A null counter (uniform over the launch) skips it.
+    if (FUSE && counter != nullptr) {
         __shared__ u32 is_last;
         __threadfence();
         __syncthreads();
@@ -1229,13 +1343,28 @@ __device__ __forceinline__ void fwdu_impl(const typename D::R* __restrict__ x, t
         __syncthreads();
         if (is_last) {
             __threadfence();
-            for (u32 sd = threadIdx.x; sd < S; sd += T) merge_seed_serial(part, gridDim.x, gridDim.y, segs, TW, C, sd, acc);
+            // One warp per seed (T is a multiple of 32).
+            for (u32 sd = threadIdx.x / 32; sd < S; sd += T / 32)
+                merge_seed_warp(part, gridDim.x, gridDim.y, segs, TW, C, sd, lane, acc);
             if (threadIdx.x == 0) *counter = 0u;
         }
     }
 }
 
-template <class D, int V, bool ACT>
+// Whether every element of a pack is finite.
+template <class D, int V>
+__device__ __forceinline__ bool pack_finite(const Pack<D, V>& p) {
+    bool ok = true;
+#pragma unroll
+    for (int l = 0; l < V; l++) ok = ok && finite_f(D::in(p.e[l]));
+    return ok;
+}
+
+// TYPED (`KASMINA_CUDA_BWD_TYPED=on`): rows whose x and g are all finite, of a seed that
+// does not clamp, take one branch per blueprint type with only that type's operations
+// (the same operations, in the same order, as the general per-element code below, so
+// the same bits); other rows take the general code.
+template <class D, int V, bool ACT, bool TYPED = false>
 __device__ __forceinline__ void bwdu_impl(const typename D::R* __restrict__ x, const typename D::R* __restrict__ g,
                                           typename D::R* __restrict__ dx, u64 B, u32 H, u32 C, u32 R,
                                           const SeedConst* __restrict__ sc, const ColCoef* __restrict__ colc,
@@ -1358,7 +1487,45 @@ __device__ __forceinline__ void bwdu_impl(const typename D::R* __restrict__ x, c
                                 }
                             }
                         }
-                        if (act && !conv) {
+                        const bool typed = TYPED && act && !conv && !(fl & FLAG_CLAMP) &&
+                                           pack_finite<D, V>(xb[u]) && pack_finite<D, V>(gb[u]);
+                        if (typed) {
+                            float dv[V];
+                            if (ty == TYPE_RES) {
+#pragma unroll
+                                for (int l = 0; l < V; l++) {
+                                    const float gj = D::in(gb[u].e[l]);
+                                    P0[l] = fmaf(gj, 1.f, P0[l]);
+                                    dv[l] = gj * Ps;
+                                }
+                            } else if (ty == TYPE_ATT) {
+#pragma unroll
+                                for (int l = 0; l < V; l++) {
+                                    const float xf = D::in(xb[u].e[l]);
+                                    const float gj = D::in(gb[u].e[l]);
+                                    P0[l] = fmaf(gj, xf, P0[l]);
+                                    dv[l] = gj * k[l];
+                                }
+                            } else {
+#pragma unroll
+                                for (int l = 0; l < V; l++) {
+                                    const float xf = D::in(xb[u].e[l]);
+                                    const float gj = D::in(gb[u].e[l]);
+                                    const float v = k[l] * xf;
+                                    const bool m = v > 0.f;
+                                    P0[l] = fmaf(gj, m ? xf : 0.f, P0[l]);
+                                    P1 = fmaf(gj, m ? v : 0.f, P1);
+                                    dv[l] = gj * (m ? fmaf(Qs, k[l], Ps) : Ps);
+                                }
+                            }
+                            // Packed rounding where the dtype has it (same bits as D::out).
+                            if (V == 1) {
+                                out.e[0] = D::out(dv[0]);
+                            } else {
+#pragma unroll
+                                for (int l = 0; l < (V > 1 ? V : 2); l += 2) put2(out, l, dv[l], dv[l + 1]);
+                            }
+                        } else if (act && !conv) {
 #pragma unroll
                             for (int l = 0; l < V; l++) {
                                 const float xf = D::in(xb[u].e[l]);
@@ -1396,7 +1563,8 @@ __device__ __forceinline__ void bwdu_impl(const typename D::R* __restrict__ x, c
         }
     }
 
-    sh_g2[threadIdx.x] = inrange ? G2 : 0.f;
+    const bool wseg = seg_in_warp(C, V, TW);
+    if (!wseg) sh_g2[threadIdx.x] = inrange ? G2 : 0.f;
     if (act) {
         // Parameter partials per column; the ones only ever summed over a seed's columns
         // (MLP's Σ g relu(x w), CONV's shifted products) go to the thread's first column.
@@ -1407,6 +1575,14 @@ __device__ __forceinline__ void bwdu_impl(const typename D::R* __restrict__ x, c
             pp[1] = l == 0 ? P1 : 0.f;
             pp[2] = l == 0 ? P2 : 0.f;
         }
+    }
+    if (wseg) {
+        // The seed's G = C / V lanes sum their Σg² by shuffles (see seg_in_warp).
+        const u32 G = C / V;
+        float acc = inrange ? G2 : 0.f;
+        for (u32 off = G / 2; off > 0; off >>= 1) acc += __shfl_down_sync(0xffffffffu, acc, off);
+        if (inrange && lane % G == 0) gpart[(rg * gridDim.y + tile) * (u64)segs + (c - c0) / C] = acc;
+        return;
     }
     __syncthreads();
 
@@ -1477,12 +1653,38 @@ KASMINA_FWDU(kasmina_fwdu_identity, (256), false, false)
 KASMINA_FWDU(kasmina_fwdu_fused, (256, 3), true, true)
 KASMINA_FWDU(kasmina_fwdu_identity_fused, (256), false, true)
 
+// The seed-uniform forward with 8 rows in flight per thread (an autotuner candidate,
+// `KernelConfig::unroll == 8`): twice the loads outstanding, so the active variant gets
+// two blocks of 256 per SM worth of registers instead of three. The *_u8_fused ones also
+// merge the statistics in their last block (small calls), like kasmina_fwdu_fused.
+#define KASMINA_FWDU8(NAME, BOUNDS, ACT, FUSE)                                                                    \
+    extern "C" __global__ void __launch_bounds__ BOUNDS NAME(                                                  \
+        const KASMINA_DT::R* x, KASMINA_DT::R* y, u64 B, u32 H, u32 C, u32 R, float dead_eps,                 \
+        const SeedConst* sc, const ColCoef* colc, const float* coef, Partial* part, u32 segs, Acc* acc,        \
+        u32* counter, u32 S) {                                                                                 \
+        fwdu_impl<KASMINA_DT, KASMINA_V, ACT, FUSE, 8>(x, y, B, H, C, R, dead_eps, sc, colc, coef, part, segs, \
+                                                        acc, counter, S);                                      \
+    }
+KASMINA_FWDU8(kasmina_fwdu_u8, (256, 2), true, false)
+KASMINA_FWDU8(kasmina_fwdu_identity_u8, (256), false, false)
+KASMINA_FWDU8(kasmina_fwdu_u8_fused, (256, 2), true, true)
+KASMINA_FWDU8(kasmina_fwdu_identity_u8_fused, (256), false, true)
+
 extern "C" __global__ void __launch_bounds__(256, 2) kasmina_bwdu(const KASMINA_DT::R* x, const KASMINA_DT::R* g,
                                                              KASMINA_DT::R* dx, u64 B, u32 H, u32 C, u32 R,
                                                              const SeedConst* sc, const ColCoef* colc,
                                                              const float* coef, float* gpart, float* ppart,
                                                              u32 segs) {
     bwdu_impl<KASMINA_DT, KASMINA_V, true>(x, g, dx, B, H, C, R, sc, colc, coef, gpart, ppart, segs);
+}
+
+extern "C" __global__ void __launch_bounds__(256, 2) kasmina_bwdu_typed(const KASMINA_DT::R* x,
+                                                                   const KASMINA_DT::R* g, KASMINA_DT::R* dx,
+                                                                   u64 B, u32 H, u32 C, u32 R,
+                                                                   const SeedConst* sc, const ColCoef* colc,
+                                                                   const float* coef, float* gpart, float* ppart,
+                                                                   u32 segs) {
+    bwdu_impl<KASMINA_DT, KASMINA_V, true, true>(x, g, dx, B, H, C, R, sc, colc, coef, gpart, ppart, segs);
 }
 
 extern "C" __global__ void __launch_bounds__(256) kasmina_bwdu_identity(const KASMINA_DT::R* x,
