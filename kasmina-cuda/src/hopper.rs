@@ -28,36 +28,45 @@
 //!   path's and the partials are merged by the portable merge kernels of the same module.
 //! - Evidence: [`CudaBackend::hopper_ptx`] returns the PTX (run `ptxas -arch=sm_90a` and
 //!   `cuobjdump -sass` on it: `UTMALDG`, `UTMASTG`, `SYNCS.*`); the env
-//!   `KASMINA_CUDA_DUMP=<dir>` writes it there when the module is built.
+//!   `KASMINA_CUDA_DUMP=<dir>` writes it there when the module is built. Measured on the lent
+//!   NVIDIA H100 80GB HBM3 (driver 580.159.04, CUDA 13.0 `ptxas`/`cuobjdump`, `bash
+//!   benches/device-run.sh checks`): the f32 and the bf16 module each hold 84 `UTMALDG.2D`,
+//!   10 `UTMASTG.2D`, 160 `SYNCS.PHASECHK.TRANS64.TRYWAIT`, 70 `SYNCS.ARRIVE.TRANS64` and 80
+//!   `SYNCS.EXCH.64`; `compute-sanitizer` memcheck (0 errors), racecheck (0 hazards) and
+//!   synccheck (0 errors) on `tests/hopper_gpu.rs`'s reference test (2 shapes, f32 and bf16,
+//!   strict mode, dormant and mixed layers, `KASMINA_HOPPER_QUICK=1`); the whole conformance
+//!   suite with the path forced (`tests/conformance_hopper.rs`) passes, 10 of 10 groups.
 //! - Per call, the tensor maps (by address, shape and box) and the blocks per SM (by kernel and
 //!   shared memory) are looked up, not recomputed: a map is a pure function of its key, so a
 //!   cached one is right by construction (round 3).
 //!
 //! # Where each family wins
 //!
-//! NVIDIA H100 80GB HBM3, round 2 (`kasmina bench --backend cuda --cuda-path
-//! portable,hopper,auto --shape B,H,S`; bandwidth as a ratio to a device copy of the same
-//! bytes, portable / hopper; the coordinator replaces this with the final table):
+//! NVIDIA H100 80GB HBM3, B = 16384, H = S x C near 8192 (`bash benches/device-run.sh cuda`:
+//! `kasmina bench --backend cuda --cuda-path portable,hopper,auto --shape B,H,S`). Hopper
+//! time over portable time (below 1: Hopper faster); the full table with ratios to the
+//! device copy and Auto's picks is in `benches/RESULTS.md`.
 //!
-//! | B x H, C | dtype | dormant fwd | dormant bwd | mixed fwd | mixed bwd |
-//! |---|---|---|---|---|---|
-//! | 16384 x 8192, C=64 | f32 | 0.936 / 0.916 | 1.347 / **1.371** | 0.840 / **0.869** | 1.145 / 0.841 |
-//! | 16384 x 8192, C=64 | bf16 | 0.915 / 0.898 | 1.286 / **1.340** | 0.847 / 0.687 | 0.864 / 0.642 |
-//! | 16384 x 8192, C=16 | f32 | 0.914 / 0.878 | 1.321 / **1.371** | 0.863 / 0.624 | 1.005 / 0.761 |
-//! | 16384 x 8192, C=16 | bf16 | 0.886 / 0.881 | 1.256 / **1.295** | 0.692 / 0.470 | 0.628 / 0.440 |
-//! | 32 x 768, C=48 | f32 / bf16 | portable (CUDA graphs; Hopper 0.42-0.55) | portable | portable | portable |
+//! | C | dtype | dormant fwd | dormant bwd | mixed fwd | mixed bwd |
+//! |---:|---|---:|---:|---:|---:|
+//! | 16 | f32 | 1.06 | 0.99 | 1.07 | 1.31 |
+//! | 16 | bf16 | 1.01 | **0.85** | 1.56 | 1.50 |
+//! | 48 | f32 | 1.02 | 0.99 | 1.14 | 1.41 |
+//! | 48 | bf16 | 1.08 | 1.06 | 1.40 | 1.47 |
+//! | 64 | f32 | 1.02 | 0.99 | 1.09 | 1.35 |
+//! | 64 | bf16 | 1.00 | **0.95** | 1.15 | 1.43 |
+//! | 512 | f32 | 1.01 | 0.99 | 1.35 | 1.42 |
+//! | 512 | bf16 | 1.10 | **0.97** | 1.28 | 1.48 |
+//! | 4096 | bf16 | 1.02 | **0.94** | (all seeds dormant at S = 2) | |
 //!
-//! - Hopper wins the dormant (identity) backward, about 2-4 %: TMA streams X and G and the
-//!   direct kernel stores the input stage itself. Dormant forward is a tie within 2 % (Auto
-//!   keeps portable on a tie, [`HOPPER_MARGIN`]).
-//! - Mixed layers (active blend / blueprint seeds): the consumers are bound by instruction
-//!   latency with few warps per SM (round 2: 3 blocks of 4 consumer warps), worst for 16-bit
-//!   types (twice the elements per byte) and small C (more seed types per warp, divergent).
-//!   Round 3 cuts the active forward to 96 registers and an unroll of 1 (4 blocks per SM with
-//!   4 KiB boxes, [`HOPPER_FWD_REGS`], [`HOPPER_UNROLL`]; correct on the device, speed not yet
-//!   measured); portable stays ahead on mixed backward.
-//! - Small calls: portable (its launches are captured in CUDA graphs, Hopper's are not).
-//! - Auto times both per key and picks; in round 2 it picked correctly in every row above.
+//! - Hopper wins the bf16 backward of dormant layers (TMA streams G, and the direct identity
+//!   kernel stores the loaded stage itself); f32 dormant backward is a tie. Dormant forwards
+//!   are 0-10% slower than portable.
+//! - Layers with active seeds: the consumer warps are bound by per-element instruction latency
+//!   with few warps per SM (3-4 blocks of 4 consumer warps), worst for 16-bit types and small C
+//!   (more seed types, more divergence per warp); the portable seed-uniform kernels stay ahead.
+//! - Small calls (B = 32): portable, whose launches are captured in CUDA graphs.
+//! - Auto times both once per key and keeps Hopper only when it wins by [`HOPPER_MARGIN`].
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
