@@ -12,9 +12,9 @@
 //! - [`grafting`]: alpha schedules as pure functions;
 //! - [`checksum`]: the canonical byte string and its CRC-32;
 //! - [`snapshot`]: safetensors snapshots with atomic writes;
-//! - [`telemetry`]: per-seed [`Moments`](telemetry::Moments), Chan's merge, and the report;
-//! - [`backend`]: the [`Backend`](backend::Backend) trait every device implements;
-//! - [`layer`]: [`KasminaLayer`](layer::KasminaLayer), the logical API on top of any backend.
+//! - [`telemetry`]: per-seed [`Moments`], Chan's merge, and the report;
+//! - [`backend`]: the [`Backend`] trait every device implements;
+//! - [`layer`]: [`KasminaLayer`], the logical API on top of any backend.
 //!
 //! No backend carries a lifecycle rule of its own: they hold device memory and run
 //! kernels, and this crate decides everything else.
