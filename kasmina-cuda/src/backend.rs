@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::sys::{CUdevice_attribute, CUevent_flags, CUgraphInstantiate_flags, CUstreamCaptureMode};
-use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg};
 use kasmina_core::checksum::{RawHeader, RawSeed, crc32_of_seeds};
 use kasmina_core::{
     Accumulators, Backend, DType, DeviceInfo, DeviceTensor, Error, HostData, HostDataMut, LayerState, Moments,
@@ -236,7 +236,28 @@ impl Geometry {
         }
     }
 
+    fn layout(&self) -> PartialLayout {
+        PartialLayout { n_rg: self.n_rg, n_tiles: self.n_tiles, segs: self.segs, tw: self.tw }
+    }
+
     fn slots(&self) -> usize {
+        self.layout().slots()
+    }
+}
+
+/// Where one call's statistics partials lie, in the layout both kernel families write and the
+/// merge kernels of either module read: row groups x column tiles (of `tw` columns) x seed
+/// segments.
+#[derive(Debug, Clone, Copy)]
+struct PartialLayout {
+    n_rg: u64,
+    n_tiles: u32,
+    segs: u32,
+    tw: u32,
+}
+
+impl PartialLayout {
+    fn slots(self) -> usize {
         self.n_rg as usize * self.n_tiles as usize * self.segs as usize
     }
 }
@@ -608,15 +629,21 @@ impl CudaBackend {
 
     fn launch_fwd_merge(&self, layer: &mut CudaLayer, dtype: DType, g: &Geometry) -> CudaResult<()> {
         let k = self.kernels(dtype, g.cfg.vec)?;
-        let part = layer.part.ensure(&self.stream, g.slots() * PARTIAL_BYTES)?;
-        let (n_rg, n_tiles, segs, tw, c, s) = (g.n_rg, g.n_tiles, g.segs, g.tw, layer.c as u32, layer.s as u32);
-        let mut lb = self.stream.launch_builder(&k.fwd_merge);
+        self.merge_fwd_partials(&k.fwd_merge, layer, g.layout())
+    }
+
+    /// Launches `merge` (`kasmina_fwd_merge` of either family's module) over a forward's partials
+    /// laid out as `p`, adding the call's moments to the layer's accumulators.
+    fn merge_fwd_partials(&self, merge: &CudaFunction, layer: &mut CudaLayer, p: PartialLayout) -> CudaResult<()> {
+        let part = layer.part.ensure(&self.stream, p.slots() * PARTIAL_BYTES)?;
+        let (n_rg, n_tiles, segs, tw, c, s) = (p.n_rg, p.n_tiles, p.segs, p.tw, layer.c as u32, layer.s as u32);
+        let mut lb = self.stream.launch_builder(merge);
         lb.arg(&*part).arg(&n_rg).arg(&n_tiles).arg(&segs).arg(&tw).arg(&c).arg(&s).arg(&mut layer.acc);
         // One block per seed; fewer threads when the seed has few partials.
-        let items = g.n_rg.saturating_mul(g.n_tiles as u64).min(1 << 20);
+        let items = p.n_rg.saturating_mul(p.n_tiles as u64).min(1 << 20);
         let threads = (items.div_ceil(2).div_ceil(32) * 32).clamp(32, 256) as u32;
         let cfg = LaunchConfig { grid_dim: (s, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
-        // SAFETY: arguments match kasmina_fwd_merge; part was written by the forward with this geometry.
+        // SAFETY: arguments match kasmina_fwd_merge; part was written by the forward with this layout.
         unsafe { lb.launch(cfg) }.ctx("launching kasmina_fwd_merge")?;
         Ok(())
     }
@@ -670,27 +697,35 @@ impl CudaBackend {
     /// the Σg² accumulator (without it the tail is idempotent, for the tuner's timing).
     fn launch_bwd_tail(&self, layer: &mut CudaLayer, dtype: DType, g: &Geometry, finalize: bool) -> CudaResult<()> {
         let k = self.kernels(dtype, g.cfg.vec)?;
+        self.sum_bwd_partials(&k.bwd_colsum, finalize.then_some(&k.bwd_finalize), layer, g.layout())
+    }
+
+    /// Launches `colsum` (`kasmina_bwd_colsum`) over a backward's parameter partials when a seed is
+    /// active, then `finalize` (`kasmina_bwd_finalize`, either family's module) if given, over
+    /// partials laid out as `p`.
+    fn sum_bwd_partials(
+        &self,
+        colsum: &CudaFunction,
+        finalize: Option<&CudaFunction>,
+        layer: &mut CudaLayer,
+        p: PartialLayout,
+    ) -> CudaResult<()> {
         let any_active = layer.any_active();
-        let pbytes = if any_active { g.n_rg as usize * layer.h * 3 * 4 } else { 16 };
-        let (n_rg, n_tiles, segs, tw) = (g.n_rg, g.n_tiles, g.segs, g.tw);
+        let pbytes = if any_active { p.n_rg as usize * layer.h * 3 * 4 } else { 16 };
+        let (n_rg, n_tiles, segs, tw) = (p.n_rg, p.n_tiles, p.segs, p.tw);
         let (h, c, s) = (layer.h as u32, layer.c as u32, layer.s as u32);
         if any_active {
             let ppart = layer.ppart.ensure(&self.stream, pbytes)?;
-            let mut lb = self.stream.launch_builder(&k.bwd_colsum);
+            let mut lb = self.stream.launch_builder(colsum);
             lb.arg(&*ppart).arg(&n_rg).arg(&h).arg(&c).arg(&layer.consts).arg(&mut layer.colsum);
-            let cfg = LaunchConfig {
-                grid_dim: ((3 * layer.h as u32).div_ceil(32), 1, 1),
-                block_dim: (32, 8, 1),
-                shared_mem_bytes: 0,
-            };
+            let cfg =
+                LaunchConfig { grid_dim: ((3 * h).div_ceil(32), 1, 1), block_dim: (32, 8, 1), shared_mem_bytes: 0 };
             // SAFETY: arguments match kasmina_bwd_colsum; ppart holds n_rg*H*3 floats, colsum H*3 doubles.
             unsafe { lb.launch(cfg) }.ctx("launching kasmina_bwd_colsum")?;
         }
-        if !finalize {
-            return Ok(());
-        }
-        let gpart = layer.gpart.ensure(&self.stream, g.slots() * 4)?;
-        let mut lb = self.stream.launch_builder(&k.bwd_finalize);
+        let Some(finalize) = finalize else { return Ok(()) };
+        let gpart = layer.gpart.ensure(&self.stream, p.slots() * 4)?;
+        let mut lb = self.stream.launch_builder(finalize);
         lb.arg(&*gpart)
             .arg(&layer.colsum)
             .arg(&n_rg)

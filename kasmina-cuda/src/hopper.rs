@@ -76,7 +76,7 @@ use cudarc::driver::{CudaContext, CudaFunction, CudaModule, LaunchConfig, PushKe
 use cudarc::nvrtc::{CompileError, CompileOptions, Ptx, compile_ptx_with_opts};
 use kasmina_core::DType;
 
-use super::{CudaBackend, CudaTensor, PARTIAL_BYTES};
+use super::{CudaBackend, CudaTensor, PARTIAL_BYTES, PartialLayout};
 use crate::autotune::{KernelConfig, TuneKey, TuneMode, shape_bucket};
 use crate::error::{CudaError, CudaResult, DriverContext};
 use crate::kernels::KERNEL_SOURCE;
@@ -513,8 +513,12 @@ impl HGeo {
         Self { tw, n_rg, n_tiles, segs, units: n_rg * n_tiles as u64 }
     }
 
+    fn layout(&self) -> PartialLayout {
+        PartialLayout { n_rg: self.n_rg, n_tiles: self.n_tiles, segs: self.segs, tw: self.tw }
+    }
+
     fn slots(&self) -> usize {
-        self.n_rg as usize * self.n_tiles as usize * self.segs as usize
+        self.layout().slots()
     }
 }
 
@@ -853,16 +857,7 @@ impl CudaBackend {
         // part holds the geometry's slots; the shared memory is what `hplan` carves.
         unsafe { lb.launch(lc) }.ctx("launching kasmina_hfwd")?;
         // The portable merge kernel reads the same partial layout.
-        let (n_rg, s) = (g.n_rg, layer.s as u32);
-        let part = layer.part.ensure(&self.stream, g.slots() * PARTIAL_BYTES)?;
-        let mut lb = self.stream.launch_builder(&k.fwd_merge);
-        lb.arg(&*part).arg(&n_rg).arg(&nt).arg(&segs).arg(&tw).arg(&c).arg(&s).arg(&mut layer.acc);
-        let items = n_rg.saturating_mul(nt as u64).min(1 << 20);
-        let threads = (items.div_ceil(2).div_ceil(32) * 32).clamp(32, 256) as u32;
-        let mc = LaunchConfig { grid_dim: (s, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
-        // SAFETY: arguments match kasmina_fwd_merge; part was written by kasmina_hfwd with this geometry.
-        unsafe { lb.launch(mc) }.ctx("launching kasmina_fwd_merge")?;
-        Ok(())
+        self.merge_fwd_partials(&k.fwd_merge, layer, g.layout())
     }
 
     /// Backward on the Hopper kernels (configuration tuned on first use of the key).
@@ -935,35 +930,7 @@ impl CudaBackend {
             // ([B, H]); gpart holds the geometry's slots, ppart n_rg*H*3 floats when a seed is active.
             unsafe { lb.launch(lc) }.ctx("launching kasmina_hbwd")?;
         }
-        let (n_rg, s) = (g.n_rg, layer.s as u32);
-        if any_active {
-            let ppart = layer.ppart.ensure(&self.stream, pbytes)?;
-            let mut lb = self.stream.launch_builder(&k.bwd_colsum);
-            lb.arg(&*ppart).arg(&n_rg).arg(&h).arg(&c).arg(&layer.consts).arg(&mut layer.colsum);
-            let cc =
-                LaunchConfig { grid_dim: ((3 * h).div_ceil(32), 1, 1), block_dim: (32, 8, 1), shared_mem_bytes: 0 };
-            // SAFETY: arguments match kasmina_bwd_colsum; ppart holds n_rg*H*3 floats, colsum H*3 doubles.
-            unsafe { lb.launch(cc) }.ctx("launching kasmina_bwd_colsum")?;
-        }
-        let gpart = layer.gpart.ensure(&self.stream, g.slots() * 4)?;
-        let mut lb = self.stream.launch_builder(&k.bwd_finalize);
-        lb.arg(&*gpart)
-            .arg(&layer.colsum)
-            .arg(&n_rg)
-            .arg(&nt)
-            .arg(&segs)
-            .arg(&tw)
-            .arg(&c)
-            .arg(&layer.consts)
-            .arg(&layer.coef)
-            .arg(&mut layer.dweights)
-            .arg(&mut layer.dscales)
-            .arg(&mut layer.gnorm)
-            .arg(&mut layer.acc_g2);
-        let fc = LaunchConfig { grid_dim: (s, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
-        // SAFETY: arguments match kasmina_bwd_finalize; every buffer has its documented length.
-        unsafe { lb.launch(fc) }.ctx("launching kasmina_bwd_finalize")?;
-        Ok(())
+        self.sum_bwd_partials(&k.bwd_colsum, Some(&k.bwd_finalize), layer, g.layout())
     }
 }
 
