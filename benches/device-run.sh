@@ -5,8 +5,14 @@
 #   cuda     `kasmina bench --backend cuda` (Auto family), the portable / Hopper / Auto table over
 #            C in {16, 48, 64, 512, 4096}, and the PyTorch peer, in one session;
 #   checks   `kasmina conformance --backend all --quick`, the GPU test binaries (CUDA, Hopper, wgpu),
-#            compute-sanitizer on the Hopper kernels, the Hopper SASS, and the wgpu bench.
-# Usage: bash benches/device-run.sh cuda|checks
+#            compute-sanitizer on the Hopper kernels, the Hopper SASS, and the wgpu bench;
+#   sanitize compute-sanitizer (memcheck, racecheck, synccheck) over the whole conformance suite with
+#            the Hopper path forced, then over the portable suite (memcheck);
+#   profile  Nsight Compute over the big forward kernels (bf16 and f32, mixed seeds);
+#   variants the big forward with each build switch of kasmina_cuda::kernels (streaming accesses,
+#            L2 prefetch, launch bounds), each tuned afresh; the small forward with and without
+#            one block per seed; then the CUDA conformance suite and GPU tests.
+# Usage: bash benches/device-run.sh cuda|checks|sanitize|profile
 set -uo pipefail
 out=${OUT:-device-out}; mkdir -p "$out"
 r() { bash .device/run.sh "$@"; }
@@ -50,5 +56,50 @@ checks)
   timeout 150 bash .device/run.sh kasmina bench --backend wgpu --device 0 --json "$out/bench-wgpu.json" 2>&1 |
     tee "$out/bench-wgpu.txt"
   ;;
-*) echo "usage: bash benches/device-run.sh cuda|checks" >&2; exit 2 ;;
+sanitize)
+  # Quick-size suite (every group), path forced, autotuning off so every launch is a suite launch.
+  for tool in memcheck racecheck synccheck; do
+    KASMINA_REQUIRE_GPU=1 KASMINA_CUDA_PATH=hopper KASMINA_AUTOTUNE=off timeout 170 compute-sanitizer \
+      --tool $tool --error-exitcode 9 $bin/test-kasmina_cuda--conformance_hopper --test-threads=1 \
+      > "$out/sanitize-hopper-$tool.txt" 2>&1
+    echo "hopper $tool rc=$? $(grep -E 'test result|ERROR SUMMARY|RACECHECK SUMMARY' "$out/sanitize-hopper-$tool.txt" | tr '\n' ' ')"
+  done | tee "$out/sanitize.txt"
+  KASMINA_REQUIRE_GPU=1 KASMINA_CUDA_PATH=portable KASMINA_AUTOTUNE=off timeout 60 compute-sanitizer \
+    --tool memcheck --error-exitcode 9 $bin/test-kasmina_cuda--conformance --test-threads=1 \
+    > "$out/sanitize-portable-memcheck.txt" 2>&1
+  echo "portable memcheck rc=$? $(grep -E 'test result|ERROR SUMMARY' "$out/sanitize-portable-memcheck.txt" | tr '\n' ' ')" |
+    tee -a "$out/sanitize.txt"
+  ;;
+profile)
+  export KASMINA_AUTOTUNE_CACHE=/tmp/kasmina-autotune.json
+  for d in bf16 f32; do
+    r kasmina bench --backend cuda --shape 16384,8192,128 --dtype $d --mix mixed --reps 5 2>&1 | tail -4
+    KASMINA_REQUIRE_GPU=1 timeout 200 ncu --clock-control none -k regex:'kasmina_fwd' --launch-skip 40 --launch-count 2 \
+      --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+      --section SchedulerStats --section MemoryWorkloadAnalysis \
+      $bin/kasmina bench --backend cuda --shape 16384,8192,128 --dtype $d --mix mixed --reps 3 \
+      > "$out/ncu-$d.txt" 2>&1
+    grep -E 'kasmina_|Duration|Memory Throughput|DRAM Throughput|Compute \(SM\)|Registers|Achieved Occ|Theoretical Occ|Issue Slots|No Eligible|Warp Cycles Per Issued|Block Size|Grid Size|Stall' "$out/ncu-$d.txt" | head -60
+  done
+  ;;
+variants)
+  for v in base KASMINA_CUDA_STREAMING=on KASMINA_CUDA_PREFETCH=1 KASMINA_CUDA_PREFETCH=2 KASMINA_CUDA_FWDU_MINB=4 \
+           "KASMINA_CUDA_STREAMING=on KASMINA_CUDA_PREFETCH=1"; do
+    echo "== $v"
+    # shellcheck disable=SC2046
+    env $([ "$v" = base ] || echo "$v") KASMINA_AUTOTUNE_CACHE="/tmp/at-${v// /_}.json" timeout 120 bash .device/run.sh \
+      kasmina bench --backend cuda --shape 16384,8192,128 --dtype bf16,f32 --reps 10 2>&1 | grep -E "^cuda"
+  done 2>&1 | tee "$out/variants.txt"
+  for sw in on off; do
+    echo "== KASMINA_CUDA_SEEDWISE=$sw"
+    KASMINA_CUDA_SEEDWISE=$sw KASMINA_AUTOTUNE_CACHE=/tmp/at-small.json timeout 100 bash .device/run.sh \
+      kasmina bench --backend cuda --shape 32,768,16 2>&1 | grep -E "^cuda"
+  done 2>&1 | tee "$out/small.txt"
+  for t in test-kasmina_cuda--conformance test-kasmina_cuda--gpu test-kasmina_cuda--hopper_gpu; do
+    echo "== $t"; KASMINA_HOPPER_QUICK=1 timeout 150 bash .device/run.sh "$t" --test-threads=1 2>&1 |
+      grep -E "^test |test result|panicked|assert"
+  done > "$out/gpu-tests.txt" 2>&1
+  grep -E "^==|test result|panicked" "$out/gpu-tests.txt"
+  ;;
+*) echo "usage: bash benches/device-run.sh cuda|checks|sanitize|profile|variants" >&2; exit 2 ;;
 esac

@@ -39,6 +39,9 @@ const GRAPH_MAX_BYTES: usize = 8 << 20;
 const MAX_GRAPHS: usize = 32;
 /// Most threads per block of the seed-uniform kernels (their `__launch_bounds__`).
 const UNIFORM_MAX_THREADS: u32 = 256;
+/// Forward calls with at most this many bytes of activation per seed run one block per seed
+/// (`kasmina_fwd_seed`): output, statistics and their merge in one launch.
+const SEEDWISE_MAX_BYTES: usize = 32 << 10;
 /// Forward calls with at most this many statistics partials merge them in the main kernel
 /// (its last block), saving the merge launch; larger ones use the parallel merge kernel.
 const FUSED_MERGE_MAX_SLOTS: usize = 2048;
@@ -94,6 +97,8 @@ impl DeviceTensor for CudaTensor {
 /// - `KASMINA_CUDA_DEFAULT_UNROLL=8`, `KASMINA_CUDA_DEFAULT_THREADS=<n>`: the configuration
 ///   used with `KASMINA_AUTOTUNE=off` takes that unroll (seed-uniform forward) and thread
 ///   count where the kernels allow them (to run those kernels on every call of a test).
+/// - `KASMINA_CUDA_SEEDWISE=off`: small forwards (at most 32 KiB of activation per seed) run the
+///   tuned row-group kernels and the merge kernel instead of one block per seed in one launch.
 /// - `KASMINA_CUDA_BWD_TYPED=off`: the active seed-uniform backward without its per-blueprint-type
 ///   branch on finite rows (the typed one, default since it measured faster on the H100, gives
 ///   the same bits).
@@ -118,6 +123,8 @@ pub struct CudaBackend {
     /// Whether small forwards merge their statistics in the main kernel
     /// (`KASMINA_CUDA_FUSED_MERGE=on`; off by default, the separate merge kernel).
     fused_merge: bool,
+    /// Whether small forwards run one block per seed (`KASMINA_CUDA_SEEDWISE=off` disables it).
+    seedwise: bool,
     /// Launch-candidate options, see [`TuneOptions`].
     tune_opts: TuneOptions,
     /// Whether the active seed-uniform backward takes one branch per blueprint type on
@@ -355,10 +362,19 @@ impl CudaBackend {
             graphs: !env_off("KASMINA_CUDA_GRAPHS"),
             uniform: !env_off("KASMINA_CUDA_UNIFORM"),
             fused_merge: env_on("KASMINA_CUDA_FUSED_MERGE"),
+            seedwise: !env_off("KASMINA_CUDA_SEEDWISE"),
             tune_opts: TuneOptions::from_env(),
             bwd_typed: !env_off("KASMINA_CUDA_BWD_TYPED"),
             hopper: hopper::HopperState::new(CudaPath::from_env()),
         })
+    }
+
+    /// Whether small forwards (at most 32 KiB of activation per seed) run in one launch with one
+    /// block per seed (the default, unless `KASMINA_CUDA_SEEDWISE=off`); `false` sends them
+    /// through the tuned row-group kernels and the merge kernel like larger calls.
+    pub fn with_seedwise(mut self, on: bool) -> Self {
+        self.seedwise = on;
+        self
     }
 
     /// The device's compute capability.
@@ -920,6 +936,9 @@ impl CudaBackend {
         if x.rows == 0 {
             return Ok(());
         }
+        if self.seedwise && Self::seedwise_fits(x.rows, layer.c, x.dtype) {
+            return self.forward_seedwise(layer, x, y);
+        }
         let bytes = 2 * x.num_bytes();
         let op = self.op_name(layer, false);
         let cfg = self.pick(op, x.dtype, x.rows, layer.h, &mut |cfg| {
@@ -955,6 +974,58 @@ impl CudaBackend {
             if fuse { Ok(()) } else { self.launch_fwd_merge(layer, dtype, &g) }
         };
         if self.graphs && x.num_bytes() <= GRAPH_MAX_BYTES { self.graphed(layer, key, &mut run) } else { run(layer) }
+    }
+
+    /// Whether a forward of `rows` rows and chunks of `c` columns is small enough for one block
+    /// per seed ([`SEEDWISE_MAX_BYTES`] per seed).
+    fn seedwise_fits(rows: usize, c: usize, dtype: DType) -> bool {
+        rows.saturating_mul(c).saturating_mul(dtype.size_bytes()) <= SEEDWISE_MAX_BYTES
+    }
+
+    /// The launch of a small forward: one block per seed, as many threads as the chunk has
+    /// vectors (32 to 256), the widest vector that divides C.
+    fn seedwise_launch(rows: usize, c: usize, s: usize, dtype: DType) -> (KernelConfig, LaunchConfig) {
+        let vec = widest_vector(dtype, c);
+        let nvec = (rows * c / vec as usize) as u64;
+        let threads = (nvec.div_ceil(32) * 32).clamp(32, 256) as u32;
+        let launch = LaunchConfig { grid_dim: (s as u32, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
+        (KernelConfig::new(1, threads, vec), launch)
+    }
+
+    /// A small forward in one launch of `kasmina_fwd_seed` (replayed from a CUDA graph).
+    fn forward_seedwise(&self, layer: &mut CudaLayer, x: &CudaTensor, y: &mut CudaTensor) -> CudaResult<()> {
+        let (cfg, launch) = Self::seedwise_launch(x.rows, layer.c, layer.s, x.dtype);
+        let k = self.kernels(x.dtype, cfg.vec)?;
+        let key = GraphKey {
+            op: 2,
+            ptrs: [self.ptr(x), self.ptr(y), 0],
+            rows: x.rows,
+            dtype: x.dtype,
+            cfg,
+            any_active: layer.any_active(),
+            dead_eps_bits: layer.dead_eps.to_bits(),
+        };
+        let (b, h, c) = (x.rows as u64, layer.h as u32, layer.c as u32);
+        let mut run = |layer: &mut CudaLayer| {
+            let mut lb = self.stream.launch_builder(&k.fwd_seed);
+            lb.arg(&x.buf)
+                .arg(&mut y.buf)
+                .arg(&b)
+                .arg(&h)
+                .arg(&c)
+                .arg(&layer.dead_eps)
+                .arg(&layer.consts)
+                .arg(&layer.colc)
+                .arg(&layer.coef)
+                .arg(&mut layer.acc);
+            // SAFETY: the arguments match kasmina_fwd_seed's parameters in order and type; x and y
+            // hold B*H elements of the module's dtype, consts and acc S records, colc and coef H
+            // entries; the vector width divides C (and so H and every chunk's first column); one
+            // block per seed, threads a multiple of 32 up to 256.
+            unsafe { lb.launch(launch) }.ctx("launching kasmina_fwd_seed")?;
+            Ok(())
+        };
+        if self.graphs { self.graphed(layer, key, &mut run) } else { run(layer) }
     }
 
     /// Backward on the family [`CudaPath`] picks (Hopper path, issue 7), else the portable kernels.

@@ -69,6 +69,25 @@ fn ptx_cache() -> &'static Mutex<HashMap<PtxKey, Ptx>> {
     CACHE.get_or_init(Default::default)
 }
 
+/// Build switches of the portable module read from the environment, for measuring kernel
+/// variants without a rebuild: `KASMINA_CUDA_STREAMING=on` compiles the seed-uniform forward with
+/// evict-first (`.cs`) activation loads and stores, `KASMINA_CUDA_FWDU_MINB=<n>` sets the active
+/// seed-uniform forward's minimum blocks per SM (its `__launch_bounds__`, 3 by default),
+/// `KASMINA_CUDA_PREFETCH=<n>` has it prefetch into L2 the rows `n` load batches ahead.
+fn experiment_defines() -> Vec<String> {
+    let mut out = Vec::new();
+    if matches!(std::env::var("KASMINA_CUDA_STREAMING").as_deref(), Ok("on" | "1")) {
+        out.push("-DKASMINA_CS".to_string());
+    }
+    if let Some(n) = std::env::var("KASMINA_CUDA_PREFETCH").ok().and_then(|v| v.parse::<u32>().ok()) {
+        out.push(format!("-DKASMINA_PF={}", n.clamp(1, 8)));
+    }
+    if let Some(n) = std::env::var("KASMINA_CUDA_FWDU_MINB").ok().and_then(|v| v.parse::<u32>().ok()) {
+        out.push(format!("-DKASMINA_FWDU_MINB={}", n.clamp(1, 8)));
+    }
+    out
+}
+
 /// Compiles (or takes from the process cache) the PTX of one module.
 pub fn compile(arch: &'static str, dtype: DType, vec: u32) -> CudaResult<Ptx> {
     let key = (arch, dtype, vec);
@@ -86,11 +105,10 @@ pub fn compile(arch: &'static str, dtype: DType, vec: u32) -> CudaResult<Ptx> {
     let name = format!("kasmina_{}_v{vec}.cu", dtype.name());
     let opts = CompileOptions {
         arch: Some(arch),
-        options: vec![
-            "--std=c++17".into(),
-            format!("-DKASMINA_DT={}", dtype_macro(dtype)),
-            format!("-DKASMINA_V={vec}"),
-        ],
+        options: ["--std=c++17".into(), format!("-DKASMINA_DT={}", dtype_macro(dtype)), format!("-DKASMINA_V={vec}")]
+            .into_iter()
+            .chain(experiment_defines())
+            .collect(),
         name: Some(name.clone()),
         ..Default::default()
     };
@@ -143,6 +161,8 @@ pub struct Kernels {
     pub bwdu_identity: CudaFunction,
     /// Merges forward partials into the accumulators (f64, fixed order).
     pub fwd_merge: CudaFunction,
+    /// A small forward in one launch, one block per seed.
+    pub fwd_seed: CudaFunction,
     /// Sums backward parameter partials per column.
     pub bwd_colsum: CudaFunction,
     /// Parameter gradients, grad_norm and the Σg² accumulator.
@@ -172,6 +192,7 @@ impl Kernels {
             bwdu_identity: f("kasmina_bwdu_identity")?,
             bwdu_typed: f("kasmina_bwdu_typed")?,
             fwd_merge: f("kasmina_fwd_merge")?,
+            fwd_seed: f("kasmina_fwd_seed")?,
             bwd_colsum: f("kasmina_bwd_colsum")?,
             bwd_finalize: f("kasmina_bwd_finalize")?,
             _module: module,
@@ -225,6 +246,7 @@ mod tests {
                     "kasmina_bwdu_identity",
                     "kasmina_bwdu_typed",
                     "kasmina_fwd_merge",
+                    "kasmina_fwd_seed",
                     "kasmina_bwd_colsum",
                     "kasmina_bwd_finalize",
                 ] {

@@ -139,6 +139,23 @@ template <class D, int V> struct Pack {
     };
 };
 
+// Streaming loads and stores of the seed-uniform forward's activations (compiled in with
+// -DKASMINA_CS, the host's KASMINA_CUDA_STREAMING=on): .cs marks the lines evict-first, since
+// each byte of X and Y is touched once. Plain accesses otherwise.
+template <class R> __device__ __forceinline__ R ld_act(const R* p) { return *p; }
+template <class R> __device__ __forceinline__ void st_act(R* p, const R& v) { *p = v; }
+#ifdef KASMINA_CS
+template <> __device__ __forceinline__ Raw16 ld_act<Raw16>(const Raw16* p) {
+    Raw16 r;
+    asm("ld.global.cs.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(r.a), "=r"(r.b), "=r"(r.c), "=r"(r.d) : "l"(p));
+    return r;
+}
+template <> __device__ __forceinline__ void st_act<Raw16>(Raw16* p, const Raw16& v) {
+    asm volatile("st.global.cs.v4.u32 [%0], {%1, %2, %3, %4};" ::"l"(p), "r"(v.a), "r"(v.b), "r"(v.c), "r"(v.d)
+                 : "memory");
+}
+#endif
+
 // Sets elements l and l + 1 (l even) of a pack from two floats.
 template <class D, int V>
 __device__ __forceinline__ void put2(Pack<D, V>& p, int l, float y0, float y1) {
@@ -679,6 +696,125 @@ extern "C" __global__ void kasmina_fwd_merge(const Partial* __restrict__ part, u
     if (lane == 0) acc_add(acc, seed, m);
 }
 
+// ---------------------------------------------------------------- small calls, one block per seed
+
+// The whole forward of one seed's chunk (all B rows, C columns) in one block: output, exact
+// statistics and their merge into the seed's accumulator, in one launch with no partials in
+// global memory and no second kernel. For small calls (a few KiB per seed), where launches,
+// not bytes, set the time. Thread t takes the chunk's vectors t, t + T, t + 2T, ... (row-major,
+// C % V == 0 so a vector never crosses a row or a seed); its statistics are shifted by its first
+// finite element, then merged in f64 by a fixed shuffle tree per warp and one over the warps:
+// the same bits on every run. Identity seeds copy bits; active ones use the per-column formula
+// (lin_out, or the literal seed_out for CONV and non-finite inputs) and the clamp, as kasmina_fwd.
+template <class D, int V>
+__device__ __forceinline__ void fwd_seed_impl(const typename D::R* __restrict__ x, typename D::R* __restrict__ y,
+                                              u64 B, u32 H, u32 C, float dead_eps, const SeedConst* __restrict__ sc,
+                                              const ColCoef* __restrict__ colc, const float* __restrict__ coef,
+                                              Acc* __restrict__ acc) {
+    typedef Pack<D, V> P;
+    __shared__ M64 shm[32];
+    const u32 seed = blockIdx.x;
+    const u32 T = blockDim.x;
+    const u32 warp = threadIdx.x / 32, lane = threadIdx.x % 32, nw = T / 32;
+    const u32 G = C / V;
+    const u64 nvec = B * (u64)G;
+    const u32 base = seed * C;
+    const SeedConst q = sc[seed];
+    const u32 fl = q.flags;
+    const bool act = (fl & FLAG_ACTIVE) != 0;
+    const bool conv = act && btype(fl) == TYPE_CONV;
+
+    bool have_k = false;
+    float K = 0.f, S1 = 0.f, S2 = 0.f;
+    float mn = __int_as_float(0x7f800000), mx = __int_as_float(0xff800000);
+    u32 n = 0, dead = 0, nf = 0;
+    for (u64 v0 = threadIdx.x; v0 < nvec; v0 += (u64)UNROLL * T) {
+        P buf[UNROLL];
+        u64 off[UNROLL];
+        u32 jv0[UNROLL];
+#pragma unroll
+        for (int u = 0; u < UNROLL; u++) {
+            const u64 v = v0 + (u64)u * T;
+            if (v < nvec) {
+                const u64 row = v / G;
+                jv0[u] = (u32)(v - row * G) * V;
+                off[u] = row * (u64)H + base + jv0[u];
+                buf[u].raw = *reinterpret_cast<const typename P::Raw*>(x + off[u]);
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < UNROLL; u++) {
+            const u64 v = v0 + (u64)u * T;
+            if (v >= nvec) continue;
+            P out;
+            out.raw = buf[u].raw;
+            const u32 j0 = jv0[u];
+#pragma unroll
+            for (int l = 0; l < V; l++) {
+                const float f = D::in(buf[u].e[l]);
+                if (finite_f(f)) {
+                    if (!have_k) {
+                        K = f;
+                        have_k = true;
+                    }
+                    const float dd = f - K;
+                    S1 += dd;
+                    S2 = fmaf(dd, dd, S2);
+                    mn = fminf(mn, f);
+                    mx = fmaxf(mx, f);
+                    dead += fabsf(f) < dead_eps ? 1u : 0u;
+                    n += 1u;
+                } else {
+                    nf += 1u;
+                }
+                if (act) {
+                    const u32 j = j0 + l;
+                    float yv;
+                    if (conv || !finite_f(f)) {
+                        const float xm1 = (conv && j >= 1) ? D::in(x[off[u] + l - 1]) : 0.f;
+                        const float xm2 = (conv && j >= 2) ? D::in(x[off[u] + l - 2]) : 0.f;
+                        yv = seed_out(fl, coef[base + j], q, f, xm1, xm2);
+                    } else {
+                        yv = lin_out(colc[base + j], f);
+                    }
+                    out.e[l] = D::out(clamp_band(fl, q, yv));
+                }
+            }
+            *reinterpret_cast<typename P::Raw*>(y + off[u]) = out.raw;
+        }
+    }
+
+    Partial p = partial_empty();
+    p.nf = nf;
+    if (n > 0) {
+        p.n = n;
+        p.dead = dead;
+        p.K = K;
+        p.d = S1 / (float)n;
+        p.m2 = fmaxf(S2 - S1 * p.d, 0.f);
+        p.mn = mn;
+        p.mx = mx;
+    }
+    M64 m = m64_of(p);
+    for (int off = 16; off > 0; off >>= 1) {
+        M64 o = m64_shfl_down(m, off);
+        m = m64_merge(m, o);
+    }
+    if (nw == 1) {
+        if (lane == 0) acc_add(acc, seed, m);
+        return;
+    }
+    if (lane == 0) shm[warp] = m;
+    __syncthreads();
+    if (warp != 0) return;
+    m = lane < nw ? shm[lane] : m64_empty();
+    for (int off = 16; off > 0; off >>= 1) {
+        M64 o = m64_shfl_down(m, off);
+        m = m64_merge(m, o);
+    }
+    if (lane == 0) acc_add(acc, seed, m);
+}
+
 // ---------------------------------------------------------------- backward
 
 // The gradient reaching the pre-clamp output of column (row, col): 0 where strict mode clamped it.
@@ -1149,10 +1285,19 @@ __device__ __forceinline__ void fwdu_impl(const typename D::R* __restrict__ x, t
             for (int u = 0; u < UR; u++) {
                 if (i + u < nrows) {
                     const u64 off = (r0 + i + u) * (u64)H + c;
-                    buf[u].raw = *reinterpret_cast<const typename P::Raw*>(x + off);
+                    buf[u].raw = ld_act(reinterpret_cast<const typename P::Raw*>(x + off));
                     if (cpre) nb[u].raw = *reinterpret_cast<const typename P2::Raw*>(x + off - 2);
                 }
             }
+#ifdef KASMINA_PF
+            // L2 prefetch of the rows KASMINA_PF batches ahead (-DKASMINA_PF=<n>, the host's
+            // KASMINA_CUDA_PREFETCH=<n>): more bytes in flight without more registers.
+#pragma unroll
+            for (int u = 0; u < UR; u++) {
+                const u32 ra = i + KASMINA_PF * UR + u;
+                if (ra < nrows) asm volatile("prefetch.global.L2 [%0];" ::"l"(x + (r0 + ra) * (u64)H + c));
+            }
+#endif
             if (i == 0) {
 #pragma unroll
                 for (int l = V - 1; l >= 0; l--) {
@@ -1243,7 +1388,7 @@ __device__ __forceinline__ void fwdu_impl(const typename D::R* __restrict__ x, t
                             }
                         }
                     }
-                    *reinterpret_cast<typename P::Raw*>(y + rowoff + c) = out.raw;
+                    st_act(reinterpret_cast<typename P::Raw*>(y + rowoff + c), out.raw);
                 }
             }
         }
@@ -1637,6 +1782,13 @@ extern "C" __global__ void kasmina_bwd_identity(const KASMINA_DT::R* x, const KA
     bwd_impl<KASMINA_DT, KASMINA_V, false>(x, g, dx, B, H, C, R, sc, colc, coef, gpart, ppart, segs);
 }
 
+// One block per seed, the whole call (C % V == 0, blockDim.x a multiple of 32, at most 1024).
+extern "C" __global__ void kasmina_fwd_seed(const KASMINA_DT::R* x, KASMINA_DT::R* y, u64 B, u32 H, u32 C,
+                                            float dead_eps, const SeedConst* sc, const ColCoef* colc,
+                                            const float* coef, Acc* acc) {
+    fwd_seed_impl<KASMINA_DT, KASMINA_V>(x, y, B, H, C, dead_eps, sc, colc, coef, acc);
+}
+
 // Seed-uniform variants (C % V == 0), see fwdu_impl / bwdu_impl. The *_fused forwards
 // also merge the statistics into the accumulators (last block; `counter` is 0 between
 // launches); the others leave that to kasmina_fwd_merge and ignore `acc` and `counter`.
@@ -1648,7 +1800,10 @@ extern "C" __global__ void kasmina_bwd_identity(const KASMINA_DT::R* x, const KA
         fwdu_impl<KASMINA_DT, KASMINA_V, ACT, FUSE>(x, y, B, H, C, R, dead_eps, sc, colc, coef, part, segs, acc, \
                                                     counter, S);                                               \
     }
-KASMINA_FWDU(kasmina_fwdu, (256, 3), true, false)
+#ifndef KASMINA_FWDU_MINB
+#define KASMINA_FWDU_MINB 3
+#endif
+KASMINA_FWDU(kasmina_fwdu, (256, KASMINA_FWDU_MINB), true, false)
 KASMINA_FWDU(kasmina_fwdu_identity, (256), false, false)
 KASMINA_FWDU(kasmina_fwdu_fused, (256, 3), true, true)
 KASMINA_FWDU(kasmina_fwdu_identity_fused, (256), false, true)

@@ -36,6 +36,21 @@ pub struct BenchArgs {
     /// autotuner's pick). Without it the CUDA backend follows `KASMINA_CUDA_PATH`.
     #[arg(long = "cuda-path", value_name = "PATH", value_delimiter = ',')]
     cuda_paths: Vec<String>,
+    /// Only these activation dtypes (repeatable or comma-separated: f32, f16, bf16) instead of
+    /// the backend's defaults.
+    #[arg(long = "dtype", value_name = "DTYPE", value_delimiter = ',', value_parser = parse_dtype)]
+    dtypes: Vec<DType>,
+    /// Only this seed mix (`dormant` or `mixed`); both without it.
+    #[arg(long, value_name = "MIX")]
+    mix: Option<SeedMix>,
+}
+
+fn parse_dtype(s: &str) -> Result<DType, String> {
+    DType::ALL
+        .iter()
+        .copied()
+        .find(|d| d.to_string() == s.trim().to_ascii_lowercase())
+        .ok_or_else(|| format!("unknown dtype '{s}' (f32, f16 or bf16)"))
 }
 
 fn parse_shape(s: &str) -> Result<(usize, usize, usize), String> {
@@ -71,6 +86,8 @@ struct Plan<'a> {
     quick: bool,
     reps: Option<usize>,
     shapes: &'a [(usize, usize, usize)],
+    dtypes: &'a [DType],
+    mix: Option<SeedMix>,
 }
 
 fn bench_on<B: Backend>(open: impl Fn() -> kasmina::Result<B>, plan: &Plan<'_>) -> kasmina::Result<Vec<BenchRecord>> {
@@ -87,14 +104,20 @@ fn bench_backend<B: Backend>(
     let info = backend.info();
     let (default_shapes, dtypes) = defaults(plan.kind, quick);
     let shapes = if plan.shapes.is_empty() { &default_shapes[..] } else { plan.shapes };
+    let dtypes = if plan.dtypes.is_empty() { &dtypes[..] } else { plan.dtypes };
+    let mixes: &[SeedMix] = match plan.mix {
+        Some(SeedMix::Dormant) => &[SeedMix::Dormant],
+        Some(SeedMix::Mixed) => &[SeedMix::Mixed],
+        None => &[SeedMix::Dormant, SeedMix::Mixed],
+    };
     let mut specs = Vec::new();
     for &(b, h, s) in shapes {
-        for &dtype in &dtypes {
+        for &dtype in dtypes {
             if !backend.supports(dtype) {
                 eprintln!("{}: skipping {dtype} (not supported by {})", info.id(), info.name);
                 continue;
             }
-            for mix in [SeedMix::Dormant, SeedMix::Mixed] {
+            for &mix in mixes {
                 let reps = reps.unwrap_or(if quick { 3 } else { 20 });
                 specs.push(BenchSpec {
                     b,
@@ -170,7 +193,8 @@ pub fn run(a: BenchArgs) -> CmdResult {
     }
     let mut records = Vec::new();
     for device in devices {
-        let plan = Plan { kind: device.kind, quick: a.quick, reps: a.reps, shapes: &a.shapes };
+        let plan =
+            Plan { kind: device.kind, quick: a.quick, reps: a.reps, shapes: &a.shapes, dtypes: &a.dtypes, mix: a.mix };
         if device.kind == BackendKind::Cuda && !a.cuda_paths.is_empty() {
             records.extend(cuda_paths(device, &a.cuda_paths, &plan)?);
             continue;
