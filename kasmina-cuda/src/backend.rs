@@ -188,7 +188,7 @@ fn driver_present() -> CudaResult<()> {
 }
 
 /// Whether environment variable `name` is set to on / 1 / true / yes.
-fn env_on(name: &str) -> bool {
+pub(crate) fn env_on(name: &str) -> bool {
     matches!(std::env::var(name).map(|v| v.to_ascii_lowercase()).as_deref(), Ok("on" | "1" | "true" | "yes"))
 }
 

@@ -76,7 +76,7 @@ fn ptx_cache() -> &'static Mutex<HashMap<PtxKey, Ptx>> {
 /// `KASMINA_CUDA_PREFETCH=<n>` has it prefetch into L2 the rows `n` load batches ahead.
 fn experiment_defines() -> Vec<String> {
     let mut out = Vec::new();
-    if matches!(std::env::var("KASMINA_CUDA_STREAMING").as_deref(), Ok("on" | "1")) {
+    if crate::backend::env_on("KASMINA_CUDA_STREAMING") {
         out.push("-DKASMINA_CS".to_string());
     }
     if let Some(n) = std::env::var("KASMINA_CUDA_PREFETCH").ok().and_then(|v| v.parse::<u32>().ok()) {

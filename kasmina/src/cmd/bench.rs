@@ -38,19 +38,11 @@ pub struct BenchArgs {
     cuda_paths: Vec<String>,
     /// Only these activation dtypes (repeatable or comma-separated: f32, f16, bf16) instead of
     /// the backend's defaults.
-    #[arg(long = "dtype", value_name = "DTYPE", value_delimiter = ',', value_parser = parse_dtype)]
+    #[arg(long = "dtype", value_name = "DTYPE", value_delimiter = ',', value_parser = crate::parse_dtype)]
     dtypes: Vec<DType>,
     /// Only this seed mix (`dormant` or `mixed`); both without it.
     #[arg(long, value_name = "MIX")]
     mix: Option<SeedMix>,
-}
-
-fn parse_dtype(s: &str) -> Result<DType, String> {
-    DType::ALL
-        .iter()
-        .copied()
-        .find(|d| d.to_string() == s.trim().to_ascii_lowercase())
-        .ok_or_else(|| format!("unknown dtype '{s}' (f32, f16 or bf16)"))
 }
 
 fn parse_shape(s: &str) -> Result<(usize, usize, usize), String> {
@@ -105,10 +97,9 @@ fn bench_backend<B: Backend>(
     let (default_shapes, dtypes) = defaults(plan.kind, quick);
     let shapes = if plan.shapes.is_empty() { &default_shapes[..] } else { plan.shapes };
     let dtypes = if plan.dtypes.is_empty() { &dtypes[..] } else { plan.dtypes };
-    let mixes: &[SeedMix] = match plan.mix {
-        Some(SeedMix::Dormant) => &[SeedMix::Dormant],
-        Some(SeedMix::Mixed) => &[SeedMix::Mixed],
-        None => &[SeedMix::Dormant, SeedMix::Mixed],
+    let mixes = match &plan.mix {
+        Some(m) => std::slice::from_ref(m),
+        None => &[SeedMix::Dormant, SeedMix::Mixed][..],
     };
     let mut specs = Vec::new();
     for &(b, h, s) in shapes {
