@@ -11,8 +11,14 @@
 #   profile  Nsight Compute over the big forward kernels (bf16 and f32, mixed seeds);
 #   variants the big forward with each build switch of kasmina_cuda::kernels (streaming accesses,
 #            L2 prefetch, launch bounds), each tuned afresh; the small forward with and without
-#            one block per seed; then the CUDA conformance suite and GPU tests.
-# Usage: bash benches/device-run.sh cuda|checks|sanitize|profile
+#            one block per seed; then the CUDA conformance suite and GPU tests;
+#   seedwarp the big mixed forward with one seed per warp against one row per warp (interleaved),
+#            then the conformance suite (three modes) and the CUDA GPU tests;
+#   stages   the big bf16 forward with loads staged through shared memory (KASMINA_CUDA_STAGES)
+#            against direct loads, then the row-group conformance suite and GPU tests with stages.
+#   goals    the issue-6 table (default bench), the big forward with row groups first, then the
+#            CUDA conformance suite and GPU tests.
+# Usage: bash benches/device-run.sh cuda|checks|sanitize|profile|variants|seedwarp|stages|goals
 set -uo pipefail
 out=${OUT:-device-out}; mkdir -p "$out"
 r() { bash .device/run.sh "$@"; }
@@ -101,5 +107,79 @@ variants)
   done > "$out/gpu-tests.txt" 2>&1
   grep -E "^==|test result|panicked" "$out/gpu-tests.txt"
   ;;
-*) echo "usage: bash benches/device-run.sh cuda|checks|sanitize|profile|variants" >&2; exit 2 ;;
+seedwarp)
+  # One seed per warp (default) against one row per warp (KASMINA_CUDA_SEEDWARP=off) on the big
+  # mixed forward, interleaved, C = 64 and C = 16 (both mappings differ) and C = 48 (same kernel,
+  # a control); then the tests that cover it (conformance in all three modes, the GPU tests).
+  # SEEDWARP_SHAPES, SEEDWARP_MODES, SEEDWARP_MIX (mixed, or "all" for both mixes) and
+  # SEEDWARP_TESTS=0 narrow or widen it to fit one call; SEEDWARP_PROFILE=1 adds Nsight Compute
+  # over the bf16 mixed forward's main kernel at the end.
+  mix=(--mix "${SEEDWARP_MIX:-mixed}"); [ "${SEEDWARP_MIX:-}" = all ] && mix=()
+  for shape in ${SEEDWARP_SHAPES:-16384,8192,128 16384,8192,512 16384,6144,128}; do
+    for sw in ${SEEDWARP_MODES:-on off on off}; do
+      echo "== $shape KASMINA_CUDA_SEEDWARP=$sw"
+      KASMINA_CUDA_SEEDWARP=$sw KASMINA_AUTOTUNE_CACHE=/tmp/at-sw.json timeout 200 bash .device/run.sh \
+        kasmina bench --backend cuda --shape "$shape" --dtype bf16,f32 "${mix[@]}" --reps 10 2>&1 | grep -E "^cuda"
+    done
+  done 2>&1 | tee "$out/seedwarp.txt"
+  for v in ${SEEDWARP_VARIANTS:-}; do
+    # A build switch (e.g. KASMINA_CUDA_FWDU_MINB=4) with its own tuning cache (the key hashes
+    # the source, not the switches).
+    echo "== 16384,8192,128 $v"
+    env "$v" KASMINA_AUTOTUNE_CACHE="/tmp/at-sw-$v.json" timeout 120 bash .device/run.sh \
+      kasmina bench --backend cuda --shape 16384,8192,128 --dtype bf16,f32 --mix mixed --reps 10 2>&1 | grep -E "^cuda"
+  done 2>&1 | tee -a "$out/seedwarp.txt"
+  if [ "${SEEDWARP_TESTS:-1}" = 1 ]; then
+    for t in test-kasmina_cuda--conformance test-kasmina_cuda--gpu; do
+      echo "== $t"; timeout 200 bash .device/run.sh "$t" --test-threads=1 2>&1 |
+        grep -E "^test |test result|panicked|assert"
+    done > "$out/gpu-tests.txt" 2>&1
+    grep -E "^==|test result|panicked" "$out/gpu-tests.txt"
+  fi
+  if [ "${SEEDWARP_PROFILE:-0}" = 1 ]; then
+    KASMINA_AUTOTUNE_CACHE=/tmp/at-sw.json KASMINA_REQUIRE_GPU=1 timeout 150 ncu --clock-control none \
+      -k regex:'kasmina_fwdu' --launch-skip 40 --launch-count 1 --section SpeedOfLight --section Occupancy \
+      --section LaunchStats --section WarpStateStats --section SchedulerStats \
+      $bin/kasmina bench --backend cuda --shape 16384,8192,128 --dtype bf16 --mix mixed --reps 3 > "$out/ncu-ws.txt" 2>&1
+    grep -E 'kasmina_|Duration|DRAM Throughput|Compute \(SM\)|Registers|Achieved Occ|Theoretical Occ|Issue Slots|No Eligible|Warp Cycles Per Issued|Active Warps|Eligible Warps|Block Size|Grid Size|Stall' "$out/ncu-ws.txt" | head -40
+  fi
+  ;;
+goals)
+  # The issue-6 table in one call: `kasmina bench --backend cuda` (big and small shapes, both dtypes
+  # and mixes, Auto family), the big forward with the blocks' previous order (row groups first)
+  # for comparison, then the CUDA conformance suite (three modes) and the CUDA GPU tests.
+  export KASMINA_AUTOTUNE_CACHE=/tmp/kasmina-autotune.json
+  timeout 250 bash .device/run.sh kasmina bench --backend cuda --json "$out/bench-cuda.json" 2>&1 |
+    tee "$out/bench-cuda.txt" | grep -E "^cuda"
+  echo "== KASMINA_CUDA_ROWS_FIRST=on"
+  KASMINA_CUDA_ROWS_FIRST=on KASMINA_AUTOTUNE_CACHE=/tmp/at-rows.json timeout 120 bash .device/run.sh kasmina bench \
+    --backend cuda --shape 16384,8192,128 --dtype bf16,f32 --reps 10 2>&1 | grep -E "^cuda" | grep forward |
+    tee "$out/bench-rows-first.txt"
+  for t in test-kasmina_cuda--conformance test-kasmina_cuda--gpu; do
+    echo "== $t"; timeout 170 bash .device/run.sh "$t" --test-threads=1 2>&1 | grep -E "^test |test result|panicked|assert"
+  done > "$out/gpu-tests.txt" 2>&1
+  grep -E "^==|test result|panicked" "$out/gpu-tests.txt"
+  ;;
+stages)
+  # The big bf16 forward with its loads staged through shared memory (KASMINA_CUDA_STAGES, cp.async)
+  # against direct loads, each tuned afresh; then the row-group conformance suite and the CUDA GPU
+  # tests with stages on. STAGES_VARIANTS overrides the list ("base" = no switch; commas separate
+  # the variables of one variant), STAGES_DTYPE the dtypes, STAGES_TESTS=0 skips the tests.
+  for v in ${STAGES_VARIANTS:-base KASMINA_CUDA_STAGES=3 KASMINA_CUDA_STAGES=2 KASMINA_CUDA_STAGES=3,KASMINA_CUDA_SEEDWARP=off}; do
+    echo "== $v"
+    # shellcheck disable=SC2046
+    env $([ "$v" = base ] || echo "${v//,/ }") KASMINA_AUTOTUNE_CACHE="/tmp/at-st-$v.json" timeout 200 \
+      bash .device/run.sh kasmina bench --backend cuda --shape 16384,8192,128 --dtype "${STAGES_DTYPE:-bf16}" --reps 10 2>&1 |
+      grep -E "^cuda"
+  done 2>&1 | tee "$out/stages.txt"
+  [ "${STAGES_TESTS:-1}" = 1 ] || exit 0
+  for t in "test-kasmina_cuda--conformance rowgroups" "test-kasmina_cuda--gpu"; do
+    echo "== KASMINA_CUDA_STAGES=3 $t"
+    # shellcheck disable=SC2086
+    KASMINA_CUDA_STAGES=3 timeout 150 bash .device/run.sh $t --test-threads=1 2>&1 |
+      grep -E "^test |test result|panicked|assert"
+  done > "$out/gpu-tests-stages.txt" 2>&1
+  grep -E "^==|test result|panicked" "$out/gpu-tests-stages.txt"
+  ;;
+*) echo "usage: bash benches/device-run.sh cuda|checks|sanitize|profile|variants|seedwarp|stages|goals" >&2; exit 2 ;;
 esac

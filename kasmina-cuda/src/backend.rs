@@ -27,7 +27,7 @@ pub use hopper::CudaPath;
 type Result<T> = std::result::Result<T, Error>;
 
 /// Size of the kernels' `Partial` struct.
-const PARTIAL_BYTES: usize = 32;
+const PARTIAL_BYTES: usize = crate::kernels::PARTIAL_BYTES as usize;
 /// Largest tile (threads x vector width): keeps the forward's shared memory at 32 KiB.
 const MAX_TILE: u32 = 1024;
 /// Rows per block are capped so per-lane counters fit 16 bits.
@@ -38,7 +38,7 @@ const GRAPH_MAX_BYTES: usize = 8 << 20;
 /// Captured graphs kept per layer before the cache is cleared.
 const MAX_GRAPHS: usize = 32;
 /// Most threads per block of the seed-uniform kernels (their `__launch_bounds__`).
-const UNIFORM_MAX_THREADS: u32 = 256;
+const UNIFORM_MAX_THREADS: u32 = crate::kernels::UNIFORM_MAX_THREADS;
 /// Forward calls with at most this many bytes of activation per seed run one block per seed
 /// (`kasmina_fwd_seed`): output, statistics and their merge in one launch.
 const SEEDWISE_MAX_BYTES: usize = 32 << 10;
@@ -97,6 +97,9 @@ impl DeviceTensor for CudaTensor {
 /// - `KASMINA_CUDA_DEFAULT_UNROLL=8`, `KASMINA_CUDA_DEFAULT_THREADS=<n>`: the configuration
 ///   used with `KASMINA_AUTOTUNE=off` takes that unroll (seed-uniform forward) and thread
 ///   count where the kernels allow them (to run those kernels on every call of a test).
+/// - `KASMINA_CUDA_SEEDWARP=off`: active forwards whose seed rows are a few threads wide
+///   (C / V a power of two below 32) keep one row per warp (a warp then spans several seeds
+///   and runs each seed's blueprint branch in turn) instead of one seed per warp.
 /// - `KASMINA_CUDA_SEEDWISE=off`: small forwards (at most 32 KiB of activation per seed) run the
 ///   tuned row-group kernels and the merge kernel instead of one block per seed in one launch.
 /// - `KASMINA_CUDA_BWD_TYPED=off`: the active seed-uniform backward without its per-blueprint-type
@@ -125,6 +128,9 @@ pub struct CudaBackend {
     fused_merge: bool,
     /// Whether small forwards run one block per seed (`KASMINA_CUDA_SEEDWISE=off` disables it).
     seedwise: bool,
+    /// Whether active seed-uniform forwards with short seed rows run one seed per warp
+    /// (`KASMINA_CUDA_SEEDWARP=off` disables it).
+    seedwarp: bool,
     /// Launch-candidate options, see [`TuneOptions`].
     tune_opts: TuneOptions,
     /// Whether the active seed-uniform backward takes one branch per blueprint type on
@@ -208,10 +214,19 @@ fn unavailable_if_no_device(e: CudaError) -> CudaError {
     }
 }
 
+/// Whether a seed's row of `c` columns is `c / vec` threads, a power of two below 32, so a warp
+/// can take whole rows of one seed (the kernels' `ws_applies`).
+fn ws_applies(c: usize, vec: u32) -> bool {
+    let v = vec as usize;
+    v > 0 && c.is_multiple_of(v) && (1..32).contains(&(c / v)) && (c / v).is_power_of_two()
+}
+
 /// Where a forward/backward launch's blocks and partials go.
 #[derive(Debug, Clone, Copy)]
 struct Geometry {
     cfg: KernelConfig,
+    /// The warp-per-seed mapping (`kasmina_fwdu_ws`): tiles of `threads / 32` whole seeds.
+    ws: bool,
     tw: u32,
     n_rg: u64,
     n_tiles: u32,
@@ -220,7 +235,12 @@ struct Geometry {
 
 impl Geometry {
     fn new(cfg: KernelConfig, b: usize, h: usize, c: usize, s: usize) -> CudaResult<Self> {
-        let tw = cfg.threads * cfg.vec;
+        Self::with_mapping(cfg, b, h, c, s, false)
+    }
+
+    /// `ws`: the warp-per-seed forward (one seed per warp, [`ws_applies`] holds for `c`).
+    fn with_mapping(cfg: KernelConfig, b: usize, h: usize, c: usize, s: usize, ws: bool) -> CudaResult<Self> {
+        let tw = if ws { (cfg.threads / 32) * c as u32 } else { cfg.threads * cfg.vec };
         let n_rg = (b as u64).div_ceil(cfg.rows as u64);
         let n_tiles = (h as u64).div_ceil(tw as u64);
         if n_rg > i32::MAX as u64 || n_tiles > 65535 {
@@ -228,14 +248,22 @@ impl Geometry {
                 "a [{b}, {h}] tensor needs {n_rg} x {n_tiles} blocks with {cfg}, beyond the grid limits"
             )));
         }
-        let segs = (((tw - 1) as usize / c) + 2).min(s) as u32;
-        Ok(Self { cfg, tw, n_rg, n_tiles: n_tiles as u32, segs })
+        // A warp-per-seed tile holds exactly threads / 32 seeds; other tiles may cut seeds.
+        let segs = if ws { cfg.threads / 32 } else { (((tw - 1) as usize / c) + 2).min(s) as u32 };
+        Ok(Self { cfg, ws, tw, n_rg, n_tiles: n_tiles as u32, segs })
     }
 
     /// The launch: `shared_per_item` bytes of shared memory per column, or per thread for
     /// the seed-uniform kernels.
     fn launch(&self, shared_per_item: u32, uniform: bool) -> LaunchConfig {
-        let items = if uniform { self.cfg.threads } else { self.tw };
+        // The warp-per-seed kernel reduces with shuffles alone.
+        let items = if self.ws {
+            0
+        } else if uniform {
+            self.cfg.threads
+        } else {
+            self.tw
+        };
         LaunchConfig {
             grid_dim: (self.n_rg as u32, self.n_tiles, 1),
             block_dim: (self.cfg.threads, 1, 1),
@@ -297,6 +325,8 @@ impl CudaBackend {
             ("forward-uniform-fused", &k.fwdu_fused),
             ("forward-uniform-unroll8", &k.fwdu_u8),
             ("forward-uniform-identity-unroll8", &k.fwdu_identity_u8),
+            ("forward-uniform-warp-per-seed", &k.fwdu_ws),
+            ("forward-uniform-warp-per-seed-unroll8", &k.fwdu_u8_ws),
             ("backward-uniform", &k.bwdu),
             ("backward-uniform-typed", &k.bwdu_typed),
             ("backward-uniform-identity", &k.bwdu_identity),
@@ -363,6 +393,7 @@ impl CudaBackend {
             uniform: !env_off("KASMINA_CUDA_UNIFORM"),
             fused_merge: env_on("KASMINA_CUDA_FUSED_MERGE"),
             seedwise: !env_off("KASMINA_CUDA_SEEDWISE"),
+            seedwarp: !env_off("KASMINA_CUDA_SEEDWARP"),
             tune_opts: TuneOptions::from_env(),
             bwd_typed: !env_off("KASMINA_CUDA_BWD_TYPED"),
             hopper: hopper::HopperState::new(CudaPath::from_env()),
@@ -374,6 +405,15 @@ impl CudaBackend {
     /// through the tuned row-group kernels and the merge kernel like larger calls.
     pub fn with_seedwise(mut self, on: bool) -> Self {
         self.seedwise = on;
+        self
+    }
+
+    /// Whether active forwards whose seed rows are short (C / V threads, a power of two below
+    /// 32) map one seed to each warp, several rows at a time (the default, unless
+    /// `KASMINA_CUDA_SEEDWARP=off`); `false` keeps one row per warp, which then spans several
+    /// seeds. Same results either way.
+    pub fn with_seedwarp(mut self, on: bool) -> Self {
+        self.seedwarp = on;
         self
     }
 
@@ -540,6 +580,23 @@ impl CudaBackend {
         self.uniform && layer.c.is_multiple_of(cfg.vec as usize) && cfg.threads <= UNIFORM_MAX_THREADS
     }
 
+    /// Whether the forward of `layer` with `cfg` runs one seed per warp (`kasmina_fwdu_ws`):
+    /// active seeds, the seed-uniform kernels, short seed rows and no fused merge.
+    fn uses_ws(&self, layer: &CudaLayer, cfg: &KernelConfig, fuse: bool) -> bool {
+        self.seedwarp && !fuse && layer.any_active() && self.uses_uniform(layer, cfg) && ws_applies(layer.c, cfg.vec)
+    }
+
+    /// The forward's geometry for `cfg` (see [`Self::uses_ws`]; row mapping where the narrower
+    /// warp-per-seed tiles would exceed the grid's tile limit).
+    fn fwd_geometry(&self, layer: &CudaLayer, cfg: KernelConfig, rows: usize, fuse: bool) -> CudaResult<Geometry> {
+        if self.uses_ws(layer, &cfg, fuse)
+            && let Ok(g) = Geometry::with_mapping(cfg, rows, layer.h, layer.c, layer.s, true)
+        {
+            return Ok(g);
+        }
+        Geometry::new(cfg, rows, layer.h, layer.c, layer.s)
+    }
+
     /// Whether a forward of `rows` rows with `cfg` merges its statistics in the main kernel.
     fn fuses(&self, layer: &CudaLayer, cfg: &KernelConfig, rows: usize) -> CudaResult<bool> {
         let g = Geometry::new(*cfg, rows, layer.h, layer.c, layer.s)?;
@@ -555,6 +612,10 @@ impl CudaBackend {
             (false, false, false) => "forward-identity",
             (true, true, false) => "backward",
             (true, false, false) => "backward-identity",
+            // Tuned apart: the warp-per-seed kernels run for some vector widths (see uses_ws).
+            (false, true, true) if self.seedwarp && (ws_applies(layer.c, 8) || ws_applies(layer.c, 4)) => {
+                "forward-uniform-ws"
+            }
             (false, true, true) => "forward-uniform",
             (false, false, true) => "forward-uniform-identity",
             (true, true, true) if self.bwd_typed => "backward-uniform-typed",
@@ -591,11 +652,13 @@ impl CudaBackend {
     ) -> CudaResult<Geometry> {
         Self::check_cfg(&cfg, x.dtype, layer.h, self.uses_uniform(layer, &cfg))?;
         let k = self.kernels(x.dtype, cfg.vec)?;
-        let g = Geometry::new(cfg, x.rows, layer.h, layer.c, layer.s)?;
         let uni = self.uses_uniform(layer, &cfg);
         let fuse_merge = fuse_merge && uni;
+        let g = self.fwd_geometry(layer, cfg, x.rows, fuse_merge)?;
         let u8 = uni && cfg.unroll == 8;
         let f = match (uni, layer.any_active(), fuse_merge) {
+            _ if g.ws && u8 => &k.fwdu_u8_ws,
+            _ if g.ws => &k.fwdu_ws,
             (false, true, _) => &k.fwd,
             (false, false, _) => &k.fwd_identity,
             (true, true, false) if u8 => &k.fwdu_u8,
@@ -633,13 +696,29 @@ impl CudaBackend {
             }
             lb.arg(&s);
         }
+        // Staged loads (KASMINA_CUDA_STAGES): the threads' partials, then their stage slots.
+        let mut lc = g.launch(PARTIAL_BYTES as u32, uni);
+        let vec_bytes = cfg.vec * x.dtype.size_bytes() as u32;
+        if uni && let Some(bytes) = crate::kernels::staged_shared_bytes(cfg.threads, vec_bytes, cfg.unroll, self.cc) {
+            lc.shared_mem_bytes = bytes;
+        }
+        if uni && !crate::kernels::rows_first() {
+            // The seed-uniform forward's blocks go tiles first: (tiles, row groups), the row groups
+            // split over y and z (at most 65535 each; n_rg < 2^31 per Geometry::new).
+            let (y, z) = (g.n_rg.min(65535), g.n_rg.div_ceil(65535));
+            lc.grid_dim = (g.n_tiles, y as u32, z as u32);
+        }
         // SAFETY: the arguments match kasmina_fwd's parameters in order and type; x and y
         // hold B*H elements of the module's dtype, consts S records, colc and coef H entries, and
         // part the geometry's slots; H is a multiple of the vector width (check_cfg).
         // The uniform kernels take the same arguments plus the accumulators, the block counter
         // (a null pointer: no fused merge) and S, with one shared Partial per thread; the
-        // counter is 0 between launches (the fused merge's last block re-arms it).
-        unsafe { lb.launch(g.launch(PARTIAL_BYTES as u32, uni)) }.ctx("launching kasmina_fwd")?;
+        // counter is 0 between launches (the fused merge's last block re-arms it). The
+        // warp-per-seed ones (g.ws: C / V a power of two below 32, tiles of threads / 32 seeds,
+        // segs = threads / 32) take the same arguments and no shared memory. A module compiled
+        // with load stages (the same load_stages() as staged_shared_bytes) reads its slots after
+        // the threads' partials, within the bytes given here.
+        unsafe { lb.launch(lc) }.ctx("launching kasmina_fwd")?;
         Ok(g)
     }
 
@@ -956,7 +1035,8 @@ impl CudaBackend {
         Self::check_cfg(&cfg, x.dtype, layer.h, self.uses_uniform(layer, &cfg))?;
         // Compile / load and size the scratch before any capture.
         self.kernels(x.dtype, cfg.vec)?;
-        let g = Geometry::new(cfg, x.rows, layer.h, layer.c, layer.s)?;
+        let fuse = self.fuses(layer, &cfg, x.rows)?;
+        let g = self.fwd_geometry(layer, cfg, x.rows, fuse)?;
         layer.part.ensure(&self.stream, g.slots() * PARTIAL_BYTES)?;
         let dtype = x.dtype;
         let key = GraphKey {
@@ -968,7 +1048,6 @@ impl CudaBackend {
             any_active: layer.any_active(),
             dead_eps_bits: layer.dead_eps.to_bits(),
         };
-        let fuse = self.fuses(layer, &cfg, x.rows)?;
         let mut run = |layer: &mut CudaLayer| {
             self.launch_fwd_main(layer, x, y, cfg, fuse)?;
             if fuse { Ok(()) } else { self.launch_fwd_merge(layer, dtype, &g) }
@@ -1299,6 +1378,33 @@ impl Backend for CudaBackend {
 #[cfg(test)]
 mod candidate_tests {
     use super::*;
+
+    /// The warp-per-seed mapping: where it applies (seed rows of 1 to 16 threads, a power of
+    /// two), and its geometry (tiles of whole seeds, one partial segment per warp, every seed
+    /// in exactly one tile at segment seed % warps, as the merge kernels compute it).
+    #[test]
+    fn warp_per_seed_geometry_covers_every_seed_once() {
+        assert!(ws_applies(64, 8) && ws_applies(64, 4) && ws_applies(16, 1) && ws_applies(8, 8));
+        assert!(!ws_applies(64, 2), "32 threads per seed row: the row mapping is already one seed per warp");
+        assert!(!ws_applies(48, 4) && !ws_applies(60, 8) && !ws_applies(256, 8) && !ws_applies(4, 8));
+        for (c, s, threads, vec) in
+            [(64usize, 128usize, 128u32, 8u32), (32, 18, 256, 4), (8, 5, 64, 8), (16, 40, 96, 1)]
+        {
+            assert!(ws_applies(c, vec));
+            let cfg = KernelConfig::new(7, threads, vec);
+            let g = Geometry::with_mapping(cfg, 100, c * s, c, s, true).unwrap();
+            let warps = threads / 32;
+            assert_eq!((g.tw, g.segs), (warps * c as u32, warps));
+            assert_eq!(g.n_tiles as usize, s.div_ceil(warps as usize));
+            assert_eq!(g.launch(PARTIAL_BYTES as u32, true).shared_mem_bytes, 0);
+            for seed in 0..s {
+                // merge_seed_warp: tiles t0..=t1 hold the seed, at segment seed - t * TW / C.
+                let (t0, t1) = (seed * c / g.tw as usize, ((seed + 1) * c - 1) / g.tw as usize);
+                assert_eq!(t0, t1, "C={c}: seed {seed} spans tiles");
+                assert_eq!(seed - t0 * g.tw as usize / c, seed % warps as usize);
+            }
+        }
+    }
 
     fn uniform_ok(cfg: &KernelConfig, c: usize) -> bool {
         c.is_multiple_of(cfg.vec as usize) && cfg.threads <= UNIFORM_MAX_THREADS

@@ -13,6 +13,7 @@ use cudarc::driver::{CudaContext, CudaFunction, CudaModule};
 use cudarc::nvrtc::{CompileError, CompileOptions, Ptx, compile_ptx_with_opts};
 use kasmina_core::DType;
 
+use crate::autotune::DEFAULT_UNROLL;
 use crate::error::{CudaError, CudaResult, DriverContext};
 
 /// The kernel source (SPEC 5 and 7), compiled at run time.
@@ -73,7 +74,9 @@ fn ptx_cache() -> &'static Mutex<HashMap<PtxKey, Ptx>> {
 /// variants without a rebuild: `KASMINA_CUDA_STREAMING=on` compiles the seed-uniform forward with
 /// evict-first (`.cs`) activation loads and stores, `KASMINA_CUDA_FWDU_MINB=<n>` sets the active
 /// seed-uniform forward's minimum blocks per SM (its `__launch_bounds__`, 3 by default),
-/// `KASMINA_CUDA_PREFETCH=<n>` has it prefetch into L2 the rows `n` load batches ahead.
+/// `KASMINA_CUDA_PREFETCH=<n>` has it prefetch into L2 the rows `n` load batches ahead,
+/// `KASMINA_CUDA_STAGES=<n>` (see [`load_stages`]) stages its loads through shared memory,
+/// `KASMINA_CUDA_ROWS_FIRST=on` orders its blocks row groups first (the order before tiles first).
 fn experiment_defines() -> Vec<String> {
     let mut out = Vec::new();
     if crate::backend::env_on("KASMINA_CUDA_STREAMING") {
@@ -82,10 +85,35 @@ fn experiment_defines() -> Vec<String> {
     if let Some(n) = std::env::var("KASMINA_CUDA_PREFETCH").ok().and_then(|v| v.parse::<u32>().ok()) {
         out.push(format!("-DKASMINA_PF={}", n.clamp(1, 8)));
     }
+    let st = load_stages();
+    if st >= 2 {
+        out.push(format!("-DKASMINA_STAGES={st}"));
+    }
+    if rows_first() {
+        out.push("-DKASMINA_ROWS_FIRST".to_string());
+    }
     if let Some(n) = std::env::var("KASMINA_CUDA_FWDU_MINB").ok().and_then(|v| v.parse::<u32>().ok()) {
         out.push(format!("-DKASMINA_FWDU_MINB={}", n.clamp(1, 8)));
     }
     out
+}
+
+/// Load stages of the seed-uniform forward (`KASMINA_CUDA_STAGES=<n>`, 2 to 4; 0 when unset or
+/// off): with n stages each thread keeps its 16-byte vectors of n - 1 row batches in flight
+/// through `cp.async` into shared memory while it processes the current one (sm_80 on, 16-byte
+/// vectors and the default unroll only; other launches load directly).
+pub fn load_stages() -> u32 {
+    std::env::var("KASMINA_CUDA_STAGES")
+        .ok()
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .map_or(0, |n| if n >= 2 { n.min(4) } else { 0 })
+}
+
+/// Whether the seed-uniform forward's blocks go row groups first (`KASMINA_CUDA_ROWS_FIRST=on`,
+/// grid (row groups, tiles), the order before session 4) instead of tiles first (grid (tiles,
+/// row groups), the default: the blocks resident at once then cover whole rows).
+pub fn rows_first() -> bool {
+    crate::backend::env_on("KASMINA_CUDA_ROWS_FIRST")
 }
 
 /// Compiles (or takes from the process cache) the PTX of one module.
@@ -150,6 +178,10 @@ pub struct Kernels {
     pub fwdu_identity_u8: CudaFunction,
     /// `fwdu_u8` that also merges the statistics (small calls).
     pub fwdu_u8_fused: CudaFunction,
+    /// Active seed-uniform forward with one seed per warp (C / V a power of two below 32).
+    pub fwdu_ws: CudaFunction,
+    /// `fwdu_ws` with 8 rows in flight per thread.
+    pub fwdu_u8_ws: CudaFunction,
     /// `fwdu_identity_u8` that also merges the statistics (small calls).
     pub fwdu_identity_u8_fused: CudaFunction,
     /// Seed-uniform backward.
@@ -175,7 +207,7 @@ impl Kernels {
         let ptx = compile(arch, dtype, vec)?;
         let module = ctx.load_module(ptx).ctx("loading the kernel module")?;
         let f = |name: &str| module.load_function(name).ctx(&format!("loading kernel {name}"));
-        Ok(Self {
+        let k = Self {
             fwd: f("kasmina_fwd")?,
             fwd_identity: f("kasmina_fwd_identity")?,
             bwd: f("kasmina_bwd")?,
@@ -188,6 +220,8 @@ impl Kernels {
             fwdu_identity_u8: f("kasmina_fwdu_identity_u8")?,
             fwdu_u8_fused: f("kasmina_fwdu_u8_fused")?,
             fwdu_identity_u8_fused: f("kasmina_fwdu_identity_u8_fused")?,
+            fwdu_ws: f("kasmina_fwdu_ws")?,
+            fwdu_u8_ws: f("kasmina_fwdu_u8_ws")?,
             bwdu: f("kasmina_bwdu")?,
             bwdu_identity: f("kasmina_bwdu_identity")?,
             bwdu_typed: f("kasmina_bwdu_typed")?,
@@ -196,8 +230,35 @@ impl Kernels {
             bwd_colsum: f("kasmina_bwd_colsum")?,
             bwd_finalize: f("kasmina_bwd_finalize")?,
             _module: module,
-        })
+        };
+        let st = load_stages();
+        if st >= 2 {
+            // Staged loads may need more than the default 48 KiB of dynamic shared memory.
+            let bytes = UNIFORM_MAX_THREADS * (PARTIAL_BYTES + 16 * DEFAULT_UNROLL * st);
+            for func in [&k.fwdu, &k.fwdu_identity, &k.fwdu_fused, &k.fwdu_identity_fused, &k.fwdu_ws] {
+                func.set_attribute(
+                    cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    bytes as i32,
+                )
+                .ctx("raising the shared memory limit")?;
+            }
+        }
+        Ok(k)
     }
+}
+
+/// Bytes of one statistics partial (`Partial` in `kasmina.cu`).
+pub(crate) const PARTIAL_BYTES: u32 = 32;
+/// Most threads per block of the seed-uniform kernels (their launch bounds).
+pub(crate) const UNIFORM_MAX_THREADS: u32 = 256;
+
+/// Dynamic shared memory of a seed-uniform forward launch of `threads` threads that stages its
+/// loads (see [`load_stages`]): the per-thread partials, then the stage slots. `None` when the
+/// launch loads directly (no stages, vectors other than 16 bytes, unroll 8, before sm_80).
+pub(crate) fn staged_shared_bytes(threads: u32, vec_bytes: u32, unroll: u32, cc: (i32, i32)) -> Option<u32> {
+    let st = load_stages();
+    (st >= 2 && vec_bytes == 16 && unroll == DEFAULT_UNROLL && cc.0 >= 8)
+        .then(|| threads * (PARTIAL_BYTES + 16 * DEFAULT_UNROLL * st))
 }
 
 #[cfg(test)]
@@ -242,6 +303,8 @@ mod tests {
                     "kasmina_fwdu_identity_fused",
                     "kasmina_fwdu_u8",
                     "kasmina_fwdu_identity_u8",
+                    "kasmina_fwdu_ws",
+                    "kasmina_fwdu_u8_ws",
                     "kasmina_bwdu",
                     "kasmina_bwdu_identity",
                     "kasmina_bwdu_typed",

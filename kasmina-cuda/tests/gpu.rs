@@ -55,6 +55,27 @@ fn constructing_without_a_gpu_is_a_clear_unavailable_error() {
 
 // ------------------------------------------------------------------ helpers
 
+/// A layer for `st` with X = `xh` ([b, h] of `dtype`) on the device, after one forward: the
+/// layer, X and Y read back.
+fn forward_once(
+    be: &CudaBackend,
+    st: &LayerState,
+    xh: &HostTensorData,
+    b: usize,
+    h: usize,
+) -> (kasmina_cuda::CudaLayer, kasmina_cuda::CudaTensor, HostTensorData) {
+    let dtype = xh.view().dtype();
+    let mut layer = be.create_layer(st).unwrap();
+    be.upload(&mut layer, st, StateChange::All).unwrap();
+    let mut x = be.alloc(b, h, dtype).unwrap();
+    be.write(&mut x, xh.view()).unwrap();
+    let mut y = be.alloc(b, h, dtype).unwrap();
+    be.forward(&mut layer, &x, &mut y).unwrap();
+    let mut yh = HostTensorData::zeros(dtype, b * h);
+    be.read(&y, yh.view_mut()).unwrap();
+    (layer, x, yh)
+}
+
 /// Runs forward and backward of a mixed layer and checks everything against the reference.
 fn check_against_reference(be: &CudaBackend, h: usize, s: usize, b: usize, dtype: DType, stability: StabilityMode) {
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (h * 31 + s * 7 + b) as u64);
@@ -66,16 +87,9 @@ fn check_against_reference(be: &CudaBackend, h: usize, s: usize, b: usize, dtype
     let (xr, gr) = (to_f64(&xh), to_f64(&gh));
     let what = format!("H={h} S={s} B={b} {dtype} {stability:?}");
 
-    let mut layer = be.create_layer(&st).unwrap();
-    be.upload(&mut layer, &st, StateChange::All).unwrap();
-    let mut x = be.alloc(b, h, dtype).unwrap();
-    be.write(&mut x, xh.view()).unwrap();
+    let (mut layer, x, yh) = forward_once(be, &st, &xh, b, h);
     let mut g = be.alloc(b, h, dtype).unwrap();
     be.write(&mut g, gh.view()).unwrap();
-    let mut y = be.alloc(b, h, dtype).unwrap();
-    be.forward(&mut layer, &x, &mut y).unwrap();
-    let mut yh = HostTensorData::zeros(dtype, b * h);
-    be.read(&y, yh.view_mut()).unwrap();
 
     let fr = reference::forward(&st, &xr, b);
     let c = h / s;
@@ -140,6 +154,50 @@ fn odd_chunks_and_vector_fallbacks_match_the_reference() {
             // C = 1 and C = 2 (CONV taps beyond the chunk), H = 6 (vector width 2).
             for (h, s, b) in [(768, 12, 67), (60, 12, 33), (771, 3, 19), (24, 24, 9), (48, 24, 5), (6, 3, 40)] {
                 check_against_reference(&be, h, s, b, dtype, stability);
+            }
+        }
+    }
+}
+
+/// The warp-per-seed forward (seed rows of 1 to 16 threads; row groups, not one block per seed)
+/// against the reference, and bit for bit against the one-row-per-warp mapping: row counts that
+/// leave lanes idle in the last step, tiles with idle warps (S not a multiple of the warps per
+/// block), every blueprint type, clamps and lifecycle state.
+#[test]
+fn warp_per_seed_forward_matches_the_reference_and_the_row_mapping() {
+    let Some(be) = backend_or_skip("warp_per_seed_forward_matches_the_reference_and_the_row_mapping") else {
+        return;
+    };
+    let be = be.with_seedwise(false);
+    let Ok(rows) = CudaBackend::new(0).map(|b| b.with_seedwise(false).with_seedwarp(false)) else {
+        panic!("a second backend on device 0 failed to open");
+    };
+    for dtype in DType::ALL {
+        for stability in [StabilityMode::Off, StabilityMode::strict()] {
+            // C = 64, 32, 16, 8 (1 to 16 threads per seed row); S = 18 and 5 leave warps idle.
+            for (h, s, b) in [(1024, 16, 67), (576, 18, 33), (512, 32, 5), (40, 5, 131), (96, 12, 1)] {
+                check_against_reference(&be, h, s, b, dtype, stability);
+                let mut rng = Rng(0x51ED_0000 ^ (h * 131 + b) as u64);
+                let st = mixed_state(h, s, stability, &mut rng);
+                let xh = host(dtype, &(0..b * h).map(|_| rng.normal() * 3.0).collect::<Vec<_>>());
+                let mut out = Vec::new();
+                for be in [&be, &rows] {
+                    let (layer, _, yh) = forward_once(be, &st, &xh, b, h);
+                    out.push((yh, be.accumulators(&layer).unwrap()));
+                }
+                let what = format!("H={h} S={s} B={b} {dtype} {stability:?}");
+                for i in 0..b * h {
+                    assert_eq!(bits(&out[0].0, i), bits(&out[1].0, i), "{what}: element {i} differs between mappings");
+                }
+                for (i, (a, r)) in out[0].1.moments.iter().zip(&out[1].1.moments).enumerate() {
+                    assert_eq!(
+                        (a.count, a.dead, a.nonfinite, a.min, a.max),
+                        (r.count, r.dead, r.nonfinite, r.min, r.max)
+                    );
+                    assert!((a.mean - r.mean).abs() <= 1e-6 * (1.0 + r.mean.abs()), "{what}: seed {i} mean");
+                    let (v, rv) = (a.variance(), r.variance());
+                    assert!((v - rv).abs() <= 1e-5 * rv.max(1e-30), "{what}: seed {i} variance {v} vs {rv}");
+                }
             }
         }
     }

@@ -735,26 +735,8 @@ __device__ __forceinline__ void hfwdu_impl(const KTensorMap* tmx, const KTensorM
                         out.raw = buf[u].raw;
                         if (inrange) {
                             seen++;
-#pragma unroll
-                            for (int l = 0; l < V; l++) {
-                                const float f = D::in(buf[u].e[l]);
-                                const float dd = f - K;
-                                S1 += dd;
-                                S2 = fmaf(dd, dd, S2);
-                                if (!MinMax2<D, V>::ON) {
-                                    mn = fminf(mn, f);
-                                    mx = fmaxf(mx, f);
-                                }
-                                dead += fabsf(f) < dead_eps ? 1u : 0u;
-                            }
-                            if (MinMax2<D, V>::ON) {
-#pragma unroll
-                                for (int w = 0; w < (V >= 2 ? V / 2 : 1); w++) {
-                                    const u32 word = reinterpret_cast<const u32*>(buf[u].e)[w];
-                                    mn2 = MinMax2<D, V>::min2(mn2, word);
-                                    mx2 = MinMax2<D, V>::max2(mx2, word);
-                                }
-                            }
+                            u32 no_pairs = 0;  // (per-element dead count: PAIRS off)
+                            stats_row<D, V, false>(buf[u], K, dead_eps, 0u, S1, S2, mn, mx, mn2, mx2, dead, no_pairs);
                             if (ACT && conv) {
                                 // Columns c - 1, c - 2 of this row: the tile, or memory at its left edge.
                                 const u32 tc = cl * V;

@@ -156,6 +156,36 @@ template <> __device__ __forceinline__ void st_act<Raw16>(Raw16* p, const Raw16&
 }
 #endif
 
+// Staged loads of the seed-uniform forward (-DKASMINA_STAGES=<n>, n >= 2; the host's
+// KASMINA_CUDA_STAGES=<n>): each thread copies its 16-byte vectors of the next n - 1 row
+// batches into its own slots of shared memory with cp.async (sm_80 on), so those bytes stay
+// in flight while it processes the current batch, without registers to hold them. A thread
+// only reads slots it filled itself (after cp.async.wait_group), so no barrier is needed;
+// a slot is refilled one batch after it was read (its values are then consumed).
+#ifndef KASMINA_STAGES
+#define KASMINA_STAGES 0
+#endif
+template <class R> struct Stageable { static const bool ON = false; };
+#if __CUDA_ARCH__ >= 800
+template <> struct Stageable<Raw16> { static const bool ON = KASMINA_STAGES >= 2; };
+#endif
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
+#if __CUDA_ARCH__ >= 800
+    const u32 sa = (u32)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(sa), "l"(gmem) : "memory");
+#endif
+}
+__device__ __forceinline__ void cp_async_commit() {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.commit_group;" ::: "memory");
+#endif
+}
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+#endif
+}
+
 // Sets elements l and l + 1 (l even) of a pack from two floats.
 template <class D, int V>
 __device__ __forceinline__ void put2(Pack<D, V>& p, int l, float y0, float y1) {
@@ -1104,6 +1134,21 @@ __device__ __forceinline__ float lin_u(u32 ty, float k, float Ps, float Qs, floa
     return yv;
 }
 
+// Element l of a pack as a float, bf16 pairs read as 32-bit words: the high element of a word
+// is one AND (not an extract and a shift). Same values as D::in(p.e[l]).
+template <class D, int V> struct PairIn {
+    static const bool ON = false;
+    static __device__ __forceinline__ float at(const Pack<D, V>& p, int l) { return D::in(p.e[l]); }
+};
+template <int V> struct PairIn<DBF16, V> {
+    static const bool ON = V >= 2;
+    static __device__ __forceinline__ float at(const Pack<DBF16, V>& p, int l) {
+        if (V < 2) return DBF16::in(p.e[l]);
+        const u32 w = reinterpret_cast<const u32*>(p.e)[l / 2];
+        return __uint_as_float((l & 1) ? (w & 0xffff0000u) : (w << 16));
+    }
+};
+
 template <class D>
 __device__ __forceinline__ u32 raw_u32(typename D::R r) { return (u32)r; }
 
@@ -1141,12 +1186,12 @@ __device__ __forceinline__ void conv_left_pre(const Pack<D, V>& e, const Pack<D,
 
 template <class D, int V>
 __device__ __forceinline__ float conv_xm1(const Pack<D, V>& e, int l, float m1) {
-    return l >= 1 ? D::in(e.e[l >= 1 ? l - 1 : 0]) : m1;
+    return l >= 1 ? PairIn<D, V>::at(e, l >= 1 ? l - 1 : 0) : m1;
 }
 
 template <class D, int V>
 __device__ __forceinline__ float conv_xm2(const Pack<D, V>& e, int l, float m1, float m2) {
-    return l >= 2 ? D::in(e.e[l >= 2 ? l - 2 : 0]) : (l == 1 ? m1 : m2);
+    return l >= 2 ? PairIn<D, V>::at(e, l >= 2 ? l - 2 : 0) : (l == 1 ? m1 : m2);
 }
 
 // Per-thread constants of an active seed (identity threads keep the defaults).
@@ -1211,6 +1256,50 @@ template <int V> struct MinMax2<DBF16, V> {
 };
 #endif
 
+// Dead-element test on bf16 pairs without float compares: for a bf16 h, |h| < eps exactly when
+// (h & 0x7fff) < T with T = ceil(bits(eps) / 2^16) (eps > 0; no element is dead otherwise, a
+// NaN eps included), so adding K2 = (0x8000 - T) per 16-bit half sets bit 15 of a half exactly
+// when its element is not dead (no carry crosses halves: both terms are at most 0x8000 - 1 +
+// 0x8000). `live_halves(word, K2)` returns 1 per live element in each 16-bit half.
+__device__ __forceinline__ u32 bf16_dead_k2(float eps) {
+    const u32 t = eps > 0.f ? min((__float_as_uint(eps) + 0xffffu) >> 16, 0x7f80u) : 0u;
+    return (0x8000u - t) * 0x10001u;
+}
+__device__ __forceinline__ u32 live_halves(u32 word, u32 k2) { return (((word & 0x7fff7fffu) + k2) & 0x80008000u) >> 15; }
+
+// One row of a thread's pack into its running statistics (the finite fast path of the
+// seed-uniform forwards, portable and Hopper): sums shifted by K, min / max (bf16 pairs packed,
+// see MinMax2) and the dead count, per element or (PAIRS) as live elements per 16-bit half of
+// `live2` (see live_halves; the caller turns it into a count).
+template <class D, int V, bool PAIRS>
+__device__ __forceinline__ void stats_row(const Pack<D, V>& p, float K, float dead_eps, u32 k2, float& S1, float& S2,
+                                          float& mn, float& mx, u32& mn2, u32& mx2, u32& dead, u32& live2) {
+#pragma unroll
+    for (int l = 0; l < V; l++) {
+        const float f = PairIn<D, V>::at(p, l);
+        const float dd = f - K;
+        S1 += dd;
+        S2 = fmaf(dd, dd, S2);
+        if (!MinMax2<D, V>::ON) {
+            mn = fminf(mn, f);
+            mx = fmaxf(mx, f);
+        }
+        if (!PAIRS) dead += fabsf(f) < dead_eps ? 1u : 0u;
+    }
+    if (PAIRS) {
+#pragma unroll
+        for (int w = 0; w < V / 2; w++) live2 += live_halves(reinterpret_cast<const u32*>(p.e)[w], k2);
+    }
+    if (MinMax2<D, V>::ON) {
+#pragma unroll
+        for (int w = 0; w < (V >= 2 ? V / 2 : 1); w++) {
+            const u32 word = reinterpret_cast<const u32*>(p.e)[w];
+            mn2 = MinMax2<D, V>::min2(mn2, word);
+            mx2 = MinMax2<D, V>::max2(mx2, word);
+        }
+    }
+}
+
 // The outputs of a row's lanes, two at a time (xa, xb: the inputs of lanes l, l + 1);
 // V == 1 takes the first expression only.
 #define FOR_PAIRS(YA, YB)                                                \
@@ -1223,15 +1312,26 @@ template <int V> struct MinMax2<DBF16, V> {
             out.e[0] = D::out(YA);                                       \
         } else {                                                         \
             _Pragma("unroll") for (int l = 0; l < (V > 1 ? V : 2); l += 2) { \
-                const float xa = D::in(buf[u].e[l]);                     \
-                const float xb = D::in(buf[u].e[l + 1]);                 \
+                const float xa = PairIn<D, V>::at(buf[u], l);            \
+                const float xb = PairIn<D, V>::at(buf[u], l + 1);        \
                 put2(out, l, YA, YB);                                    \
             }                                                            \
         }                                                                \
     } while (0)
 
+// Whether the warp-per-seed mapping applies (see fwdu_impl's WS): a seed's row is
+// G = C / V threads, G a power of two below 32, so a warp holds 32 / G rows of one seed.
+__device__ __forceinline__ bool ws_applies(u32 C, u32 V) {
+    const u32 G = C / V;
+    return C % V == 0 && G >= 1 && G < 32 && (G & (G - 1)) == 0;
+}
+
 // UR: rows loaded before any is processed (UNROLL, or 8 for more bytes in flight per thread).
-template <class D, int V, bool ACT, bool FUSE, int UR = UNROLL>
+// WS (warp per seed, used when ws_applies): warp w of the block takes seed tile * (T / 32) + w,
+// lane l its columns (l % G) * V.. of rows r0 + l / G, + 32 / G, ... of the row group, so no warp
+// mixes seeds (one blueprint branch per warp instead of one per seed it spans). The tile is
+// T / 32 seeds wide and every warp writes one partial per row group.
+template <class D, int V, bool ACT, bool FUSE, int UR = UNROLL, bool WS = false>
 __device__ __forceinline__ void fwdu_impl(const typename D::R* __restrict__ x, typename D::R* __restrict__ y, u64 B,
                                           u32 H, u32 C, u32 R, float dead_eps, const SeedConst* __restrict__ sc,
                                           const ColCoef* __restrict__ colc, const float* __restrict__ coef,
@@ -1240,18 +1340,37 @@ __device__ __forceinline__ void fwdu_impl(const typename D::R* __restrict__ x, t
     typedef Pack<D, V> P;
     extern __shared__ Partial sh_thr[];
     const u32 T = blockDim.x;
-    const u32 TW = T * V;
-    const u32 tile = blockIdx.y;
+    const u32 lane = threadIdx.x % 32;
+    const u32 TW = WS ? (T / 32) * C : T * V;
+    // Tiles fastest: grid (n_tiles, row groups, row groups / 65535), so the blocks resident at
+    // once cover whole rows of X and Y (on the H100 the big bf16 mixed forward went from 0.85 to
+    // 0.90 of copy against row groups fastest, which -DKASMINA_ROWS_FIRST, the host's
+    // KASMINA_CUDA_ROWS_FIRST=on, restores for measurements: grid (n_rg, n_tiles)). Blocks past
+    // the last row group (the z split's remainder) return at once, before any barrier.
+#ifdef KASMINA_ROWS_FIRST
+    const u32 tile = blockIdx.y, n_tiles = gridDim.y;
     const u64 rg = blockIdx.x;
+#else
+    const u32 tile = blockIdx.x, n_tiles = gridDim.x;
+    const u64 rg = blockIdx.y + (u64)blockIdx.z * gridDim.y;
+#endif
+    auto n_rg_of = [&]() -> u32 { return (u32)((B + R - 1) / R); };
     const u32 c0 = tile * TW;
-    const u32 c = c0 + threadIdx.x * V;
+    // WS: G threads per row of the seed, RL rows per step (G * RL = 32); else one row per step.
+    const u32 G = WS ? C / V : 1;
+    const u32 RL = WS ? 32 / G : 1;
+    const u32 sub = WS ? lane / G : 0;
+    const u32 c = WS ? c0 + (threadIdx.x / 32) * C + (lane % G) * V : c0 + threadIdx.x * V;
     const u64 r0 = rg * (u64)R;
+    if (r0 >= B) return;
     const u64 rend = (r0 + R < B) ? r0 + R : B;
-    const u32 nrows = (u32)(rend - r0);
+    const u32 rows_blk = (u32)(rend - r0);
+    // This thread's rows r0 + sub + i * RL (i < nrows); nsteps is uniform over the warp.
+    const u32 nrows = WS ? (rows_blk > sub ? (rows_blk - sub + RL - 1) / RL : 0) : rows_blk;
+    const u32 nsteps = WS ? (rows_blk + RL - 1) / RL : rows_blk;
     const bool inrange = c < H;
     const u32 seed = inrange ? c / C : 0;
     const u32 j0 = c - seed * C;
-    const u32 lane = threadIdx.x % 32;
 
     u32 fl = 0;
     if (ACT && inrange) fl = sc[seed].flags;
@@ -1272,20 +1391,63 @@ __device__ __forceinline__ void fwdu_impl(const typename D::R* __restrict__ x, t
     float mn = __int_as_float(0x7f800000), mx = __int_as_float(0xff800000);
     u32 mn2 = 0x7f807f80u, mx2 = 0xff80ff80u;  // bf16 pairs (+inf, +inf), (-inf, -inf)
     u32 dead = 0, nf = 0;
+    // bf16 pairs: live (not dead) elements counted per 16-bit half of a word (see live_halves;
+    // a half counts at most R * V / 2 <= 16384 elements), dead = elements - live after the loop.
+    constexpr bool PAIRS = PairIn<D, V>::ON && MinMax2<D, V>::ON;
+    const u32 k2 = PAIRS ? bf16_dead_k2(dead_eps) : 0u;
+    u32 live2 = 0;
 
     // A CONV thread on lane 0 reads columns c - 2 and c - 1 from memory: with the row's load.
-    const bool cpre = ACT && V >= 2 && conv && lane == 0 && j0 >= 2;
+    // (Never under WS: lane 0 holds a seed's first columns there.)
+    const bool cpre = !WS && ACT && V >= 2 && conv && lane == 0 && j0 >= 2;
     typedef Pack<D, 2> P2;
 
+    // Staged loads (see Stageable): ST slots of UR vectors per thread after the T partials.
+    constexpr int ST = (Stageable<typename P::Raw>::ON && UR == UNROLL) ? KASMINA_STAGES : 1;
+    typename P::Raw* stg = reinterpret_cast<typename P::Raw*>(sh_thr + T);
+    // Element offset of the thread's vector in its row k (rows r0 + sub + k * RL), kept as a base
+    // plus multiples of the row step (a 64-bit add per row, not a multiply). WS: a lane past its
+    // last row re-reads the block's last row (its result is neither counted nor stored) so the
+    // warp's shuffles stay convergent.
+    const u64 rstep = (u64)RL * H;
+    const u64 off0 = (r0 + sub) * (u64)H + c;
+    const u64 offlast = (rend - 1) * (u64)H + c;
+    auto off_at = [&](u64 base, u32 k, int u) -> u64 {
+        return (WS && k + u >= nrows) ? offlast : base + (u64)u * rstep;
+    };
+    auto stage_batch = [&](u32 i0) {
+        const u32 slot = (i0 / UR) % ST;
+        const u64 base = off0 + (u64)i0 * rstep;
+#pragma unroll
+        for (int u = 0; u < UR; u++) {
+            if (i0 + u < nsteps) cp_async16(stg + (slot * UR + u) * T + threadIdx.x, x + off_at(base, i0, u));
+        }
+        cp_async_commit();
+    };
+
     if (inrange) {
-        for (u32 i = 0; i < nrows; i += UR) {
+        if (ST > 1) {
+#pragma unroll
+            for (int b = 0; b < ST - 1; b++) stage_batch(b * UR);
+        }
+        for (u32 i = 0; i < nsteps; i += UR) {
             P buf[UR];
             P2 nb[UR];
+            const u64 ibase = off0 + (u64)i * rstep;
+            if (ST > 1) {
+                // Batch i / UR + ST - 1 into the slot read one batch ago, then wait for this one.
+                stage_batch(i + (ST - 1) * UR);
+                cp_async_wait<ST - 1>();
+            }
 #pragma unroll
             for (int u = 0; u < UR; u++) {
-                if (i + u < nrows) {
-                    const u64 off = (r0 + i + u) * (u64)H + c;
-                    buf[u].raw = ld_act(reinterpret_cast<const typename P::Raw*>(x + off));
+                if (i + u < nsteps) {
+                    const u64 off = off_at(ibase, i, u);
+                    if (ST > 1) {
+                        buf[u].raw = stg[(((i / UR) % ST) * UR + u) * T + threadIdx.x];
+                    } else {
+                        buf[u].raw = ld_act(reinterpret_cast<const typename P::Raw*>(x + off));
+                    }
                     if (cpre) nb[u].raw = *reinterpret_cast<const typename P2::Raw*>(x + off - 2);
                 }
             }
@@ -1295,7 +1457,7 @@ __device__ __forceinline__ void fwdu_impl(const typename D::R* __restrict__ x, t
 #pragma unroll
             for (int u = 0; u < UR; u++) {
                 const u32 ra = i + KASMINA_PF * UR + u;
-                if (ra < nrows) asm volatile("prefetch.global.L2 [%0];" ::"l"(x + (r0 + ra) * (u64)H + c));
+                if (ra < nrows) asm volatile("prefetch.global.L2 [%0];" ::"l"(x + off0 + (u64)ra * rstep));
             }
 #endif
             if (i == 0) {
@@ -1307,30 +1469,12 @@ __device__ __forceinline__ void fwdu_impl(const typename D::R* __restrict__ x, t
             }
 #pragma unroll
             for (int u = 0; u < UR; u++) {
-                if (i + u < nrows) {
-                    const u64 rowoff = (r0 + i + u) * (u64)H;
+                if (i + u < nsteps) {
+                    const bool valid = !WS || i + u < nrows;
+                    const u64 off = off_at(ibase, i, u);
                     // Statistics assuming finite inputs; any non-finite input makes S1
                     // non-finite and the thread recomputes them exactly below.
-#pragma unroll
-                    for (int l = 0; l < V; l++) {
-                        const float f = D::in(buf[u].e[l]);
-                        const float dd = f - K;
-                        S1 += dd;
-                        S2 = fmaf(dd, dd, S2);
-                        if (!MinMax2<D, V>::ON) {
-                            mn = fminf(mn, f);
-                            mx = fmaxf(mx, f);
-                        }
-                        dead += fabsf(f) < dead_eps ? 1u : 0u;
-                    }
-                    if (MinMax2<D, V>::ON) {
-#pragma unroll
-                        for (int w = 0; w < (V >= 2 ? V / 2 : 1); w++) {
-                            const u32 word = reinterpret_cast<const u32*>(buf[u].e)[w];
-                            mn2 = MinMax2<D, V>::min2(mn2, word);
-                            mx2 = MinMax2<D, V>::max2(mx2, word);
-                        }
-                    }
+                    if (valid) stats_row<D, V, PAIRS>(buf[u], K, dead_eps, k2, S1, S2, mn, mx, mn2, mx2, dead, live2);
                     P out;
                     out.raw = buf[u].raw;
                     if (ACT) {
@@ -1339,7 +1483,7 @@ __device__ __forceinline__ void fwdu_impl(const typename D::R* __restrict__ x, t
                             if (V >= 2) {
                                 conv_left_pre<D, V>(buf[u], nb[u], j0, lane, wmask, conv, m1, m2);
                             } else {
-                                conv_left<D, V>(buf[u], x, rowoff, c, j0, lane, wmask, conv, m1, m2);
+                                conv_left<D, V>(buf[u], x, off - c, c, j0, lane, wmask, conv, m1, m2);
                             }
                         }
                         if (conv && !(fl & FLAG_CLAMP)) {
@@ -1348,7 +1492,7 @@ __device__ __forceinline__ void fwdu_impl(const typename D::R* __restrict__ x, t
                             const bool bp = (fl & FLAG_BLUEPRINT) != 0;
 #pragma unroll
                             for (int l = 0; l < V; l++) {
-                                const float xv = D::in(buf[u].e[l]);
+                                const float xv = PairIn<D, V>::at(buf[u], l);
                                 const float xm1 = conv_xm1<D, V>(buf[u], l, m1);
                                 const float xm2 = conv_xm2<D, V>(buf[u], l, m1, m2);
                                 out.e[l] = D::out(conv_y(q, bp, xv, xm1, xm2));
@@ -1356,7 +1500,7 @@ __device__ __forceinline__ void fwdu_impl(const typename D::R* __restrict__ x, t
                         } else if (conv) {
 #pragma unroll
                             for (int l = 0; l < V; l++) {
-                                const float xv = D::in(buf[u].e[l]);
+                                const float xv = PairIn<D, V>::at(buf[u], l);
                                 const float xm1 = conv_xm1<D, V>(buf[u], l, m1);
                                 const float xm2 = conv_xm2<D, V>(buf[u], l, m1, m2);
                                 out.e[l] = D::out(clamp_band(fl, q, seed_out(fl, 0.f, q, xv, xm1, xm2)));
@@ -1388,10 +1532,11 @@ __device__ __forceinline__ void fwdu_impl(const typename D::R* __restrict__ x, t
                             }
                         }
                     }
-                    st_act(reinterpret_cast<typename P::Raw*>(y + rowoff + c), out.raw);
+                    if (valid) st_act(reinterpret_cast<typename P::Raw*>(y + off), out.raw);
                 }
             }
         }
+        if (PAIRS) dead = nrows * V - ((live2 & 0xffffu) + (live2 >> 16));
         if (MinMax2<D, V>::ON) {
             mn = fminf(D::in((typename D::R)(mn2 & 0xffffu)), D::in((typename D::R)(mn2 >> 16)));
             mx = fmaxf(D::in((typename D::R)(mx2 & 0xffffu)), D::in((typename D::R)(mx2 >> 16)));
@@ -1405,7 +1550,7 @@ __device__ __forceinline__ void fwdu_impl(const typename D::R* __restrict__ x, t
             dead = 0;
             for (u32 i = 0; i < nrows; i++) {
                 P e;
-                e.raw = *reinterpret_cast<const typename P::Raw*>(x + (r0 + i) * (u64)H + c);
+                e.raw = *reinterpret_cast<const typename P::Raw*>(x + off0 + (u64)i * rstep);
 #pragma unroll
                 for (int l = 0; l < V; l++) {
                     const float f = D::in(e.e[l]);
@@ -1439,22 +1584,22 @@ __device__ __forceinline__ void fwdu_impl(const typename D::R* __restrict__ x, t
                 p.mx = mx;
             }
         }
-        if (seg_in_warp(C, V, TW)) {
-            // A seed's threads are G = C / V aligned lanes of one warp: a shuffle tree
-            // within the group, and its first lane writes the seed's partial. No shared
-            // memory and no barrier (a bf16 block moves half the bytes of an f32 one for
-            // the same partials, so this fixed cost counts twice there).
-            const u32 G = C / V;
-            for (u32 off = G / 2; off > 0; off >>= 1) {
+        if (WS || seg_in_warp(C, V, TW)) {
+            // A seed's threads are GS = C / V aligned lanes of one warp (WS: the whole warp):
+            // a shuffle tree within the group, and its first lane writes the seed's partial.
+            // No shared memory and no barrier (a bf16 block moves half the bytes of an f32
+            // one for the same partials, so this fixed cost counts twice there).
+            const u32 GS = WS ? 32 : C / V;
+            for (u32 off = GS / 2; off > 0; off >>= 1) {
                 Partial o = partial_shfl_down(p, off);
                 p = partial_merge(p, o);
             }
-            if (inrange && lane % G == 0) part[(rg * gridDim.y + tile) * (u64)segs + (c - c0) / C] = p;
+            if (inrange && lane % GS == 0) part[(rg * n_tiles + tile) * (u64)segs + (c - c0) / C] = p;
         } else {
             sh_thr[threadIdx.x] = p;
         }
     }
-    if (!seg_in_warp(C, V, TW)) {
+    if (!WS && !seg_in_warp(C, V, TW)) {
         __syncthreads();
         const u32 cend = (c0 + TW < H) ? c0 + TW : H;
         const u32 sfirst = c0 / C;
@@ -1470,7 +1615,7 @@ __device__ __forceinline__ void fwdu_impl(const typename D::R* __restrict__ x, t
                 Partial o = partial_shfl_down(pacc, off);
                 pacc = partial_merge(pacc, o);
             }
-            if (lane == 0) part[(rg * gridDim.y + tile) * (u64)segs + kk] = pacc;
+            if (lane == 0) part[(rg * n_tiles + tile) * (u64)segs + kk] = pacc;
         }
     }
 
@@ -1482,7 +1627,7 @@ __device__ __forceinline__ void fwdu_impl(const typename D::R* __restrict__ x, t
         __threadfence();
         __syncthreads();
         if (threadIdx.x == 0) {
-            const u32 total = gridDim.x * gridDim.y;
+            const u32 total = n_rg_of() * n_tiles;
             is_last = atomicAdd(counter, 1u) == total - 1 ? 1u : 0u;
         }
         __syncthreads();
@@ -1490,7 +1635,7 @@ __device__ __forceinline__ void fwdu_impl(const typename D::R* __restrict__ x, t
             __threadfence();
             // One warp per seed (T is a multiple of 32).
             for (u32 sd = threadIdx.x / 32; sd < S; sd += T / 32)
-                merge_seed_warp(part, gridDim.x, gridDim.y, segs, TW, C, sd, lane, acc);
+                merge_seed_warp(part, n_rg_of(), n_tiles, segs, TW, C, sd, lane, acc);
             if (threadIdx.x == 0) *counter = 0u;
         }
     }
@@ -1807,6 +1952,19 @@ KASMINA_FWDU(kasmina_fwdu, (256, KASMINA_FWDU_MINB), true, false)
 KASMINA_FWDU(kasmina_fwdu_identity, (256), false, false)
 KASMINA_FWDU(kasmina_fwdu_fused, (256, 3), true, true)
 KASMINA_FWDU(kasmina_fwdu_identity_fused, (256), false, true)
+
+// The active seed-uniform forward with one seed per warp (fwdu_impl's WS; the host launches it
+// when ws_applies(C, V), with tiles of blockDim.x / 32 seeds and that many partial segments).
+#define KASMINA_FWDU_WS(NAME, BOUNDS, UR)                                                                       \
+    extern "C" __global__ void __launch_bounds__ BOUNDS NAME(                                                  \
+        const KASMINA_DT::R* x, KASMINA_DT::R* y, u64 B, u32 H, u32 C, u32 R, float dead_eps,                 \
+        const SeedConst* sc, const ColCoef* colc, const float* coef, Partial* part, u32 segs, Acc* acc,        \
+        u32* counter, u32 S) {                                                                                 \
+        fwdu_impl<KASMINA_DT, KASMINA_V, true, false, UR, true>(x, y, B, H, C, R, dead_eps, sc, colc, coef,   \
+                                                              part, segs, acc, counter, S);                   \
+    }
+KASMINA_FWDU_WS(kasmina_fwdu_ws, (256, KASMINA_FWDU_MINB), UNROLL)
+KASMINA_FWDU_WS(kasmina_fwdu_u8_ws, (256, 2), 8)
 
 // The seed-uniform forward with 8 rows in flight per thread (an autotuner candidate,
 // `KernelConfig::unroll == 8`): twice the loads outstanding, so the active variant gets
