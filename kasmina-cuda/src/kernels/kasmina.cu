@@ -1343,8 +1343,8 @@ __device__ __forceinline__ void fwdu_impl(const typename D::R* __restrict__ x, t
     const u32 lane = threadIdx.x % 32;
     const u32 TW = WS ? (T / 32) * C : T * V;
     // Tiles fastest: grid (n_tiles, row groups, row groups / 65535), so the blocks resident at
-    // once cover whole rows of X and Y (on the H100 the big bf16 mixed forward went from 0.85 to
-    // 0.90 of copy against row groups fastest, which -DKASMINA_ROWS_FIRST, the host's
+    // once cover whole rows of X and Y (on the H100 the big bf16 mixed forward went from 0.84 to
+    // 0.89 of copy against row groups fastest, which -DKASMINA_ROWS_FIRST, the host's
     // KASMINA_CUDA_ROWS_FIRST=on, restores for measurements: grid (n_rg, n_tiles)). Blocks past
     // the last row group (the z split's remainder) return at once, before any barrier.
 #ifdef KASMINA_ROWS_FIRST
