@@ -102,18 +102,27 @@ fn experiment_defines() -> Vec<String> {
 /// off): with n stages each thread keeps its 16-byte vectors of n - 1 row batches in flight
 /// through `cp.async` into shared memory while it processes the current one (sm_80 on, 16-byte
 /// vectors and the default unroll only; other launches load directly).
+///
+/// Read once per process, like the PTX cache it shapes: the launches size their shared memory
+/// by the same value the modules were compiled with, and no call reads the environment.
 pub fn load_stages() -> u32 {
-    std::env::var("KASMINA_CUDA_STAGES")
-        .ok()
-        .and_then(|v| v.trim().parse::<u32>().ok())
-        .map_or(0, |n| if n >= 2 { n.min(4) } else { 0 })
+    static STAGES: OnceLock<u32> = OnceLock::new();
+    *STAGES.get_or_init(|| {
+        std::env::var("KASMINA_CUDA_STAGES")
+            .ok()
+            .and_then(|v| v.trim().parse::<u32>().ok())
+            .map_or(0, |n| if n >= 2 { n.min(4) } else { 0 })
+    })
 }
 
 /// Whether the seed-uniform forward's blocks go row groups first (`KASMINA_CUDA_ROWS_FIRST=on`,
 /// grid (row groups, tiles), the order before session 4) instead of tiles first (grid (tiles,
 /// row groups), the default: the blocks resident at once then cover whole rows).
+///
+/// Read once per process (see [`load_stages`]).
 pub fn rows_first() -> bool {
-    crate::backend::env_on("KASMINA_CUDA_ROWS_FIRST")
+    static ROWS_FIRST: OnceLock<bool> = OnceLock::new();
+    *ROWS_FIRST.get_or_init(|| crate::backend::env_on("KASMINA_CUDA_ROWS_FIRST"))
 }
 
 /// Compiles (or takes from the process cache) the PTX of one module.

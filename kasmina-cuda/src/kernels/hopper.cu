@@ -832,20 +832,7 @@ __device__ __forceinline__ void hfwdu_impl(const KTensorMap* tmx, const KTensorM
                 }
             }
         }
-        Partial p = partial_empty();
-        if (inrange) {
-            const u32 n = seen * V - nf;
-            p.nf = nf;
-            if (n > 0) {
-                p.n = n;
-                p.dead = dead;
-                p.K = K;
-                p.d = S1 / (float)n;
-                p.m2 = fmaxf(S2 - S1 * p.d, 0.f);
-                p.mn = mn;
-                p.mx = mx;
-            }
-        }
+        Partial p = inrange ? partial_of(seen * V - nf, nf, dead, K, S1, S2, mn, mx) : partial_empty();
         // Merge over the row lanes in a fixed order, then one warp per seed segment of the tile.
         for (u32 r = 0; r < RL; r++) {
             consumers_sync();

@@ -256,6 +256,24 @@ __device__ __forceinline__ Partial partial_empty() {
     return p;
 }
 
+// The partial of one thread's (or column's) running statistics: n finite elements (nf
+// non-finite ones), `dead` of them near zero, sums S1, S2 of the elements shifted by K.
+__device__ __forceinline__ Partial partial_of(u32 n, u32 nf, u32 dead, float K, float S1, float S2, float mn,
+                                              float mx) {
+    Partial p = partial_empty();
+    p.nf = nf;
+    if (n > 0) {
+        p.n = n;
+        p.dead = dead;
+        p.K = K;
+        p.d = S1 / (float)n;
+        p.m2 = fmaxf(S2 - S1 * p.d, 0.f);
+        p.mn = mn;
+        p.mx = mx;
+    }
+    return p;
+}
+
 // Chan's merge on shifted partials (f32): the result keeps a's shift.
 __device__ __forceinline__ Partial partial_merge(const Partial& a, const Partial& b) {
     Partial r;
@@ -538,22 +556,9 @@ __device__ __forceinline__ void fwd_impl(const typename D::R* __restrict__ x, ty
 
 #pragma unroll
     for (int l = 0; l < V; l++) {
-        Partial p = partial_empty();
-        if (inrange) {
-            u32 nf = cnt[l] >> 16;
-            u32 n = nrows - nf;
-            p.nf = nf;
-            if (n > 0) {
-                p.n = n;
-                p.dead = cnt[l] & 0xffffu;
-                p.K = K[l];
-                p.d = S1[l] / (float)n;
-                p.m2 = fmaxf(S2[l] - S1[l] * p.d, 0.f);
-                p.mn = mn[l];
-                p.mx = mx[l];
-            }
-        }
-        sh_cols[threadIdx.x * V + l] = p;
+        const u32 nf = cnt[l] >> 16;
+        sh_cols[threadIdx.x * V + l] =
+            inrange ? partial_of(nrows - nf, nf, cnt[l] & 0xffffu, K[l], S1[l], S2[l], mn[l], mx[l]) : partial_empty();
     }
     __syncthreads();
 
@@ -814,18 +819,7 @@ __device__ __forceinline__ void fwd_seed_impl(const typename D::R* __restrict__ 
         }
     }
 
-    Partial p = partial_empty();
-    p.nf = nf;
-    if (n > 0) {
-        p.n = n;
-        p.dead = dead;
-        p.K = K;
-        p.d = S1 / (float)n;
-        p.m2 = fmaxf(S2 - S1 * p.d, 0.f);
-        p.mn = mn;
-        p.mx = mx;
-    }
-    M64 m = m64_of(p);
+    M64 m = m64_of(partial_of(n, nf, dead, K, S1, S2, mn, mx));
     for (int off = 16; off > 0; off >>= 1) {
         M64 o = m64_shfl_down(m, off);
         m = m64_merge(m, o);
@@ -1570,20 +1564,7 @@ __device__ __forceinline__ void fwdu_impl(const typename D::R* __restrict__ x, t
     }
 
     {
-        Partial p = partial_empty();
-        if (inrange) {
-            const u32 n = nrows * V - nf;
-            p.nf = nf;
-            if (n > 0) {
-                p.n = n;
-                p.dead = dead;
-                p.K = K;
-                p.d = S1 / (float)n;
-                p.m2 = fmaxf(S2 - S1 * p.d, 0.f);
-                p.mn = mn;
-                p.mx = mx;
-            }
-        }
+        Partial p = inrange ? partial_of(nrows * V - nf, nf, dead, K, S1, S2, mn, mx) : partial_empty();
         if (WS || seg_in_warp(C, V, TW)) {
             // A seed's threads are GS = C / V aligned lanes of one warp (WS: the whole warp):
             // a shuffle tree within the group, and its first lane writes the seed's partial.
