@@ -16,9 +16,10 @@
 #            then the conformance suite (three modes) and the CUDA GPU tests;
 #   stages   the big bf16 forward with loads staged through shared memory (KASMINA_CUDA_STAGES)
 #            against direct loads, then the row-group conformance suite and GPU tests with stages.
-#   goals    the issue-6 table (default bench), the big forward with row groups first, then the
-#            CUDA conformance suite and GPU tests.
-# Usage: bash benches/device-run.sh cuda|checks|sanitize|profile|variants|seedwarp|stages|goals
+#   goals    the issue-6 table (default bench), the PyTorch peer, and the big mixed forward with the
+#            warp-per-seed kernel's loads staged (default) and direct, interleaved.
+#   tests    the CUDA GPU test binaries with every conformance row timestamped as it completes.
+# Usage: bash benches/device-run.sh cuda|checks|sanitize|profile|variants|seedwarp|stages|goals|tests
 set -uo pipefail
 out=${OUT:-device-out}; mkdir -p "$out"
 r() { bash .device/run.sh "$@"; }
@@ -146,19 +147,20 @@ seedwarp)
   ;;
 goals)
   # The issue-6 table in one call: `kasmina bench --backend cuda` (big and small shapes, both dtypes
-  # and mixes, Auto family), the big forward with the blocks' previous order (row groups first)
-  # for comparison, then the CUDA conformance suite (three modes) and the CUDA GPU tests.
+  # and mixes, Auto family), the PyTorch peer, then the big mixed forward (portable family) with
+  # the warp-per-seed kernel loading directly (KASMINA_CUDA_WS_STAGES=0) against its default
+  # staged loads, interleaved. The GPU tests are the `tests` part (they fill a call of their own).
   export KASMINA_AUTOTUNE_CACHE=/tmp/kasmina-autotune.json
-  timeout 250 bash .device/run.sh kasmina bench --backend cuda --json "$out/bench-cuda.json" 2>&1 |
+  timeout 300 bash .device/run.sh kasmina bench --backend cuda --json "$out/bench-cuda.json" 2>&1 |
     tee "$out/bench-cuda.txt" | grep -E "^cuda"
-  echo "== KASMINA_CUDA_ROWS_FIRST=on"
-  KASMINA_CUDA_ROWS_FIRST=on KASMINA_AUTOTUNE_CACHE=/tmp/at-rows.json timeout 120 bash .device/run.sh kasmina bench \
-    --backend cuda --shape 16384,8192,128 --dtype bf16,f32 --reps 10 2>&1 | grep -E "^cuda" | grep forward |
-    tee "$out/bench-rows-first.txt"
-  for t in test-kasmina_cuda--conformance test-kasmina_cuda--gpu; do
-    echo "== $t"; timeout 170 bash .device/run.sh "$t" --test-threads=1 2>&1 | grep -E "^test |test result|panicked|assert"
-  done > "$out/gpu-tests.txt" 2>&1
-  grep -E "^==|test result|panicked" "$out/gpu-tests.txt"
+  PYTHONUNBUFFERED=1 timeout 150 python3 benches/peers/torch_kasmina.py 2>&1 | tee "$out/torch-peer.txt" | tail -12
+  for v in KASMINA_CUDA_WS_STAGES=0 base KASMINA_CUDA_WS_STAGES=0 base; do
+    echo "== $v"
+    # shellcheck disable=SC2046
+    env $([ "$v" = base ] || echo "$v") KASMINA_AUTOTUNE_CACHE="/tmp/at-ws-$v.json" timeout 120 bash .device/run.sh \
+      kasmina bench --backend cuda --cuda-path portable --shape 16384,8192,128 --dtype bf16,f32 --mix mixed --reps 10 \
+      2>&1 | grep -E "^cuda" | grep forward
+  done 2>&1 | tee "$out/bench-ws-stages.txt"
   ;;
 stages)
   # The big bf16 forward with its loads staged through shared memory (KASMINA_CUDA_STAGES, cp.async)
@@ -181,5 +183,17 @@ stages)
   done > "$out/gpu-tests-stages.txt" 2>&1
   grep -E "^==|test result|panicked" "$out/gpu-tests-stages.txt"
   ;;
-*) echo "usage: bash benches/device-run.sh cuda|checks|sanitize|profile|variants|seedwarp|stages|goals" >&2; exit 2 ;;
+tests)
+  # The CUDA GPU test binaries, each row of the conformance suite timestamped (seconds since
+  # the start) as it completes: conformance (three modes), gpu, the Hopper ones.
+  t0=$(date +%s)
+  for t in test-kasmina_cuda--conformance test-kasmina_cuda--gpu test-kasmina_cuda--hopper_gpu \
+           test-kasmina_cuda--conformance_hopper; do
+    echo "== $t"; KASMINA_HOPPER_QUICK=1 timeout "${TESTS_TIMEOUT:-240}" bash .device/run.sh "$t" --test-threads=1 \
+      --nocapture 2>&1 | while IFS= read -r l; do echo "$(( $(date +%s) - t0 )) $l"; done
+    echo "rc=${PIPESTATUS[0]}"
+  done > "$out/gpu-tests.txt" 2>&1
+  grep -E "^==|test result|panicked|FAIL|rc=" "$out/gpu-tests.txt"
+  ;;
+*) echo "usage: bash benches/device-run.sh cuda|checks|sanitize|profile|variants|seedwarp|stages|goals|tests" >&2; exit 2 ;;
 esac

@@ -32,6 +32,8 @@ const PARTIAL_BYTES: usize = crate::kernels::PARTIAL_BYTES as usize;
 const MAX_TILE: u32 = 1024;
 /// Rows per block are capped so per-lane counters fit 16 bits.
 const MAX_ROWS_PER_BLOCK: u32 = 4096;
+/// The tuner's name for the active seed-uniform forward where one seed per warp may run.
+const OP_FORWARD_WS: &str = "forward-uniform-ws";
 /// Calls moving at most this many bytes per tensor replay a captured CUDA graph:
 /// there launch latency, not bandwidth, sets the time.
 const GRAPH_MAX_BYTES: usize = 8 << 20;
@@ -46,8 +48,9 @@ const SEEDWISE_MAX_BYTES: usize = 32 << 10;
 /// (its last block), saving the merge launch; larger ones use the parallel merge kernel.
 const FUSED_MERGE_MAX_SLOTS: usize = 2048;
 
-/// (operation, dtype, rows, cols) of a picked launch configuration.
-type PickKey = (&'static str, DType, usize, usize);
+/// (operation, dtype, rows, cols, chunk size) of a picked launch configuration (the chunk size
+/// sets the warp-per-seed forward's tiles, hence its candidates).
+type PickKey = (&'static str, DType, usize, usize, usize);
 
 /// A device tensor `[rows, cols]` in one dtype.
 #[derive(Debug)]
@@ -100,6 +103,8 @@ impl DeviceTensor for CudaTensor {
 /// - `KASMINA_CUDA_SEEDWARP=off`: active forwards whose seed rows are a few threads wide
 ///   (C / V a power of two below 32) keep one row per warp (a warp then spans several seeds
 ///   and runs each seed's blueprint branch in turn) instead of one seed per warp.
+/// - `KASMINA_CUDA_WS_STAGES=<n>`: load stages of the one-seed-per-warp forward (3 by default,
+///   2 to 4; 0 loads directly), see [`crate::kernels::ws_load_stages`]. Read once per process.
 /// - `KASMINA_CUDA_SEEDWISE=off`: small forwards (at most 32 KiB of activation per seed) run the
 ///   tuned row-group kernels and the merge kernel instead of one block per seed in one launch.
 /// - `KASMINA_CUDA_BWD_TYPED=off`: the active seed-uniform backward without its per-blueprint-type
@@ -465,11 +470,21 @@ impl CudaBackend {
 
     /// Candidates timed by the autotuner: rows per block x threads x vector width (x unroll
     /// for the seed-uniform forward), see [`TuneOptions`] for what goes beyond the base set.
-    fn candidates(&self, dtype: DType, b: usize, h: usize, uniform: bool, forward: bool) -> Vec<KernelConfig> {
-        Self::candidate_set(dtype, b, h, self.sms, uniform, forward, self.tune_opts.extra)
+    /// `ws_c`: the chunk size C when the operation is the warp-per-seed forward.
+    fn candidates(
+        &self,
+        dtype: DType,
+        b: usize,
+        h: usize,
+        uniform: bool,
+        forward: bool,
+        ws_c: Option<usize>,
+    ) -> Vec<KernelConfig> {
+        Self::candidate_set(dtype, b, h, self.sms, uniform, forward, self.tune_opts.extra, ws_c)
     }
 
     /// [`Self::candidates`] for a device of `sms` SMs; `extra`: beyond the base set.
+    #[allow(clippy::too_many_arguments)]
     fn candidate_set(
         dtype: DType,
         b: usize,
@@ -478,6 +493,7 @@ impl CudaBackend {
         uniform: bool,
         forward: bool,
         extra: bool,
+        ws_c: Option<usize>,
     ) -> Vec<KernelConfig> {
         let widest = widest_vector(dtype, h);
         let extra = extra && uniform;
@@ -493,8 +509,15 @@ impl CudaBackend {
             for &t in &threads {
                 let mut rows_set: Vec<u32> = vec![4, 16, 32, 64, 128, 256];
                 if extra {
-                    // Rows that split the work evenly over m blocks per SM.
-                    let tiles = (h as u64).div_ceil((t * vec) as u64);
+                    // Rows that split the work evenly over m blocks per SM, in the tiles the
+                    // kernel will run: threads / 32 whole seeds where one seed per warp applies
+                    // (on the H100 the bf16 C = 64 forward got rows balanced for the row
+                    // mapping's 4x wider tiles: 4.04 waves at 6 blocks per SM).
+                    let cols = match ws_c {
+                        Some(c) if ws_applies(c, vec) => (t / 32) as u64 * c as u64,
+                        _ => (t * vec) as u64,
+                    };
+                    let tiles = (h as u64).div_ceil(cols);
                     for m in [3u64, 4, 6, 8, 12] {
                         let r = (b as u64 * tiles).div_ceil(sms.max(1) as u64 * m);
                         if (8..=MAX_ROWS_PER_BLOCK as u64).contains(&r) {
@@ -550,27 +573,28 @@ impl CudaBackend {
         ((64usize << 20) / bytes.max(1)).clamp(5, 20)
     }
 
-    /// The launch configuration for one operation: tuned once per key, then remembered.
+    /// The launch configuration for one operation on a layer of chunk size `c`: tuned once per
+    /// key, then remembered.
     fn pick(
         &self,
         op: &'static str,
         dtype: DType,
-        b: usize,
-        h: usize,
+        (b, h, c): (usize, usize, usize),
         time: &mut dyn FnMut(&KernelConfig) -> CudaResult<f64>,
     ) -> CudaResult<KernelConfig> {
-        if let Some(c) = self.picked.lock().unwrap_or_else(|p| p.into_inner()).get(&(op, dtype, b, h)) {
+        if let Some(c) = self.picked.lock().unwrap_or_else(|p| p.into_inner()).get(&(op, dtype, b, h, c)) {
             return Ok(*c);
         }
         // The op names say which kernels run (see op_name).
         let (uniform, forward) = (op.contains("uniform"), op.starts_with("forward"));
-        let cands = self.candidates(dtype, b, h, uniform, forward);
+        let ws_c = (op == OP_FORWARD_WS).then_some(c);
+        let cands = self.candidates(dtype, b, h, uniform, forward, ws_c);
         let default = self.default_config(dtype, b, h, uniform, forward);
         let key = TuneKey::new(&self.name, self.cc, op, dtype.name(), &shape_bucket(b, h), KERNEL_SOURCE, &cands);
         let mut tuner = self.tuner.lock().unwrap_or_else(|p| p.into_inner());
         let (cfg, _) = tuner.get_or_tune(&key, &cands, default, time)?;
         drop(tuner);
-        self.picked.lock().unwrap_or_else(|p| p.into_inner()).insert((op, dtype, b, h), cfg);
+        self.picked.lock().unwrap_or_else(|p| p.into_inner()).insert((op, dtype, b, h, c), cfg);
         Ok(cfg)
     }
 
@@ -613,9 +637,7 @@ impl CudaBackend {
             (true, true, false) => "backward",
             (true, false, false) => "backward-identity",
             // Tuned apart: the warp-per-seed kernels run for some vector widths (see uses_ws).
-            (false, true, true) if self.seedwarp && (ws_applies(layer.c, 8) || ws_applies(layer.c, 4)) => {
-                "forward-uniform-ws"
-            }
+            (false, true, true) if self.seedwarp && (ws_applies(layer.c, 8) || ws_applies(layer.c, 4)) => OP_FORWARD_WS,
             (false, true, true) => "forward-uniform",
             (false, false, true) => "forward-uniform-identity",
             (true, true, true) if self.bwd_typed => "backward-uniform-typed",
@@ -696,10 +718,13 @@ impl CudaBackend {
             }
             lb.arg(&s);
         }
-        // Staged loads (KASMINA_CUDA_STAGES): the threads' partials, then their stage slots.
+        // Staged loads (KASMINA_CUDA_STAGES, KASMINA_CUDA_WS_STAGES): the threads' partials, then
+        // their stage slots.
         let mut lc = g.launch(PARTIAL_BYTES as u32, uni);
         let vec_bytes = cfg.vec * x.dtype.size_bytes() as u32;
-        if uni && let Some(bytes) = crate::kernels::staged_shared_bytes(cfg.threads, vec_bytes, cfg.unroll, self.cc) {
+        if uni
+            && let Some(bytes) = crate::kernels::staged_shared_bytes(cfg.threads, vec_bytes, cfg.unroll, self.cc, g.ws)
+        {
             lc.shared_mem_bytes = bytes;
         }
         if uni && !crate::kernels::rows_first() {
@@ -715,9 +740,10 @@ impl CudaBackend {
         // (a null pointer: no fused merge) and S, with one shared Partial per thread; the
         // counter is 0 between launches (the fused merge's last block re-arms it). The
         // warp-per-seed ones (g.ws: C / V a power of two below 32, tiles of threads / 32 seeds,
-        // segs = threads / 32) take the same arguments and no shared memory. A module compiled
-        // with load stages (the same load_stages() as staged_shared_bytes) reads its slots after
-        // the threads' partials, within the bytes given here.
+        // segs = threads / 32) take the same arguments and no shared memory unless they stage
+        // their loads. A module compiled with load stages (load_stages(), or ws_load_stages() for
+        // the warp-per-seed kernels: the values staged_shared_bytes sizes by, g.ws telling which)
+        // reads its slots after the threads' partials, within the bytes given here.
         unsafe { lb.launch(lc) }.ctx("launching kasmina_fwd")?;
         Ok(g)
     }
@@ -734,8 +760,10 @@ impl CudaBackend {
         let (n_rg, n_tiles, segs, tw, c, s) = (p.n_rg, p.n_tiles, p.segs, p.tw, layer.c as u32, layer.s as u32);
         let mut lb = self.stream.launch_builder(merge);
         lb.arg(&*part).arg(&n_rg).arg(&n_tiles).arg(&segs).arg(&tw).arg(&c).arg(&s).arg(&mut layer.acc);
-        // One block per seed; fewer threads when the seed has few partials.
-        let items = p.n_rg.saturating_mul(p.n_tiles as u64).min(1 << 20);
+        // One block per seed; fewer threads when the seed has few partials (a seed spans at
+        // most (C - 1) / TW + 2 tiles, one per tile under the warp-per-seed mapping).
+        let seed_tiles = ((c.saturating_sub(1) / tw.max(1)) as u64 + 2).min(p.n_tiles as u64);
+        let items = p.n_rg.saturating_mul(seed_tiles).min(1 << 20);
         let threads = (items.div_ceil(2).div_ceil(32) * 32).clamp(32, 256) as u32;
         let cfg = LaunchConfig { grid_dim: (s, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
         // SAFETY: arguments match kasmina_fwd_merge; part was written by the forward with this layout.
@@ -1020,7 +1048,7 @@ impl CudaBackend {
         }
         let bytes = 2 * x.num_bytes();
         let op = self.op_name(layer, false);
-        let cfg = self.pick(op, x.dtype, x.rows, layer.h, &mut |cfg| {
+        let cfg = self.pick(op, x.dtype, (x.rows, layer.h, layer.c), &mut |cfg| {
             // The whole call (main kernel and merge) is timed, so fewer, larger row groups win
             // where the merge costs more than they do; it merges into a scratch accumulator.
             let fuse = self.fuses(layer, cfg, x.rows)?;
@@ -1137,7 +1165,7 @@ impl CudaBackend {
         }
         let bytes = 3 * x.num_bytes();
         let op = self.op_name(layer, true);
-        let cfg = self.pick(op, x.dtype, x.rows, layer.h, &mut |cfg| {
+        let cfg = self.pick(op, x.dtype, (x.rows, layer.h, layer.c), &mut |cfg| {
             // The main kernel and the column sums of its partials (fewer row groups, fewer partials).
             self.time_avg(Self::tune_reps(bytes), &mut || {
                 let geo = self.launch_bwd_main(layer, x, g, dx, *cfg)?;
@@ -1422,7 +1450,7 @@ mod candidate_tests {
                 let uniform = c.is_multiple_of(8);
                 for forward in [true, false] {
                     for extra in [true, false] {
-                        let cands = CudaBackend::candidate_set(dtype, b, h, 132, uniform, forward, extra);
+                        let cands = CudaBackend::candidate_set(dtype, b, h, 132, uniform, forward, extra, Some(c));
                         assert!(!cands.is_empty());
                         for cfg in &cands {
                             let uni = uniform_ok(cfg, c);
@@ -1439,18 +1467,25 @@ mod candidate_tests {
     #[test]
     fn extra_candidates_only_for_the_seed_uniform_kernels() {
         let (b, h) = (16384, 8192);
-        let base = CudaBackend::candidate_set(DType::BF16, b, h, 132, true, true, false);
-        let all = CudaBackend::candidate_set(DType::BF16, b, h, 132, true, true, true);
+        let base = CudaBackend::candidate_set(DType::BF16, b, h, 132, true, true, false, None);
+        let all = CudaBackend::candidate_set(DType::BF16, b, h, 132, true, true, true, None);
         assert!(base.iter().all(|c| all.contains(c)), "the extra set contains the base set");
         // 2048-column bf16 tiles, unroll 8 and rows balanced over 3 blocks per SM (4 tiles).
         assert!(all.iter().any(|c| c.vec == 8 && c.threads == 256));
         assert!(all.iter().any(|c| c.unroll == 8));
         assert!(all.iter().any(|c| c.vec == 8 && c.threads == 256 && c.rows == 166));
+        // The warp-per-seed forward (C = 64): rows balanced over its tiles of threads / 32 seeds,
+        // 32 tiles of 128 threads, 6 blocks per SM: 16384 * 32 / (132 * 6) rounded up.
+        let ws = CudaBackend::candidate_set(DType::BF16, b, h, 132, true, true, true, Some(64));
+        assert!(ws.iter().any(|c| c.vec == 8 && c.threads == 128 && c.rows == 662));
+        assert!(!all.iter().any(|c| c.vec == 8 && c.threads == 128 && c.rows == 662));
+        // A chunk size where no warp-per-seed mapping applies keeps the row mapping's rows.
+        assert_eq!(CudaBackend::candidate_set(DType::BF16, b, h, 132, true, true, true, Some(48)), all);
         assert!(base.iter().all(|c| c.threads * c.vec <= MAX_TILE && c.unroll == DEFAULT_UNROLL));
         // The backward has no unroll-8 kernel; the per-column kernels get the base set only.
-        let bwd = CudaBackend::candidate_set(DType::BF16, b, h, 132, true, false, true);
+        let bwd = CudaBackend::candidate_set(DType::BF16, b, h, 132, true, false, true, None);
         assert!(bwd.iter().all(|c| c.unroll == DEFAULT_UNROLL) && bwd.iter().any(|c| c.threads == 256 && c.vec == 8));
-        let cols = CudaBackend::candidate_set(DType::BF16, b, h, 132, false, true, true);
-        assert_eq!(cols, CudaBackend::candidate_set(DType::BF16, b, h, 132, false, true, false));
+        let cols = CudaBackend::candidate_set(DType::BF16, b, h, 132, false, true, true, None);
+        assert_eq!(cols, CudaBackend::candidate_set(DType::BF16, b, h, 132, false, true, false, None));
     }
 }

@@ -76,6 +76,7 @@ fn ptx_cache() -> &'static Mutex<HashMap<PtxKey, Ptx>> {
 /// seed-uniform forward's minimum blocks per SM (its `__launch_bounds__`, 3 by default),
 /// `KASMINA_CUDA_PREFETCH=<n>` has it prefetch into L2 the rows `n` load batches ahead,
 /// `KASMINA_CUDA_STAGES=<n>` (see [`load_stages`]) stages its loads through shared memory,
+/// `KASMINA_CUDA_WS_STAGES=<n>` (see [`ws_load_stages`]) sets the warp-per-seed forward's stages,
 /// `KASMINA_CUDA_ROWS_FIRST=on` orders its blocks row groups first (the order before tiles first).
 fn experiment_defines() -> Vec<String> {
     let mut out = Vec::new();
@@ -89,6 +90,7 @@ fn experiment_defines() -> Vec<String> {
     if st >= 2 {
         out.push(format!("-DKASMINA_STAGES={st}"));
     }
+    out.push(format!("-DKASMINA_WS_STAGES={}", ws_load_stages()));
     if rows_first() {
         out.push("-DKASMINA_ROWS_FIRST".to_string());
     }
@@ -107,12 +109,29 @@ fn experiment_defines() -> Vec<String> {
 /// by the same value the modules were compiled with, and no call reads the environment.
 pub fn load_stages() -> u32 {
     static STAGES: OnceLock<u32> = OnceLock::new();
-    *STAGES.get_or_init(|| {
-        std::env::var("KASMINA_CUDA_STAGES")
-            .ok()
-            .and_then(|v| v.trim().parse::<u32>().ok())
-            .map_or(0, |n| if n >= 2 { n.min(4) } else { 0 })
-    })
+    *STAGES.get_or_init(|| stages_from_env("KASMINA_CUDA_STAGES", 0))
+}
+
+/// A stage count from environment variable `name`: 2 to 4 (larger values give 4), 0 for 0 or 1,
+/// `default` when unset or unreadable.
+fn stages_from_env(name: &str, default: u32) -> u32 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .map_or(default, |n| if n >= 2 { n.min(4) } else { 0 })
+}
+
+/// Load stages of the warp-per-seed forward (`kasmina_fwdu_ws*`, see [`load_stages`]): 3 by
+/// default, `KASMINA_CUDA_WS_STAGES=<n>` (2 to 4) for another count, 0 or 1 for direct loads.
+/// On the H100 the big bf16 mixed forward (C = 64) ran 197.5 / 196.8 us per call with 3 stages
+/// against 202.2 / 203.0 us loading directly (0.92 of copy against 0.89, one device call,
+/// interleaved), f32 372.9 / 373.0 us against 374.6 / 374.8 us; the identity forward did not
+/// gain (session 4), so `KASMINA_CUDA_STAGES` stays off by default for the other kernels.
+///
+/// Read once per process (see [`load_stages`]).
+pub fn ws_load_stages() -> u32 {
+    static STAGES: OnceLock<u32> = OnceLock::new();
+    *STAGES.get_or_init(|| stages_from_env("KASMINA_CUDA_WS_STAGES", 3))
 }
 
 /// Whether the seed-uniform forward's blocks go row groups first (`KASMINA_CUDA_ROWS_FIRST=on`,
@@ -240,18 +259,23 @@ impl Kernels {
             bwd_finalize: f("kasmina_bwd_finalize")?,
             _module: module,
         };
-        let st = load_stages();
-        if st >= 2 {
-            // Staged loads may need more than the default 48 KiB of dynamic shared memory.
+        // Staged loads may need more than the default 48 KiB of dynamic shared memory.
+        let raise = |funcs: &[&CudaFunction], st: u32| -> CudaResult<()> {
+            if st < 2 {
+                return Ok(());
+            }
             let bytes = UNIFORM_MAX_THREADS * (PARTIAL_BYTES + 16 * DEFAULT_UNROLL * st);
-            for func in [&k.fwdu, &k.fwdu_identity, &k.fwdu_fused, &k.fwdu_identity_fused, &k.fwdu_ws] {
+            for func in funcs {
                 func.set_attribute(
                     cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
                     bytes as i32,
                 )
                 .ctx("raising the shared memory limit")?;
             }
-        }
+            Ok(())
+        };
+        raise(&[&k.fwdu, &k.fwdu_identity, &k.fwdu_fused, &k.fwdu_identity_fused], load_stages())?;
+        raise(&[&k.fwdu_ws], ws_load_stages())?;
         Ok(k)
     }
 }
@@ -262,10 +286,11 @@ pub(crate) const PARTIAL_BYTES: u32 = 32;
 pub(crate) const UNIFORM_MAX_THREADS: u32 = 256;
 
 /// Dynamic shared memory of a seed-uniform forward launch of `threads` threads that stages its
-/// loads (see [`load_stages`]): the per-thread partials, then the stage slots. `None` when the
-/// launch loads directly (no stages, vectors other than 16 bytes, unroll 8, before sm_80).
-pub(crate) fn staged_shared_bytes(threads: u32, vec_bytes: u32, unroll: u32, cc: (i32, i32)) -> Option<u32> {
-    let st = load_stages();
+/// loads (see [`load_stages`]; [`ws_load_stages`] for the warp-per-seed kernels, `ws`): the
+/// per-thread partials, then the stage slots. `None` when the launch loads directly (no stages,
+/// vectors other than 16 bytes, unroll 8, before sm_80).
+pub(crate) fn staged_shared_bytes(threads: u32, vec_bytes: u32, unroll: u32, cc: (i32, i32), ws: bool) -> Option<u32> {
+    let st = if ws { ws_load_stages() } else { load_stages() };
     (st >= 2 && vec_bytes == 16 && unroll == DEFAULT_UNROLL && cc.0 >= 8)
         .then(|| threads * (PARTIAL_BYTES + 16 * DEFAULT_UNROLL * st))
 }

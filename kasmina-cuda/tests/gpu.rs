@@ -313,6 +313,54 @@ fn indexing_past_2_pow_31_elements() {
         return;
     }
     let Some(be) = backend_or_skip("indexing_past_2_pow_31_elements") else { return };
+    // f16 (as the issue asks), then bf16: the 16-bit activations are where B * H passes 2^31
+    // elements first (4 GiB per tensor).
+    big_index_check::<half::f16>(&be);
+    big_index_check::<bf16>(&be);
+}
+
+/// A 16-bit activation type of the big-index test.
+trait Half16: Copy + Send + Sync {
+    const DTYPE: DType;
+    const ZERO: Self;
+    fn of(v: f32) -> Self;
+    fn f32(self) -> f32;
+    fn bits(self) -> u16;
+    fn data(v: &[Self]) -> kasmina_core::HostData<'_>;
+    fn data_mut(v: &mut [Self]) -> kasmina_core::HostDataMut<'_>;
+}
+
+macro_rules! half16 {
+    ($t:ty, $variant:ident, $dtype:expr) => {
+        impl Half16 for $t {
+            const DTYPE: DType = $dtype;
+            const ZERO: Self = <$t>::ZERO;
+            fn of(v: f32) -> Self {
+                <$t>::from_f32(v)
+            }
+            fn f32(self) -> f32 {
+                self.to_f32()
+            }
+            fn bits(self) -> u16 {
+                self.to_bits()
+            }
+            fn data(v: &[Self]) -> kasmina_core::HostData<'_> {
+                kasmina_core::HostData::$variant(v)
+            }
+            fn data_mut(v: &mut [Self]) -> kasmina_core::HostDataMut<'_> {
+                kasmina_core::HostDataMut::$variant(v)
+            }
+        }
+    };
+}
+half16!(half::f16, F16, DType::F16);
+half16!(bf16, BF16, DType::BF16);
+
+/// Forward and backward over 2^31 + 192 elements of `T` (H = 64, two seeds: one identity, one
+/// RESIDUAL graft at alpha 0.5): every output element, the statistics' counts and means, and
+/// dx of the identity seed, including the rows past element 2^31.
+fn big_index_check<T: Half16>(be: &CudaBackend) {
+    let dtype = T::DTYPE;
     let (h, s) = (64usize, 2usize);
     let b = (1usize << 31) / h + 3;
     let n = b * h;
@@ -320,56 +368,57 @@ fn indexing_past_2_pow_31_elements() {
     drive(&mut st, 1, LifecycleState::Grafting, BlueprintType::Residual);
     st.seeds.alpha[1] = 0.5;
     st.params.seed_weights_mut(1).fill(0.25);
-    let val = |i: usize| bf16::from_f32(((i.wrapping_mul(2654435761) >> 7) % 1024) as f32 / 64.0 - 8.0);
-    let xh: Vec<bf16> = (0..n).map(val).collect();
+    let val = |i: usize| T::of(((i.wrapping_mul(2654435761) >> 7) % 1024) as f32 / 64.0 - 8.0);
+    let xh: Vec<T> = (0..n).map(val).collect();
     let mut layer = be.create_layer(&st).unwrap();
-    let mut x = be.alloc(b, h, DType::BF16).unwrap();
-    be.write(&mut x, kasmina_core::HostData::BF16(&xh)).unwrap();
-    let mut y = be.alloc(b, h, DType::BF16).unwrap();
+    let mut x = be.alloc(b, h, dtype).unwrap();
+    be.write(&mut x, T::data(&xh)).unwrap();
+    let mut y = be.alloc(b, h, dtype).unwrap();
     be.forward(&mut layer, &x, &mut y).unwrap();
-    let mut yh = vec![bf16::ZERO; n];
-    be.read(&y, kasmina_core::HostDataMut::BF16(&mut yh)).unwrap();
+    let mut yh = vec![T::ZERO; n];
+    be.read(&y, T::data_mut(&mut yh)).unwrap();
+    drop(y);
     let c = h / s;
     let mut bad = 0usize;
     for i in 0..n {
         let col = i % h;
         if col < c {
-            if yh[i].to_bits() != xh[i].to_bits() {
+            if yh[i].bits() != xh[i].bits() {
                 bad += 1;
             }
         } else {
-            let xv = xh[i].to_f32();
+            let xv = xh[i].f32();
             let want = 0.5 * xv + 0.5 * (xv + 0.25);
-            if (yh[i].to_f32() - want).abs() > 0.02 * want.abs().max(1.0) {
+            if (yh[i].f32() - want).abs() > 0.02 * want.abs().max(1.0) {
                 bad += 1;
             }
         }
     }
-    assert_eq!(bad, 0, "{bad} wrong elements of {n}");
+    assert_eq!(bad, 0, "{dtype}: {bad} wrong elements of {n}");
+    drop(yh);
     let acc = be.accumulators(&layer).unwrap();
     for seed in 0..s {
-        let mut m = kasmina_core::Moments::empty();
         let mut sum = 0f64;
         for r in 0..b {
             for j in 0..c {
-                sum += xh[r * h + seed * c + j].to_f64();
+                sum += xh[r * h + seed * c + j].f32() as f64;
             }
         }
-        m.count = (b * c) as u64;
-        m.mean = sum / m.count as f64;
-        assert_eq!(acc.moments[seed].count, m.count, "seed {seed} count");
-        assert!((acc.moments[seed].mean - m.mean).abs() < 1e-6 * (1.0 + m.mean.abs()), "seed {seed} mean");
+        let count = (b * c) as u64;
+        let mean = sum / count as f64;
+        assert_eq!(acc.moments[seed].count, count, "{dtype}: seed {seed} count");
+        assert!((acc.moments[seed].mean - mean).abs() < 1e-6 * (1.0 + mean.abs()), "{dtype}: seed {seed} mean");
     }
     // Backward over the same tensors: dx of the identity seed is g bit for bit.
-    let mut dx = be.alloc(b, h, DType::BF16).unwrap();
+    let mut dx = be.alloc(b, h, dtype).unwrap();
     be.backward(&mut layer, &x, &x, &mut dx).unwrap();
-    let mut dxh = vec![bf16::ZERO; n];
-    be.read(&dx, kasmina_core::HostDataMut::BF16(&mut dxh)).unwrap();
+    let mut dxh = vec![T::ZERO; n];
+    be.read(&dx, T::data_mut(&mut dxh)).unwrap();
     let last = n - 1;
-    assert_eq!(dxh[last - h + 1].to_bits(), xh[last - h + 1].to_bits());
-    let wrong = (0..n).filter(|i| i % h < c && dxh[*i].to_bits() != xh[*i].to_bits()).count();
-    assert_eq!(wrong, 0);
-    println!("B={b} H={h}: {n} elements (> 2^31) forward and backward correct");
+    assert_eq!(dxh[last - h + 1].bits(), xh[last - h + 1].bits());
+    let wrong = (0..n).filter(|i| i % h < c && dxh[*i].bits() != xh[*i].bits()).count();
+    assert_eq!(wrong, 0, "{dtype}: identity dx");
+    println!("{dtype}: B={b} H={h}: {n} elements (> 2^31) forward and backward correct");
 }
 
 /// Forward / backward bandwidth against the device's own copy (KASMINA_BENCH=1).

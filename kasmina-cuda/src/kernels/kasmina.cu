@@ -162,12 +162,17 @@ template <> __device__ __forceinline__ void st_act<Raw16>(Raw16* p, const Raw16&
 // in flight while it processes the current batch, without registers to hold them. A thread
 // only reads slots it filled itself (after cp.async.wait_group), so no barrier is needed;
 // a slot is refilled one batch after it was read (its values are then consumed).
+// The warp-per-seed kernels take their own count, -DKASMINA_WS_STAGES=<n> (the host's
+// KASMINA_CUDA_WS_STAGES, 3 by default: there it measured faster on the H100).
 #ifndef KASMINA_STAGES
 #define KASMINA_STAGES 0
 #endif
+#ifndef KASMINA_WS_STAGES
+#define KASMINA_WS_STAGES 0
+#endif
 template <class R> struct Stageable { static const bool ON = false; };
 #if __CUDA_ARCH__ >= 800
-template <> struct Stageable<Raw16> { static const bool ON = KASMINA_STAGES >= 2; };
+template <> struct Stageable<Raw16> { static const bool ON = true; };
 #endif
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
 #if __CUDA_ARCH__ >= 800
@@ -1397,7 +1402,8 @@ __device__ __forceinline__ void fwdu_impl(const typename D::R* __restrict__ x, t
     typedef Pack<D, 2> P2;
 
     // Staged loads (see Stageable): ST slots of UR vectors per thread after the T partials.
-    constexpr int ST = (Stageable<typename P::Raw>::ON && UR == UNROLL) ? KASMINA_STAGES : 1;
+    constexpr int NST = WS ? KASMINA_WS_STAGES : KASMINA_STAGES;
+    constexpr int ST = (Stageable<typename P::Raw>::ON && UR == UNROLL && NST >= 2) ? NST : 1;
     typename P::Raw* stg = reinterpret_cast<typename P::Raw*>(sh_thr + T);
     // Element offset of the thread's vector in its row k (rows r0 + sub + k * RL), kept as a base
     // plus multiples of the row step (a 64-bit add per row, not a multiply). WS: a lane past its
