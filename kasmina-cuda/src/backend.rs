@@ -582,8 +582,8 @@ impl CudaBackend {
         (b, h, c): (usize, usize, usize),
         time: &mut dyn FnMut(&KernelConfig) -> CudaResult<f64>,
     ) -> CudaResult<KernelConfig> {
-        if let Some(c) = self.picked.lock().unwrap_or_else(|p| p.into_inner()).get(&(op, dtype, b, h, c)) {
-            return Ok(*c);
+        if let Some(cfg) = self.picked.lock().unwrap_or_else(|p| p.into_inner()).get(&(op, dtype, b, h, c)) {
+            return Ok(*cfg);
         }
         // The op names say which kernels run (see op_name).
         let (uniform, forward) = (op.contains("uniform"), op.starts_with("forward"));

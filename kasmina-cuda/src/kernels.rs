@@ -264,7 +264,7 @@ impl Kernels {
             if st < 2 {
                 return Ok(());
             }
-            let bytes = UNIFORM_MAX_THREADS * (PARTIAL_BYTES + 16 * DEFAULT_UNROLL * st);
+            let bytes = stage_layout_bytes(UNIFORM_MAX_THREADS, st);
             for func in funcs {
                 func.set_attribute(
                     cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
@@ -291,8 +291,14 @@ pub(crate) const UNIFORM_MAX_THREADS: u32 = 256;
 /// vectors other than 16 bytes, unroll 8, before sm_80).
 pub(crate) fn staged_shared_bytes(threads: u32, vec_bytes: u32, unroll: u32, cc: (i32, i32), ws: bool) -> Option<u32> {
     let st = if ws { ws_load_stages() } else { load_stages() };
-    (st >= 2 && vec_bytes == 16 && unroll == DEFAULT_UNROLL && cc.0 >= 8)
-        .then(|| threads * (PARTIAL_BYTES + 16 * DEFAULT_UNROLL * st))
+    (st >= 2 && vec_bytes == 16 && unroll == DEFAULT_UNROLL && cc.0 >= 8).then(|| stage_layout_bytes(threads, st))
+}
+
+/// Shared memory of `threads` threads with `st` load stages: one partial per thread, then `st`
+/// slots of DEFAULT_UNROLL 16-byte vectors per thread (the layout `fwdu_impl` reads). Both the
+/// modules' shared-memory limit and each staged launch are sized by it.
+fn stage_layout_bytes(threads: u32, st: u32) -> u32 {
+    threads * (PARTIAL_BYTES + 16 * DEFAULT_UNROLL * st)
 }
 
 #[cfg(test)]
