@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs on the lent H100 machine over a bundle built with
+# Runs on the lent GPU machine over a bundle built with
 #   ../shared/tools/device-bundle.sh --features kasmina/wgpu,kasmina/cuda
 # and writes its logs under $OUT (or ./device-out). Each part fits one device call:
 #   cuda     `kasmina bench --backend cuda` (Auto family), the portable / Hopper / Auto table over
@@ -19,11 +19,22 @@
 #   goals    the issue-6 table (default bench), the PyTorch peer, and the big mixed forward with the
 #            warp-per-seed kernel's loads staged (default) and direct, interleaved.
 #   tests    the CUDA GPU test binaries with every conformance row timestamped as it completes.
-# Usage: bash benches/device-run.sh cuda|checks|sanitize|profile|variants|seedwarp|stages|goals|tests
+#   pytests  the Python package's test suite with its CUDA cases required (about 5 minutes cold);
+#   pybench  the Python package's benchmark (`python -m kasmina.bench`: the layer through PyTorch
+#            against `kasmina bench` in the same process, torch.compile of the reference, CUDA-graph
+#            steps at the small shape).
+# The PyTorch peer and the Python parts need the package's wheel in .device: build it here with
+#   maturin build --release -m kasmina-py/Cargo.toml -o .device
+# Usage: bash benches/device-run.sh cuda|checks|sanitize|profile|variants|seedwarp|stages|goals|tests|pytests|pybench
 set -uo pipefail
 out=${OUT:-device-out}; mkdir -p "$out"
 r() { bash .device/run.sh "$@"; }
 bin=.device/bin
+# The Python package (abi3 wheel) under the machine's own Python and PyTorch, where bundled.
+if ls .device/kasmina-*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --upgrade --target /tmp/kasmina-site .device/kasmina-*.whl &&
+    export PYTHONPATH=/tmp/kasmina-site${PYTHONPATH:+:$PYTHONPATH}
+fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
 case "${1:-}" in
 cuda)
@@ -195,5 +206,15 @@ tests)
   done > "$out/gpu-tests.txt" 2>&1
   grep -E "^==|test result|panicked|FAIL|rc=" "$out/gpu-tests.txt"
   ;;
-*) echo "usage: bash benches/device-run.sh cuda|checks|sanitize|profile|variants|seedwarp|stages|goals|tests" >&2; exit 2 ;;
+pytests)
+  export PYTHONUNBUFFERED=1 KASMINA_AUTOTUNE_CACHE=/tmp/kasmina-autotune.json
+  (cd kasmina-py && KASMINA_REQUIRE_GPU=1 KASMINA_CLI="$PWD/../$bin/kasmina" timeout 540 python3 -m pytest -q \
+    -p no:cacheprovider --durations=10 tests) 2>&1 | tee "$out/pytest.txt" | tail -20
+  ;;
+pybench)
+  export PYTHONUNBUFFERED=1 KASMINA_AUTOTUNE_CACHE=/tmp/kasmina-autotune.json
+  (cd kasmina-py && timeout 540 python3 -m kasmina.bench --json "$out/bench-python.json" \
+    --markdown "$out/bench-python.md") 2>&1 | grep -v Warning | tee "$out/bench-python.txt" | tail -30
+  ;;
+*) echo "usage: bash benches/device-run.sh cuda|checks|sanitize|profile|variants|seedwarp|stages|goals|tests|pytests|pybench" >&2; exit 2 ;;
 esac

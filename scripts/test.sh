@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The whole test set-up on a fresh Debian/Ubuntu machine: installs what the tests
-# need (Mesa's lavapipe, a Vulkan device on the CPU, for the wgpu backend), then
-# checks formatting and lints and runs every test of the workspace.
+# need (Mesa's lavapipe, a Vulkan device on the CPU, for the wgpu backend; maturin,
+# pytest, numpy, torch and ruff from the Python package registry, for the Python
+# package), then checks formatting and lints and runs every test of the workspace,
+# then builds and installs the Python package from this tree and runs its tests.
 # Tests that need a GPU this machine lacks (CUDA) skip with a printed reason,
 # unless KASMINA_REQUIRE_GPU=1.
 set -euo pipefail
@@ -22,3 +24,13 @@ export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace --release
+
+# The Python package (kasmina-py): PyTorch's Linux wheel brings CUDA's libraries (about 5 GB,
+# a few minutes to fetch); the tests run on the CPU here and skip their CUDA cases.
+pip=(python3 -m pip install --quiet --disable-pip-version-check)
+python3 -c 'import maturin, pytest, numpy, torch, ruff' 2>/dev/null || "${pip[@]}" maturin pytest numpy torch ruff
+python3 -m ruff format --check kasmina-py
+python3 -m ruff check kasmina-py
+"${pip[@]}" --no-build-isolation --no-deps --force-reinstall ./kasmina-py
+cargo build --release -p kasmina   # the `kasmina` command the Python tests compare with
+KASMINA_CLI="$PWD/target/release/kasmina" python3 -m pytest -q kasmina-py/tests

@@ -78,6 +78,14 @@ impl<B: Backend> KasminaLayer<B> {
         &self.device
     }
 
+    /// The backend and the device-side layer together, for backend-specific entry
+    /// points the generic API does not cover (borrowed host or device buffers, a
+    /// caller's stream, parameters owned by a training framework). The host state
+    /// stays authoritative for everything such calls do not set.
+    pub fn parts_mut(&mut self) -> (&mut B, &mut B::Layer) {
+        (&mut self.backend, &mut self.device)
+    }
+
     /// Every transition since the layer was made (or since [`Self::drain_events`]).
     pub fn events(&self) -> &[TransitionEvent] {
         &self.events

@@ -28,6 +28,9 @@ pub enum CpuError {
     /// A state upload does not fit the layer created earlier.
     #[error("state does not match the layer: {0}")]
     StateMismatch(String),
+    /// A borrowed buffer cannot be viewed as its elements (misaligned for its dtype).
+    #[error("a borrowed buffer is not laid out as its dtype's elements: {0}")]
+    Layout(String),
 }
 
 impl From<CpuError> for Error {
@@ -36,7 +39,7 @@ impl From<CpuError> for Error {
             CpuError::OutOfMemory { .. } | CpuError::TooLarge { .. } => BackendErrorKind::OutOfMemory,
             CpuError::ThreadPool(_) => BackendErrorKind::Device,
             CpuError::UnsupportedSimd(_) => BackendErrorKind::Unsupported,
-            CpuError::StateMismatch(_) => BackendErrorKind::Unsupported,
+            CpuError::StateMismatch(_) | CpuError::Layout(_) => BackendErrorKind::Unsupported,
         };
         Error::Backend(BackendError::new("cpu", kind, e.to_string()))
     }

@@ -184,6 +184,29 @@ impl CpuLayer {
         Ok(())
     }
 
+    /// Replaces every seed's weights and scale, re-deriving the plans of the seeds
+    /// whose values changed (bit for bit), so an unchanged call costs one comparison.
+    pub(crate) fn set_params(&mut self, weights: &[f32], scales: &[f32]) -> Result<()> {
+        let (s, c) = (self.s, self.c);
+        if weights.len() != s * c {
+            return Err(kasmina_core::Error::shape("weights", s * c, weights.len()));
+        }
+        if scales.len() != s {
+            return Err(kasmina_core::Error::shape("scales", s, scales.len()));
+        }
+        let same = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+        for i in 0..s {
+            let w = &weights[i * c..(i + 1) * c];
+            if scales[i].to_bits() == self.scales[i].to_bits() && same(w, &self.weights[i * c..(i + 1) * c]) {
+                continue;
+            }
+            self.weights[i * c..(i + 1) * c].copy_from_slice(w);
+            self.scales[i] = scales[i];
+            self.build_plan(i)?;
+        }
+        Ok(())
+    }
+
     /// Derives seed `i`'s plan and padded parameter rows from the layer's own arrays.
     fn build_plan(&mut self, i: usize) -> Result<()> {
         let (c, cp) = (self.c, self.cp);

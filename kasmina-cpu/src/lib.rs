@@ -19,6 +19,9 @@
 //!   chunks are 64-byte aligned are written with non-temporal stores. Per-seed
 //!   constants (softmax of ATTENTION weights, `w * s`, clamp bounds) are computed
 //!   at upload; scratch lives in the layer, so steady-state calls do not allocate.
+//! - **Borrowed memory**: [`CpuBackend::forward_slices`] and [`CpuBackend::backward_slices`] run
+//!   on the caller's own host buffers (a PyTorch CPU tensor's storage) without copying them, and
+//!   [`CpuBackend::set_params`] takes the blueprint parameters from the caller.
 //! - **Telemetry**: per-block f32 sums of `x - K` (K near the seed's mean),
 //!   merged in f64 with Chan's formula; the `kernels` module docs give the accuracy argument.
 //!
@@ -75,8 +78,12 @@ fn nt_min_bytes() -> usize {
 }
 
 /// The CPU backend: a rayon thread pool and a SIMD level.
+///
+/// Cloning is cheap and shares the thread pool, so many layers (or a process-wide
+/// binding such as the Python package) run on one pool instead of one per layer.
+#[derive(Clone)]
 pub struct CpuBackend {
-    pool: rayon::ThreadPool,
+    pool: std::sync::Arc<rayon::ThreadPool>,
     threads: usize,
     level: SimdLevel,
     isa: Isa,
@@ -111,7 +118,7 @@ impl CpuBackend {
             .thread_name(|i| format!("kasmina-cpu-{i}"))
             .build()
             .map_err(|e| CpuError::ThreadPool(e.to_string()))?;
-        Ok(CpuBackend { pool, threads, level, isa, name: cpu_name() })
+        Ok(CpuBackend { pool: std::sync::Arc::new(pool), threads, level, isa, name: cpu_name() })
     }
 
     /// Worker threads.
@@ -122,6 +129,88 @@ impl CpuBackend {
     /// The SIMD level in use.
     pub fn simd_level(&self) -> SimdLevel {
         self.level
+    }
+
+    /// `y = layer(x)` on borrowed host memory (SPEC 5), the zero-copy path of
+    /// bindings that hand over their own buffers (a PyTorch CPU tensor's storage):
+    /// `x` and `y` hold `B * H` elements of the same dtype, rows of `H`, no
+    /// alignment required (64-byte aligned outputs are streamed past the cache).
+    pub fn forward_slices(&self, layer: &mut CpuLayer, x: HostData<'_>, y: HostDataMut<'_>) -> Result<()> {
+        let rows = Self::check_slices(layer, &[("x", x), ("y", y.as_ref())])?;
+        let (xb, mut y) = (x.as_bytes(), y);
+        let yb = y.as_bytes_mut();
+        match x.dtype() {
+            DType::F32 => self.forward_typed::<F32>(layer, cast(xb)?, cast_mut(yb)?, rows),
+            DType::F16 => self.forward_typed::<F16>(layer, cast(xb)?, cast_mut(yb)?, rows),
+            DType::BF16 => self.forward_typed::<BF16>(layer, cast(xb)?, cast_mut(yb)?, rows),
+        }
+        Ok(())
+    }
+
+    /// `dx` from `g = dL/dy` on borrowed host memory (SPEC 7), like
+    /// [`CpuBackend::forward_slices`]. The call's parameter gradients go to
+    /// `grads` when given (`dweights[S, C]` and `dscales[S]` of the caller, e.g.
+    /// the `.grad` buffers of a training framework), else to the layer (read
+    /// with [`Backend::param_grads`]); `Σ g²` is added to the accumulators.
+    pub fn backward_slices(
+        &self,
+        layer: &mut CpuLayer,
+        x: HostData<'_>,
+        g: HostData<'_>,
+        dx: HostDataMut<'_>,
+        grads: Option<(&mut [f32], &mut [f32])>,
+    ) -> Result<()> {
+        let rows = Self::check_slices(layer, &[("x", x), ("g", g), ("dx", dx.as_ref())])?;
+        if let Some((dw, ds)) = &grads {
+            if dw.len() != layer.s * layer.c {
+                return Err(kasmina_core::Error::shape("dweights", layer.s * layer.c, dw.len()));
+            }
+            if ds.len() != layer.s {
+                return Err(kasmina_core::Error::shape("dscales", layer.s, ds.len()));
+            }
+        }
+        let (xb, gb, mut dx) = (x.as_bytes(), g.as_bytes(), dx);
+        let db = dx.as_bytes_mut();
+        match x.dtype() {
+            DType::F32 => self.backward_typed::<F32>(layer, cast(xb)?, cast(gb)?, cast_mut(db)?, rows),
+            DType::F16 => self.backward_typed::<F16>(layer, cast(xb)?, cast(gb)?, cast_mut(db)?, rows),
+            DType::BF16 => self.backward_typed::<BF16>(layer, cast(xb)?, cast(gb)?, cast_mut(db)?, rows),
+        }
+        if let Some((dw, ds)) = grads {
+            dw.copy_from_slice(&layer.grads.dweights);
+            ds.copy_from_slice(&layer.grads.dscales);
+        }
+        Ok(())
+    }
+
+    /// Replaces the blueprint parameters the layer computes with (`weights[S, C]`,
+    /// `scales[S]`), re-deriving the constants of the seeds whose parameters
+    /// changed. For bindings whose framework owns the parameters (and its
+    /// optimizer updates them in place): the host [`LayerState`] is not touched,
+    /// so the device checksum follows these values until the next upload.
+    pub fn set_params(&self, layer: &mut CpuLayer, weights: &[f32], scales: &[f32]) -> Result<()> {
+        layer.set_params(weights, scales)
+    }
+
+    /// Rows of the borrowed buffers `bufs` (every one `rows * H` elements of one dtype).
+    fn check_slices(layer: &CpuLayer, bufs: &[(&str, HostData<'_>)]) -> Result<usize> {
+        let (first, x) = bufs[0];
+        if !x.len().is_multiple_of(layer.h) {
+            return Err(kasmina_core::Error::shape(
+                first,
+                format!("a multiple of H = {} elements", layer.h),
+                format!("{} elements", x.len()),
+            ));
+        }
+        for (what, b) in &bufs[1..] {
+            if b.dtype() != x.dtype() {
+                return Err(kasmina_core::Error::DType { what: (*what).into(), expected: x.dtype(), got: b.dtype() });
+            }
+            if b.len() != x.len() {
+                return Err(kasmina_core::Error::shape(*what, x.len(), b.len()));
+            }
+        }
+        Ok(x.len() / layer.h)
     }
 
     fn check_tensor(what: &str, t: &CpuTensor, rows: usize, h: usize, dtype: DType) -> Result<()> {
@@ -150,15 +239,21 @@ impl CpuBackend {
         {
             let (plan, scratch, parts) = layer.split();
             let parts = &mut parts.fwd[..nblocks * s];
-            self.pool.install(|| {
-                y.par_chunks_mut(rpb * h).zip(parts.par_chunks_mut(s)).enumerate().for_each(|(b, (yb, out))| {
-                    let xb = &x[b * rpb * h..b * rpb * h + yb.len()];
-                    let mut sc = lock_scratch(scratch);
-                    // SAFETY: `xb` and `yb` hold the same whole rows of H elements;
-                    // the scratch was sized for this layer's S and C.
-                    unsafe { dispatch::forward::<D>(isa, nt, &plan, xb, yb, &mut sc, out) };
+            let block = |(b, (yb, out)): (usize, (&mut [D::Raw], &mut [kasmina_core::Moments]))| {
+                let xb = &x[b * rpb * h..b * rpb * h + yb.len()];
+                let mut sc = lock_scratch(scratch);
+                // SAFETY: `xb` and `yb` hold the same whole rows of H elements;
+                // the scratch was sized for this layer's S and C.
+                unsafe { dispatch::forward::<D>(isa, nt, &plan, xb, yb, &mut sc, out) };
+            };
+            if nblocks <= 1 {
+                // One block: the calling thread runs it (waking the pool would cost more).
+                y.chunks_mut(rpb * h).zip(parts.chunks_mut(s)).enumerate().for_each(block);
+            } else {
+                self.pool.install(|| {
+                    y.par_chunks_mut(rpb * h).zip(parts.par_chunks_mut(s)).enumerate().for_each(block);
                 });
-            });
+            }
         }
         layer.merge_forward(nblocks);
     }
@@ -177,26 +272,45 @@ impl CpuBackend {
             let cols = &mut parts.col[..nblocks * s * cp];
             let scals = &mut parts.scal[..nblocks * s * 4];
             let gsqs = &mut parts.gsq[..nblocks * s];
-            self.pool.install(|| {
-                dx.par_chunks_mut(rpb * h)
-                    .zip(cols.par_chunks_mut(s * cp))
-                    .zip(scals.par_chunks_mut(s * 4))
-                    .zip(gsqs.par_chunks_mut(s))
+            type Slots<'a, R> = (((&'a mut [R], &'a mut [f32]), &'a mut [f64]), &'a mut [f64]);
+            let block = |(b, (((db, col), scal), gsq)): (usize, Slots<'_, D::Raw>)| {
+                let range = b * rpb * h..b * rpb * h + db.len();
+                let mut sc = lock_scratch(scratch);
+                let part = BwdPartial { col, scal, gsq };
+                // SAFETY: `x`, `g` and `db` cover the same whole rows; scratch and
+                // partials were sized for this layer's S, C and block count.
+                unsafe { dispatch::backward::<D>(isa, nt, &plan, &x[range.clone()], &g[range], db, &mut sc, part) };
+            };
+            if nblocks <= 1 {
+                dx.chunks_mut(rpb * h)
+                    .zip(cols.chunks_mut(s * cp))
+                    .zip(scals.chunks_mut(s * 4))
+                    .zip(gsqs.chunks_mut(s))
                     .enumerate()
-                    .for_each(|(b, (((db, col), scal), gsq))| {
-                        let range = b * rpb * h..b * rpb * h + db.len();
-                        let mut sc = lock_scratch(scratch);
-                        let part = BwdPartial { col, scal, gsq };
-                        // SAFETY: `x`, `g` and `db` cover the same whole rows; scratch and
-                        // partials were sized for this layer's S, C and block count.
-                        unsafe {
-                            dispatch::backward::<D>(isa, nt, &plan, &x[range.clone()], &g[range], db, &mut sc, part)
-                        };
-                    });
-            });
+                    .for_each(block);
+            } else {
+                self.pool.install(|| {
+                    dx.par_chunks_mut(rpb * h)
+                        .zip(cols.par_chunks_mut(s * cp))
+                        .zip(scals.par_chunks_mut(s * 4))
+                        .zip(gsqs.par_chunks_mut(s))
+                        .enumerate()
+                        .for_each(block);
+                });
+            }
         }
         layer.merge_backward(nblocks);
     }
+}
+
+/// The elements' bytes as the kernels' raw values (f32 bits or u16).
+fn cast<T: bytemuck::Pod>(b: &[u8]) -> Result<&[T]> {
+    bytemuck::try_cast_slice(b).map_err(|e| CpuError::Layout(e.to_string()).into())
+}
+
+/// The elements' bytes as the kernels' raw values, mutable.
+fn cast_mut<T: bytemuck::Pod>(b: &mut [u8]) -> Result<&mut [T]> {
+    bytemuck::try_cast_slice_mut(b).map_err(|e| CpuError::Layout(e.to_string()).into())
 }
 
 /// Locks a free per-thread scratch: the one of the current pool thread (each
@@ -298,12 +412,7 @@ impl Backend for CpuBackend {
         let rows = x.rows();
         Self::check_tensor("x", x, rows, layer.h, x.dtype())?;
         Self::check_tensor("y", y, rows, layer.h, x.dtype())?;
-        match x.dtype() {
-            DType::F32 => self.forward_typed::<F32>(layer, x.raw(), y.raw_mut(), rows),
-            DType::F16 => self.forward_typed::<F16>(layer, x.raw(), y.raw_mut(), rows),
-            DType::BF16 => self.forward_typed::<BF16>(layer, x.raw(), y.raw_mut(), rows),
-        }
-        Ok(())
+        self.forward_slices(layer, x.view(), y.view_mut())
     }
 
     fn backward(&self, layer: &mut CpuLayer, x: &CpuTensor, g: &CpuTensor, dx: &mut CpuTensor) -> Result<()> {
@@ -311,12 +420,7 @@ impl Backend for CpuBackend {
         Self::check_tensor("x", x, rows, layer.h, x.dtype())?;
         Self::check_tensor("g", g, rows, layer.h, x.dtype())?;
         Self::check_tensor("dx", dx, rows, layer.h, x.dtype())?;
-        match x.dtype() {
-            DType::F32 => self.backward_typed::<F32>(layer, x.raw(), g.raw(), dx.raw_mut(), rows),
-            DType::F16 => self.backward_typed::<F16>(layer, x.raw(), g.raw(), dx.raw_mut(), rows),
-            DType::BF16 => self.backward_typed::<BF16>(layer, x.raw(), g.raw(), dx.raw_mut(), rows),
-        }
-        Ok(())
+        self.backward_slices(layer, x.view(), g.view(), dx.view_mut(), None)
     }
 
     fn param_grads(&self, layer: &CpuLayer) -> Result<ParamGrads> {

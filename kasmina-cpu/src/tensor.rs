@@ -100,14 +100,4 @@ impl CpuTensor {
             DType::BF16 => HostDataMut::BF16(bytemuck::cast_slice_mut::<u8, bf16>(b)),
         }
     }
-
-    /// The elements as raw values of type `T` (f32 or u16), for the kernels.
-    pub(crate) fn raw<T: Pod>(&self) -> &[T] {
-        bytemuck::cast_slice(self.as_bytes())
-    }
-
-    /// The elements as raw values of type `T`, mutable.
-    pub(crate) fn raw_mut<T: Pod>(&mut self) -> &mut [T] {
-        bytemuck::cast_slice_mut(self.as_bytes_mut())
-    }
 }

@@ -13,7 +13,7 @@ use kasmina_core::{
 
 use crate::autotune::{DEFAULT_UNROLL, KernelConfig, TuneKey, Tuner, shape_bucket};
 use crate::error::{CudaError, CudaResult, DriverContext};
-use crate::kernels::{KERNEL_SOURCE, Kernels, arch_name, vector_widths, widest_vector};
+use crate::kernels::{KERNEL_SOURCE, Kernels, PlanKernel, arch_name, vector_widths, widest_vector};
 use crate::layer::{
     Acc, ColCoef, CudaLayer, GraphKey, Scratch, SeedConst, SeedDerived, SeedRecord, seed_const, seed_record,
 };
@@ -52,16 +52,41 @@ const FUSED_MERGE_MAX_SLOTS: usize = 2048;
 /// sets the warp-per-seed forward's tiles, hence its candidates).
 type PickKey = (&'static str, DType, usize, usize, usize);
 
-/// A device tensor `[rows, cols]` in one dtype.
+/// The loaded portable modules by (dtype, vector width).
+type Modules = HashMap<(DType, u32), Arc<Kernels>>;
+
+/// A device tensor `[rows, cols]` in one dtype: memory the backend allocated, or
+/// memory it borrows from the caller ([`CudaBackend::borrow_tensor`]), which it
+/// never frees.
 #[derive(Debug)]
 pub struct CudaTensor {
-    buf: CudaSlice<u8>,
+    /// Dropped by hand: freed when owned, released untouched when borrowed.
+    buf: std::mem::ManuallyDrop<CudaSlice<u8>>,
+    borrowed: bool,
     rows: usize,
     cols: usize,
     dtype: DType,
 }
 
+impl Drop for CudaTensor {
+    fn drop(&mut self) {
+        // SAFETY: `buf` is taken exactly once, here, and never used again.
+        let buf = unsafe { std::mem::ManuallyDrop::take(&mut self.buf) };
+        if self.borrowed {
+            // The caller owns the memory: forget the handle without freeing it.
+            let _ = buf.leak();
+        } else {
+            drop(buf);
+        }
+    }
+}
+
 impl CudaTensor {
+    /// Whether the memory belongs to the caller (see [`CudaBackend::borrow_tensor`]).
+    pub fn is_borrowed(&self) -> bool {
+        self.borrowed
+    }
+
     /// Bytes the tensor's elements occupy.
     pub fn num_bytes(&self) -> usize {
         self.rows * self.cols * self.dtype.size_bytes()
@@ -84,7 +109,10 @@ impl DeviceTensor for CudaTensor {
 /// run time) and kernels compiled by NVRTC for the device's architecture.
 ///
 /// All work goes to one stream, in order; tensors and layer state stay on the
-/// device between calls. The fused kernels' launch configuration is autotuned
+/// device between calls. The stream is the backend's own, or a caller's
+/// ([`CudaBackend::set_stream`], e.g. PyTorch's current stream). Clones are cheap
+/// and share the context, the compiled modules and the autotuner; each clone has
+/// its own stream setting. The fused kernels' launch configuration is autotuned
 /// once per key and cached on disk (see [`crate::autotune`]).
 ///
 /// Environment switches of the portable kernels, read when the backend opens:
@@ -111,18 +139,24 @@ impl DeviceTensor for CudaTensor {
 ///   branch on finite rows (the typed one, default since it measured faster on the H100, gives
 ///   the same bits).
 /// - `KASMINA_AUTOTUNE_LOG=1`: print every candidate's time while tuning.
+#[derive(Clone)]
 pub struct CudaBackend {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
+    /// Whether `stream` belongs to the caller ([`CudaBackend::set_stream`]): no graph of
+    /// the backend's own is captured on it (the caller may be capturing one).
+    borrowed_stream: bool,
     ordinal: usize,
     name: String,
     cc: (i32, i32),
     arch: &'static str,
     sms: u32,
-    modules: Mutex<HashMap<(DType, u32), Arc<Kernels>>>,
-    tuner: Mutex<Tuner>,
+    modules: Arc<Mutex<Modules>>,
+    /// The parameter-plan kernel (compiled on first use, see [`CudaBackend::use_params`]).
+    plan: Arc<Mutex<Option<Arc<PlanKernel>>>>,
+    tuner: Arc<Mutex<Tuner>>,
     /// Configurations already picked, by exact (op, dtype, rows, cols): the per-call fast path.
-    picked: Mutex<HashMap<PickKey, KernelConfig>>,
+    picked: Arc<Mutex<HashMap<PickKey, KernelConfig>>>,
     /// Whether small calls replay CUDA graphs (`KASMINA_CUDA_GRAPHS=off` disables them).
     graphs: bool,
     /// Whether the seed-uniform kernels are used where they apply
@@ -143,7 +177,7 @@ pub struct CudaBackend {
     /// its own op name).
     bwd_typed: bool,
     /// The Hopper path (issue 7): kernel family setting, its modules and picks (see `hopper.rs`).
-    hopper: hopper::HopperState,
+    hopper: Arc<hopper::HopperState>,
 }
 
 /// What the autotuner may try beyond the base candidates (rows in powers of two up to 256,
@@ -206,6 +240,20 @@ pub(crate) fn env_on(name: &str) -> bool {
 /// Whether environment variable `name` is set to off / 0 / false / no.
 fn env_off(name: &str) -> bool {
     matches!(std::env::var(name).map(|v| v.to_ascii_lowercase()).as_deref(), Ok("off" | "0" | "false" | "no"))
+}
+
+/// Checks a caller's device address: non-null when `bytes > 0`, a multiple of `align`.
+fn check_device_address(what: &str, ptr: u64, bytes: usize, align: u64) -> CudaResult<()> {
+    if bytes > 0 && ptr == 0 {
+        return Err(CudaError::Unsupported(format!("{what}: null device address for {bytes} bytes")));
+    }
+    if !ptr.is_multiple_of(align) {
+        return Err(CudaError::Unsupported(format!(
+            "{what}: device address {ptr:#x} is not {align}-byte aligned (the kernels move {align}-byte \
+             values); pass memory that starts on a {align}-byte boundary (e.g. a fresh copy)"
+        )));
+    }
+    Ok(())
 }
 
 fn unavailable_if_no_device(e: CudaError) -> CudaError {
@@ -386,14 +434,16 @@ impl CudaBackend {
         Ok(Self {
             ctx,
             stream,
+            borrowed_stream: false,
             ordinal,
             name,
             cc,
             arch: arch_name(cc),
             sms,
-            modules: Mutex::new(HashMap::new()),
-            tuner: Mutex::new(tuner),
-            picked: Mutex::new(HashMap::new()),
+            modules: Default::default(),
+            plan: Default::default(),
+            tuner: Arc::new(Mutex::new(tuner)),
+            picked: Default::default(),
             graphs: !env_off("KASMINA_CUDA_GRAPHS"),
             uniform: !env_off("KASMINA_CUDA_UNIFORM"),
             fused_merge: env_on("KASMINA_CUDA_FUSED_MERGE"),
@@ -401,7 +451,7 @@ impl CudaBackend {
             seedwarp: !env_off("KASMINA_CUDA_SEEDWARP"),
             tune_opts: TuneOptions::from_env(),
             bwd_typed: !env_off("KASMINA_CUDA_BWD_TYPED"),
-            hopper: hopper::HopperState::new(CudaPath::from_env()),
+            hopper: Arc::new(hopper::HopperState::new(CudaPath::from_env())),
         })
     }
 
@@ -425,6 +475,139 @@ impl CudaBackend {
     /// The device's compute capability.
     pub fn compute_capability(&self) -> (i32, i32) {
         self.cc
+    }
+
+    /// Queues this backend's work on `stream`, a stream of this device's primary context
+    /// owned by the caller (PyTorch's `torch.cuda.current_stream().cuda_stream`; null is the
+    /// legacy default stream). Work queued on the previous stream runs first (the new stream
+    /// waits on an event; the host does not wait), except when the new stream is capturing a
+    /// graph, whose caller orders earlier work itself. No graph of the backend's own is captured
+    /// on a caller's stream, and autotuning or growing a layer's memory is refused while the
+    /// caller captures one. Setting the same stream again costs nothing.
+    ///
+    /// Layers are best created with the stream they will run on already set: their memory is
+    /// then freed in that stream's order. A layer used on several streams waits for the device
+    /// when it is dropped.
+    ///
+    /// # Safety
+    /// `stream` must be null or a valid stream of this device's primary context, and stay
+    /// valid while this backend, or memory allocated through it, is in use.
+    pub unsafe fn set_stream(&mut self, stream: cudarc::driver::sys::CUstream) -> Result<()> {
+        if self.borrowed_stream && self.stream.cu_stream() == stream {
+            return Ok(());
+        }
+        // SAFETY: the caller vouches for `stream` (see above).
+        let next = unsafe { self.ctx.wrap_borrowed_stream(stream) };
+        // A stream that is capturing a graph cannot wait on work outside it; the caller ordered
+        // that work before the capture began (torch.cuda.graph synchronizes the device first).
+        let capturing = next.capture_status().ctx("reading the stream's capture status")?
+            != cudarc::driver::sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE;
+        if next.cu_stream() != self.stream.cu_stream() && !capturing {
+            next.join(&self.stream).ctx("ordering the new stream after the previous one")?;
+        }
+        self.stream = next;
+        self.borrowed_stream = true;
+        Ok(())
+    }
+
+    /// The raw handle of the stream this backend queues work on.
+    pub fn stream_handle(&self) -> cudarc::driver::sys::CUstream {
+        self.stream.cu_stream()
+    }
+
+    /// A tensor over `rows * cols` elements of `dtype` at device address `ptr`, memory the
+    /// caller owns (a PyTorch CUDA tensor's `data_ptr()`): kernels read or write it in place
+    /// and dropping the tensor leaves the memory alone. The address must be 16-byte aligned
+    /// (the kernels move 16-byte vectors); an unaligned one is an error, never a fault.
+    ///
+    /// # Safety
+    /// `ptr` must address at least `rows * cols` elements of `dtype` in this device's memory
+    /// (any context of the device), valid and not written by anything else for as long as the
+    /// tensor and the work queued with it live.
+    pub unsafe fn borrow_tensor(&self, ptr: u64, rows: usize, cols: usize, dtype: DType) -> Result<CudaTensor> {
+        let bytes = rows
+            .checked_mul(cols)
+            .and_then(|n| n.checked_mul(dtype.size_bytes()))
+            .ok_or_else(|| CudaError::Unsupported(format!("a [{rows}, {cols}] {dtype} tensor is too large")))?;
+        check_device_address("tensor", ptr, bytes, 16)?;
+        // SAFETY: the caller vouches for the memory; the handle is leaked, not freed, on drop.
+        let buf = unsafe { self.stream.upgrade_device_ptr::<u8>(ptr, bytes) };
+        Ok(CudaTensor { buf: std::mem::ManuallyDrop::new(buf), borrowed: true, rows, cols, dtype })
+    }
+
+    /// Takes the blueprint parameters from device memory the caller owns: `weights` holds
+    /// `S * C` and `scales` `S` f32 values (a PyTorch module's parameters, which its optimizer
+    /// updates in place). One small kernel on the stream (`kernels/plan.cu`) re-derives every
+    /// seed's kernel constants from them, so the forward and backward queued after it compute
+    /// with these values, and the device's copy of the parameters (what the device checksum
+    /// covers) becomes theirs. No host round trip. While every seed is an identity nothing reads
+    /// the parameters: no kernel is launched and the device copy stays as the last upload left it.
+    ///
+    /// # Safety
+    /// `weights` and `scales` must address `S * C` and `S` f32 values in this device's memory,
+    /// unchanged until the work queued here has run.
+    pub unsafe fn use_params(&self, layer: &mut CudaLayer, weights: u64, scales: u64) -> Result<()> {
+        self.enter(layer);
+        check_device_address("weights", weights, layer.s * layer.c * 4, 4)?;
+        check_device_address("scales", scales, layer.s * 4, 4)?;
+        if !layer.any_active() {
+            // Identity seeds read no parameter: nothing to derive (a state upload that activates a
+            // seed writes its constants from the host copy, and the next call takes these again).
+            return Ok(());
+        }
+        let k = self.plan_kernel()?;
+        let threads = ((layer.c as u32).div_ceil(32) * 32).clamp(32, 256);
+        let cfg = LaunchConfig { grid_dim: (layer.s as u32, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
+        let c = layer.c as u32;
+        let mut lb = self.stream.launch_builder(&k.plan);
+        lb.arg(&weights)
+            .arg(&scales)
+            .arg(&c)
+            .arg(&mut layer.consts)
+            .arg(&mut layer.coef)
+            .arg(&mut layer.colc)
+            .arg(&mut layer.records)
+            .arg(&mut layer.weights);
+        // SAFETY: the arguments match kasmina_plan's parameters; the caller vouched for weights
+        // (S*C floats) and scales (S floats); consts, records hold S records, coef and colc H
+        // entries and the layer's weights S*C floats; one block of whole warps per seed.
+        unsafe { lb.launch(cfg) }.map_err(|e| CudaError::driver("launching kasmina_plan", e))?;
+        Ok(())
+    }
+
+    /// [`Backend::backward`] writing this call's parameter gradients to device memory the
+    /// caller owns (`dweights`: `S * C` f32, `dscales`: `S` f32, e.g. fresh PyTorch tensors that
+    /// autograd then accumulates into `.grad`) instead of the layer's own buffers.
+    ///
+    /// # Safety
+    /// `dweights` and `dscales` must address `S * C` and `S` writable f32 values in this
+    /// device's memory, not used by anything else until the work queued here has run.
+    pub unsafe fn backward_into(
+        &self,
+        layer: &mut CudaLayer,
+        x: &CudaTensor,
+        g: &CudaTensor,
+        dx: &mut CudaTensor,
+        dweights: u64,
+        dscales: u64,
+    ) -> Result<()> {
+        check_device_address("dweights", dweights, layer.s * layer.c * 4, 4)?;
+        check_device_address("dscales", dscales, layer.s * 4, 4)?;
+        layer.grad_dst = Some((dweights, dscales));
+        let out = self.backward(layer, x, g, dx);
+        layer.grad_dst = None;
+        out
+    }
+
+    /// The parameter-plan kernel, compiled and loaded on first use.
+    fn plan_kernel(&self) -> CudaResult<Arc<PlanKernel>> {
+        let mut p = self.plan.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(k) = p.as_ref() {
+            return Ok(k.clone());
+        }
+        let k = Arc::new(PlanKernel::load(&self.ctx, self.arch)?);
+        *p = Some(k.clone());
+        Ok(k)
     }
 
     /// The kernels of one dtype and vector width (compiled on first use).
@@ -555,6 +738,7 @@ impl CudaBackend {
 
     /// Average milliseconds of `f` over a few runs, after one warm-up, with CUDA events.
     fn time_avg(&self, reps: usize, f: &mut dyn FnMut() -> CudaResult<()>) -> CudaResult<f64> {
+        crate::layer::refuse_while_capturing(&self.stream, "autotuning a launch configuration")?;
         f()?;
         let start = self.ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).ctx("creating an event")?;
         let end = self.ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).ctx("creating an event")?;
@@ -695,8 +879,8 @@ impl CudaBackend {
         let part = layer.part.ensure(&self.stream, g.slots() * PARTIAL_BYTES)?;
         let (b, h, c, r, segs) = (x.rows as u64, layer.h as u32, layer.c as u32, cfg.rows, g.segs);
         let mut lb = self.stream.launch_builder(f);
-        lb.arg(&x.buf)
-            .arg(&mut y.buf)
+        lb.arg(&*x.buf)
+            .arg(&mut *y.buf)
             .arg(&b)
             .arg(&h)
             .arg(&c)
@@ -796,9 +980,9 @@ impl CudaBackend {
         let ppart = layer.ppart.ensure(&self.stream, pbytes)?;
         let (b, h, c, r, segs) = (x.rows as u64, layer.h as u32, layer.c as u32, cfg.rows, g.segs);
         let mut lb = self.stream.launch_builder(f);
-        lb.arg(&x.buf)
-            .arg(&gt.buf)
-            .arg(&mut dx.buf)
+        lb.arg(&*x.buf)
+            .arg(&*gt.buf)
+            .arg(&mut *dx.buf)
             .arg(&b)
             .arg(&h)
             .arg(&c)
@@ -847,6 +1031,7 @@ impl CudaBackend {
             unsafe { lb.launch(cfg) }.ctx("launching kasmina_bwd_colsum")?;
         }
         let Some(finalize) = finalize else { return Ok(()) };
+        let (dw, ds) = self.grad_targets(layer);
         let gpart = layer.gpart.ensure(&self.stream, p.slots() * 4)?;
         let mut lb = self.stream.launch_builder(finalize);
         lb.arg(&*gpart)
@@ -858,12 +1043,13 @@ impl CudaBackend {
             .arg(&c)
             .arg(&layer.consts)
             .arg(&layer.coef)
-            .arg(&mut layer.dweights)
-            .arg(&mut layer.dscales)
+            .arg(&dw)
+            .arg(&ds)
             .arg(&mut layer.gnorm)
             .arg(&mut layer.acc_g2);
         let cfg = LaunchConfig { grid_dim: (s, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
-        // SAFETY: arguments match kasmina_bwd_finalize; every buffer has its documented length.
+        // SAFETY: arguments match kasmina_bwd_finalize; every buffer has its documented length
+        // (dw and ds: the layer's dweights / dscales, or the caller's, checked by backward_into).
         unsafe { lb.launch(cfg) }.ctx("launching kasmina_bwd_finalize")?;
         Ok(())
     }
@@ -973,6 +1159,10 @@ impl CudaBackend {
             ppart: Scratch::default(),
             flags: vec![0; s],
             graphs: Default::default(),
+            grad_dst: None,
+            home: self.stream.cu_stream() as usize,
+            foreign: false,
+            ctx: self.ctx.clone(),
         };
         Self::check_sizes(&layer)?;
         self.write_all(&mut layer, state)?;
@@ -1080,7 +1270,11 @@ impl CudaBackend {
             self.launch_fwd_main(layer, x, y, cfg, fuse)?;
             if fuse { Ok(()) } else { self.launch_fwd_merge(layer, dtype, &g) }
         };
-        if self.graphs && x.num_bytes() <= GRAPH_MAX_BYTES { self.graphed(layer, key, &mut run) } else { run(layer) }
+        if self.graphs_on(layer) && x.num_bytes() <= GRAPH_MAX_BYTES {
+            self.graphed(layer, key, &mut run)
+        } else {
+            run(layer)
+        }
     }
 
     /// Whether a forward of `rows` rows and chunks of `c` columns is small enough for one block
@@ -1115,8 +1309,8 @@ impl CudaBackend {
         let (b, h, c) = (x.rows as u64, layer.h as u32, layer.c as u32);
         let mut run = |layer: &mut CudaLayer| {
             let mut lb = self.stream.launch_builder(&k.fwd_seed);
-            lb.arg(&x.buf)
-                .arg(&mut y.buf)
+            lb.arg(&*x.buf)
+                .arg(&mut *y.buf)
                 .arg(&b)
                 .arg(&h)
                 .arg(&c)
@@ -1132,7 +1326,7 @@ impl CudaBackend {
             unsafe { lb.launch(launch) }.ctx("launching kasmina_fwd_seed")?;
             Ok(())
         };
-        if self.graphs { self.graphed(layer, key, &mut run) } else { run(layer) }
+        if self.graphs_on(layer) { self.graphed(layer, key, &mut run) } else { run(layer) }
     }
 
     /// Backward on the family [`CudaPath`] picks (Hopper path, issue 7), else the portable kernels.
@@ -1158,10 +1352,7 @@ impl CudaBackend {
         dx: &mut CudaTensor,
     ) -> CudaResult<()> {
         if x.rows == 0 {
-            let st = &self.stream;
-            st.memset_zeros(&mut layer.dweights).ctx("clearing gradients")?;
-            st.memset_zeros(&mut layer.dscales).ctx("clearing gradients")?;
-            return st.memset_zeros(&mut layer.gnorm).ctx("clearing gradients");
+            return self.clear_grads(layer);
         }
         let bytes = 3 * x.num_bytes();
         let op = self.op_name(layer, true);
@@ -1193,7 +1384,54 @@ impl CudaBackend {
             self.launch_bwd_main(layer, x, g, dx, cfg)?;
             self.launch_bwd_tail(layer, dtype, &geo, true)
         };
-        if self.graphs && x.num_bytes() <= GRAPH_MAX_BYTES { self.graphed(layer, key, &mut run) } else { run(layer) }
+        if self.graphs_on(layer) && x.num_bytes() <= GRAPH_MAX_BYTES {
+            self.graphed(layer, key, &mut run)
+        } else {
+            run(layer)
+        }
+    }
+
+    /// Zero gradients for a call without rows: the layer's buffers or the caller's.
+    pub(crate) fn clear_grads(&self, layer: &mut CudaLayer) -> CudaResult<()> {
+        let st = &self.stream;
+        match layer.grad_dst {
+            Some((dw, ds)) => {
+                let (nw, ns) = (layer.s * layer.c * 4, layer.s * 4);
+                // SAFETY: backward_into's caller promised S*C and S f32 values at these addresses.
+                unsafe {
+                    cudarc::driver::result::memset_d8_async(dw, 0, nw, st.cu_stream()).ctx("clearing gradients")?;
+                    cudarc::driver::result::memset_d8_async(ds, 0, ns, st.cu_stream()).ctx("clearing gradients")?;
+                }
+            }
+            None => {
+                st.memset_zeros(&mut layer.dweights).ctx("clearing gradients")?;
+                st.memset_zeros(&mut layer.dscales).ctx("clearing gradients")?;
+            }
+        }
+        st.memset_zeros(&mut layer.gnorm).ctx("clearing gradients")
+    }
+
+    /// The device addresses the next backward writes `dweights` and `dscales` to.
+    fn grad_targets(&self, layer: &CudaLayer) -> (u64, u64) {
+        layer.grad_dst.unwrap_or_else(|| {
+            let (dw, _sync) = layer.dweights.device_ptr(&self.stream);
+            let (ds, _sync) = layer.dscales.device_ptr(&self.stream);
+            (dw, ds)
+        })
+    }
+
+    /// Whether this call may capture or replay a graph of the backend's own: not on a
+    /// caller's stream (the caller may be capturing one itself), not with caller-owned
+    /// gradient buffers (a graph would bake their addresses in).
+    fn graphs_on(&self, layer: &CudaLayer) -> bool {
+        self.graphs && !self.borrowed_stream && layer.grad_dst.is_none()
+    }
+
+    /// Notes work of `layer` on the current stream (see `CudaLayer::foreign`).
+    fn enter(&self, layer: &mut CudaLayer) {
+        if self.stream.cu_stream() as usize != layer.home {
+            layer.foreign = true;
+        }
     }
 
     fn read_vec<T: cudarc::driver::DeviceRepr + Default + Clone>(
@@ -1238,7 +1476,7 @@ impl Backend for CudaBackend {
         // SAFETY: the contents are unspecified by the trait; every element is written by
         // `write`, a kernel or a copy before it is read.
         let buf = unsafe { self.stream.alloc::<u8>(bytes.max(16)) }.ctx("allocating a tensor")?;
-        Ok(CudaTensor { buf, rows, cols, dtype })
+        Ok(CudaTensor { buf: std::mem::ManuallyDrop::new(buf), borrowed: false, rows, cols, dtype })
     }
 
     fn write(&self, tensor: &mut CudaTensor, data: HostData<'_>) -> Result<()> {
@@ -1276,6 +1514,7 @@ impl Backend for CudaBackend {
     }
 
     fn upload(&self, layer: &mut CudaLayer, state: &LayerState, changed: StateChange<'_>) -> Result<()> {
+        self.enter(layer);
         Self::check_upload_shape(layer, state)?;
         match changed {
             StateChange::All => self.write_all(layer, state)?,
@@ -1295,12 +1534,14 @@ impl Backend for CudaBackend {
     }
 
     fn forward(&self, layer: &mut CudaLayer, x: &CudaTensor, y: &mut CudaTensor) -> Result<()> {
+        self.enter(layer);
         Self::check_layer_tensor(layer, "x", x, x.rows, x.dtype)?;
         Self::check_layer_tensor(layer, "y", y, x.rows, x.dtype)?;
         Ok(self.forward_impl(layer, x, y)?)
     }
 
     fn backward(&self, layer: &mut CudaLayer, x: &CudaTensor, g: &CudaTensor, dx: &mut CudaTensor) -> Result<()> {
+        self.enter(layer);
         Self::check_layer_tensor(layer, "x", x, x.rows, x.dtype)?;
         Self::check_layer_tensor(layer, "g", g, x.rows, x.dtype)?;
         Self::check_layer_tensor(layer, "dx", dx, x.rows, x.dtype)?;

@@ -527,7 +527,7 @@ impl CudaBackend {
     /// [`CudaBackend::new`] reads both from the environment (`KASMINA_CUDA_PATH`).
     pub fn with_options(ordinal: usize, tuner: crate::autotune::Tuner, path: CudaPath) -> kasmina_core::Result<Self> {
         let mut b = Self::open(ordinal, tuner)?;
-        b.hopper = HopperState::new(path);
+        b.hopper = std::sync::Arc::new(HopperState::new(path));
         Ok(b)
     }
 
@@ -837,7 +837,7 @@ impl CudaBackend {
         let mut lb = self.stream.launch_builder(f);
         lb.arg(&tmx)
             .arg(&tmy)
-            .arg(&x.buf)
+            .arg(&*x.buf)
             .arg(&b)
             .arg(&h)
             .arg(&c)
@@ -910,8 +910,8 @@ impl CudaBackend {
             lb.arg(&tmx)
                 .arg(&tmg)
                 .arg(&tmdx)
-                .arg(&x.buf)
-                .arg(&gt.buf)
+                .arg(&*x.buf)
+                .arg(&*gt.buf)
                 .arg(&b)
                 .arg(&h)
                 .arg(&c)

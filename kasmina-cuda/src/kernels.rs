@@ -19,6 +19,9 @@ use crate::error::{CudaError, CudaResult, DriverContext};
 /// The kernel source (SPEC 5 and 7), compiled at run time.
 pub const KERNEL_SOURCE: &str = include_str!("kernels/kasmina.cu");
 
+/// The parameter-plan kernel's source (kernel constants from device-resident parameters).
+pub const PLAN_SOURCE: &str = include_str!("kernels/plan.cu");
+
 /// Vector widths the source instantiates for a dtype (elements per thread and load).
 pub fn vector_widths(dtype: DType) -> &'static [u32] {
     match dtype {
@@ -150,6 +153,17 @@ pub fn compile(arch: &'static str, dtype: DType, vec: u32) -> CudaResult<Ptx> {
     if let Some(p) = ptx_cache().lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
         return Ok(p.clone());
     }
+    let options = ["--std=c++17".into(), format!("-DKASMINA_DT={}", dtype_macro(dtype)), format!("-DKASMINA_V={vec}")]
+        .into_iter()
+        .chain(experiment_defines())
+        .collect();
+    let ptx = nvrtc(KERNEL_SOURCE, format!("kasmina_{}_v{vec}.cu", dtype.name()), arch, options)?;
+    ptx_cache().lock().unwrap_or_else(|p| p.into_inner()).insert(key, ptx.clone());
+    Ok(ptx)
+}
+
+/// Compiles `source` (named `name` in NVRTC's messages) for `arch` with `options`.
+fn nvrtc(source: &str, name: String, arch: &'static str, options: Vec<String>) -> CudaResult<Ptx> {
     // SAFETY: only tries to dlopen libnvrtc by its usual names; nothing is called yet.
     if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
         return Err(CudaError::Unavailable(
@@ -158,25 +172,33 @@ pub fn compile(arch: &'static str, dtype: DType, vec: u32) -> CudaResult<Ptx> {
                 .into(),
         ));
     }
-    let name = format!("kasmina_{}_v{vec}.cu", dtype.name());
-    let opts = CompileOptions {
-        arch: Some(arch),
-        options: ["--std=c++17".into(), format!("-DKASMINA_DT={}", dtype_macro(dtype)), format!("-DKASMINA_V={vec}")]
-            .into_iter()
-            .chain(experiment_defines())
-            .collect(),
-        name: Some(name.clone()),
-        ..Default::default()
-    };
-    let ptx = compile_ptx_with_opts(KERNEL_SOURCE, opts).map_err(|e| CudaError::Compile {
+    let opts = CompileOptions { arch: Some(arch), options, name: Some(name.clone()), ..Default::default() };
+    compile_ptx_with_opts(source, opts).map_err(|e| CudaError::Compile {
         module: name,
         log: match e {
             CompileError::CompileError { log, .. } => log.to_string_lossy().into_owned(),
             other => other.to_string(),
         },
-    })?;
-    ptx_cache().lock().unwrap_or_else(|p| p.into_inner()).insert(key, ptx.clone());
-    Ok(ptx)
+    })
+}
+
+/// The parameter-plan kernel (`kernels/plan.cu`), loaded into one context.
+#[derive(Debug)]
+pub(crate) struct PlanKernel {
+    /// Keeps the module loaded.
+    _module: Arc<CudaModule>,
+    /// `kasmina_plan`: one block per seed.
+    pub plan: CudaFunction,
+}
+
+impl PlanKernel {
+    /// Compiles `kernels/plan.cu` for `arch` and loads it into `ctx`.
+    pub(crate) fn load(ctx: &Arc<CudaContext>, arch: &'static str) -> CudaResult<Self> {
+        let ptx = nvrtc(PLAN_SOURCE, "kasmina_plan.cu".into(), arch, vec!["--std=c++17".into()])?;
+        let module = ctx.load_module(ptx).ctx("loading the plan module")?;
+        let plan = module.load_function("kasmina_plan").ctx("loading kernel kasmina_plan")?;
+        Ok(Self { _module: module, plan })
+    }
 }
 
 /// The functions of one loaded module.
@@ -357,5 +379,8 @@ mod tests {
                 }
             }
         }
+        let plan = nvrtc(PLAN_SOURCE, "kasmina_plan.cu".into(), "sm_80", vec!["--std=c++17".into()])
+            .unwrap_or_else(|e| panic!("plan: {e}"));
+        assert!(plan.to_src().contains(".entry kasmina_plan("), "the plan module lacks kasmina_plan");
     }
 }

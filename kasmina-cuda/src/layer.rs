@@ -91,10 +91,20 @@ pub(crate) struct Scratch {
 }
 
 impl Scratch {
-    /// At least `bytes` bytes (contents unspecified).
+    /// At least `bytes` bytes (contents unspecified), allocated on `stream` when it grows.
+    /// Growing is refused while `stream` is capturing a CUDA graph (run the call once
+    /// before capturing, so the graph never owns the layer's memory).
     pub(crate) fn ensure(&mut self, stream: &Arc<CudaStream>, bytes: usize) -> CudaResult<&mut CudaSlice<u8>> {
         let bytes = bytes.max(16);
         if self.buf.as_ref().is_none_or(|b| b.len() < bytes) {
+            refuse_while_capturing(stream, "growing the layer's scratch memory")?;
+            if let Some(old) = &self.buf
+                && old.stream().cu_stream() != stream.cu_stream()
+            {
+                // The old buffer is freed in its own stream's order; work on this stream may
+                // still read it, so let that finish first (rare: after a stream change).
+                stream.synchronize().ctx("waiting before freeing scratch of another stream")?;
+            }
             self.buf = None;
             self.generation += 1;
             // Grow by 1/4 more than asked so slowly growing batches do not reallocate every call.
@@ -104,6 +114,19 @@ impl Scratch {
         }
         // Just set above when missing.
         self.buf.as_mut().ok_or_else(|| crate::error::CudaError::Unsupported("scratch allocation".into()))
+    }
+}
+
+/// An error when `stream` is capturing a CUDA graph: `what` (an allocation, a tuning
+/// run, a host read) cannot be part of a graph.
+pub(crate) fn refuse_while_capturing(stream: &CudaStream, what: &str) -> CudaResult<()> {
+    use cudarc::driver::sys::CUstreamCaptureStatus as Status;
+    match stream.capture_status().ctx("reading the stream's capture status")? {
+        Status::CU_STREAM_CAPTURE_STATUS_NONE => Ok(()),
+        _ => Err(crate::error::CudaError::Unsupported(format!(
+            "{what} while the stream is capturing a CUDA graph: run the layer once with the same \
+             shapes and dtype before capturing (as torch.cuda.graphs asks of every warm-up)"
+        ))),
     }
 }
 
@@ -147,11 +170,36 @@ pub struct CudaLayer {
     pub(crate) flags: Vec<u32>,
     /// Captured small-batch calls, replayed as one graph launch (see `CudaBackend::graphed`).
     pub(crate) graphs: Graphs,
+    /// Where the next backward writes its parameter gradients: the caller's
+    /// `(dweights, dscales)` device addresses, or `None` for the layer's own buffers.
+    pub(crate) grad_dst: Option<(u64, u64)>,
+    /// The stream the layer's memory was allocated on (freed in its order on drop).
+    pub(crate) home: usize,
+    /// Whether work ran on a stream other than `home`: the drop then waits for the device,
+    /// so no buffer is freed while another stream's work may still use it.
+    pub(crate) foreign: bool,
+    pub(crate) ctx: Arc<cudarc::driver::CudaContext>,
+}
+
+impl Drop for CudaLayer {
+    fn drop(&mut self) {
+        if self.foreign {
+            // A failure here has no caller to go to; the context records it.
+            let _ = self.ctx.synchronize();
+        }
+    }
 }
 
 /// Captured graphs by key, with the scratch generation they were captured at.
 #[derive(Default)]
 pub(crate) struct Graphs(pub HashMap<GraphKey, (CudaGraph, u64)>);
+
+// SAFETY: a captured graph and its executable are driver handles without thread affinity:
+// the driver API launches and destroys them from any thread with the context current, which
+// cudarc binds on every call. The map is only reached through `&mut CudaLayer`, so no two
+// threads use it at once; moving a layer to another thread (PyTorch runs CUDA backward passes
+// on its own thread) is therefore sound.
+unsafe impl Send for Graphs {}
 
 impl std::fmt::Debug for Graphs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

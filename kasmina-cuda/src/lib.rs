@@ -31,6 +31,14 @@
 //!   key and keeps the faster) or forced with [`CudaPath`] /
 //!   `KASMINA_CUDA_PATH=portable|hopper|auto`.
 //!
+//! - Memory and streams of the caller: [`CudaBackend::set_stream`] queues the work on a stream
+//!   the caller owns (PyTorch's current stream), [`CudaBackend::borrow_tensor`] wraps device
+//!   memory the caller owns (a PyTorch tensor) without copying it, [`CudaBackend::use_params`]
+//!   takes the blueprint parameters from the caller's device memory (one small kernel,
+//!   `kernels/plan.cu`, re-derives the per-seed constants, no host round trip), and
+//!   [`CudaBackend::backward_into`] writes the parameter gradients to the caller's buffers.
+//!   Nothing in a forward or backward on such memory waits for the device.
+//!
 //! Without a driver, a device or NVRTC, [`CudaBackend::new`] returns a
 //! [`kasmina_core::BackendErrorKind::Unavailable`] error.
 #![deny(missing_docs)]

@@ -1,0 +1,46 @@
+"""The exceptions of the ``kasmina`` package.
+
+Every error the layer raises is a :class:`KasminaError`; the subclasses also derive from the
+built-in exception a caller would expect (``ValueError`` for bad arguments, ``RuntimeError``
+for device failures), so ``except ValueError`` keeps working. A call that raised changed nothing.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BackendError",
+    "ConfigError",
+    "DeviceUnavailableError",
+    "InvalidArgumentError",
+    "KasminaError",
+    "SnapshotError",
+    "TransitionError",
+]
+
+
+class KasminaError(Exception):
+    """Base class of every error the layer raises."""
+
+
+class InvalidArgumentError(KasminaError, ValueError):
+    """A tensor or value does not fit the layer: shape, dtype, device, contiguity, seed id, enum value."""
+
+
+class ConfigError(KasminaError, ValueError):
+    """The layer configuration is invalid (``hidden_dim % num_seeds != 0``, a value out of range...)."""
+
+
+class TransitionError(KasminaError, ValueError):
+    """A lifecycle transition is not legal from the seed's state (SPEC 3); the seed is unchanged."""
+
+
+class SnapshotError(KasminaError, OSError):
+    """A snapshot could not be read or written, or failed verification (truncated, corrupt, newer)."""
+
+
+class BackendError(KasminaError, RuntimeError):
+    """The device reported an error (out of memory, compile failure, lost device)."""
+
+
+class DeviceUnavailableError(BackendError):
+    """The requested device cannot run here (no CUDA driver, no such device)."""
