@@ -28,8 +28,9 @@ import json
 import time
 from dataclasses import dataclass, field
 
-import kasmina
 import torch
+
+import kasmina
 from kasmina import BlueprintType, GraftingStrategy, KasminaLayer, LifecycleState, SeedSignal
 
 H, S, IN, OUT = 64, 8, 16, 4

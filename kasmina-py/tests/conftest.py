@@ -7,9 +7,10 @@ import pathlib
 import shutil
 import subprocess
 
-import kasmina
 import pytest
 import torch
+
+import kasmina
 from kasmina import BlueprintType, GraftingStrategy, KasminaLayer, LifecycleState
 
 REPO = pathlib.Path(__file__).resolve().parents[2]

@@ -8,6 +8,7 @@ import subprocess
 
 import numpy as np
 import torch
+
 from conftest import mixed_layer, random_input
 from kasmina import BlueprintType, GraftingStrategy, KasminaLayer, LifecycleState
 

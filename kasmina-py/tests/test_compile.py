@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import kasmina
 import pytest
 import torch
+
+import kasmina
 from conftest import random_input, rel_l2
 from kasmina import BlueprintType, KasminaLayer, LifecycleState
 from kasmina._ops import backward_op, forward_op

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from conftest import mixed_layer, random_input, rel_l2
 from kasmina import BlueprintType, KasminaLayer, reference
 

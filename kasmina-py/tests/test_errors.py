@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pathlib
 
-import kasmina
 import pytest
 import torch
+
+import kasmina
 from conftest import mixed_layer, random_input, rel_l2
 from kasmina import BlueprintType, KasminaLayer, LifecycleState, reference
 

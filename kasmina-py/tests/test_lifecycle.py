@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import kasmina
 import pytest
 import torch
+
+import kasmina
 from conftest import random_input
 from kasmina import BlueprintType, GraftingStrategy, KasminaLayer, LifecycleState, SeedSignal
 

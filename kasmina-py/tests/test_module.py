@@ -6,10 +6,12 @@ import copy
 import io
 import pickle
 
+import pytest
 import torch
+from torch.profiler import ProfilerActivity, profile
+
 from conftest import mixed_layer, random_input, rel_l2
 from kasmina import BlueprintType, KasminaLayer, LifecycleState, reference
-from torch.profiler import ProfilerActivity, profile
 
 
 def allocations(fn) -> list[int]:  # type: ignore[no-untyped-def]
@@ -167,3 +169,35 @@ def test_layers_inside_a_model_train_with_a_torch_optimizer(device: str) -> None
     assert losses[-1] < losses[0]
     assert torch.count_nonzero(kl.weight[1]) > 0 and torch.count_nonzero(kl.weight[0]) == 0
     assert kl.end_epoch()[1].grad_norm > 0
+
+
+def test_distributed_data_parallel_trains_the_layer_like_a_plain_module(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    if not dist.is_available():
+        pytest.skip("this PyTorch has no torch.distributed")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+
+        def build() -> torch.nn.Module:
+            torch.manual_seed(0)
+            m = torch.nn.Sequential(torch.nn.Linear(8, 32), KasminaLayer(32, 4), torch.nn.Linear(32, 2))
+            kl = m[1]
+            kl.germinate(2, 1, BlueprintType.MLP)
+            kl.transition(2, LifecycleState.TRAINING)
+            kl.transition(2, LifecycleState.GRAFTING)
+            kl.set_alpha(2, 0.5)
+            kl.set_seed_params(2, torch.full((8,), 0.7), 1.2)
+            return m
+
+        plain, ddp = build(), DistributedDataParallel(build())
+        x, t = torch.randn(16, 8), torch.randn(16, 2)
+        for model in (plain, ddp):
+            torch.nn.functional.mse_loss(model(x), t).backward()
+        for a, b in zip(plain.parameters(), ddp.module.parameters(), strict=True):
+            assert a.grad is not None and b.grad is not None
+            assert rel_l2(b.grad, a.grad) <= 1e-6
+        assert ddp.module[1].weight.grad[2].abs().sum() > 0
+    finally:
+        dist.destroy_process_group()

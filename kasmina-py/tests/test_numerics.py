@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 
-import kasmina
 import pytest
 import torch
+
+import kasmina
 from conftest import DTYPES, MODES, TOLERANCE, mixed_layer, random_input, rel_l2
 from kasmina import BlueprintType, reference
 
