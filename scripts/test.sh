@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test set-up on a fresh Debian/Ubuntu machine: installs what the tests
 # need (Mesa's lavapipe, a Vulkan device on the CPU, for the wgpu backend; maturin,
-# pytest, numpy, torch and ruff from the Python package registry, for the Python
-# package), then checks formatting and lints and runs every test of the workspace,
+# pytest, numpy, torch, ruff, scikit-learn and matplotlib from the Python package
+# registry, for the Python package and its digits experiment), then checks formatting and lints and runs every test of the workspace,
 # then builds and installs the Python package from this tree and runs its tests.
 # Tests that need a GPU this machine lacks (CUDA) skip with a printed reason,
 # unless KASMINA_REQUIRE_GPU=1.
@@ -28,7 +28,8 @@ cargo test --workspace --release
 # The Python package (kasmina-py): PyTorch's Linux wheel brings CUDA's libraries (about 5 GB,
 # a few minutes to fetch); the tests run on the CPU here and skip their CUDA cases.
 pip=(python3 -m pip install --quiet --disable-pip-version-check)
-python3 -c 'import maturin, pytest, numpy, torch, ruff' 2>/dev/null || "${pip[@]}" maturin pytest numpy torch ruff
+python3 -c 'import maturin, pytest, numpy, torch, ruff, sklearn, matplotlib' 2>/dev/null ||
+  "${pip[@]}" maturin pytest numpy torch ruff scikit-learn matplotlib
 python3 -m ruff format --check kasmina-py
 python3 -m ruff check kasmina-py
 "${pip[@]}" --no-build-isolation --no-deps --force-reinstall ./kasmina-py

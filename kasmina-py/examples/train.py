@@ -26,12 +26,12 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import dataclass, field
 
 import torch
 
 import kasmina
-from kasmina import BlueprintType, GraftingStrategy, KasminaLayer, LifecycleState, SeedSignal
+from kasmina import KasminaLayer
+from kasmina.controller import Controller
 
 H, S, IN, OUT = 64, 8, 16, 4
 
@@ -47,80 +47,6 @@ class Host(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.out(self.seeds(self.inp(x)))
-
-
-@dataclass
-class Controller:
-    """Germinates, grafts, fossilizes or culls seeds from telemetry and the held-out loss."""
-
-    layer: KasminaLayer
-    max_seeds: int = 4
-    patience: int = 3
-    min_improvement: float = 0.01
-    history: list[float] = field(default_factory=list)
-    baseline: dict[int, float] = field(default_factory=dict)
-    fossilized: list[int] = field(default_factory=list)
-    culled: list[int] = field(default_factory=list)
-    log: list[str] = field(default_factory=list)
-
-    def signals(self) -> dict[int, SeedSignal]:
-        """The epoch's relative loss improvement, as every grafting seed's signal."""
-        if len(self.history) < 2:
-            return {}
-        imp = (self.history[-2] - self.history[-1]) / max(self.history[-2], 1e-12)
-        return {i: SeedSignal(improvement=imp) for i in range(S)}
-
-    def stalled(self) -> bool:
-        h = self.history
-        if len(h) <= self.patience:
-            return False
-        return (h[-self.patience - 1] - h[-1]) / max(h[-self.patience - 1], 1e-12) < self.min_improvement
-
-    def step(self, epoch: int, report: kasmina.Report) -> None:
-        layer, loss = self.layer, self.history[-1]
-        busy = False
-        for r in report.seeds:
-            seed = layer.seed(r.seed_id)
-            st = seed.lifecycle
-            if st == LifecycleState.GERMINATED:
-                layer.transition(r.seed_id, LifecycleState.TRAINING)
-                busy = True
-            elif st == LifecycleState.TRAINING:
-                layer.transition(r.seed_id, LifecycleState.GRAFTING)
-                busy = True
-            elif st in (LifecycleState.GRAFTING, LifecycleState.STABILIZATION):
-                busy = True
-            elif st == LifecycleState.EVALUATING:
-                before = self.baseline[r.seed_id]
-                if loss < before:
-                    layer.transition(r.seed_id, LifecycleState.FINE_TUNING)
-                    layer.transition(r.seed_id, LifecycleState.FOSSILIZED)
-                    self.fossilized.append(r.seed_id)
-                    self.log.append(f"epoch {epoch}: seed {r.seed_id} fossilized ({before:.4f} -> {loss:.4f})")
-                else:
-                    layer.cull(r.seed_id)
-                    self.culled.append(r.seed_id)
-                    self.log.append(f"epoch {epoch}: seed {r.seed_id} culled ({before:.4f} -> {loss:.4f})")
-        grown = (
-            len(self.fossilized)
-            + len(self.culled)
-            + sum(
-                1
-                for s in layer.state.seeds
-                if s.lifecycle not in (LifecycleState.DORMANT, LifecycleState.FOSSILIZED, LifecycleState.CULLED)
-            )
-        )
-        if busy or not self.stalled() or grown >= self.max_seeds:
-            return
-        dormant = [r for r in report.seeds if layer.seed(r.seed_id).lifecycle == LifecycleState.DORMANT]
-        if not dormant:
-            return
-        pick = max(dormant, key=lambda r: r.grad_norm)
-        layer.germinate(pick.seed_id, 1 + len(self.baseline), BlueprintType.MLP, GraftingStrategy.PERFORMANCE_LINKED)
-        # A small positive slope: the ReLU starts open on half the inputs and learns from there.
-        layer.set_seed_params(pick.seed_id, torch.full((H // S,), 0.5), 1.0)
-        self.baseline[pick.seed_id] = loss
-        self.log.append(f"epoch {epoch}: germinated seed {pick.seed_id} (grad norm {pick.grad_norm:.3f})")
 
 
 def task(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -153,7 +79,7 @@ def run(germinate: bool, epochs: int, seed: int, device: str) -> dict[str, objec
             torch.nn.functional.mse_loss(model(x[idx]), y[idx]).backward()
             opt.step()
         with torch.no_grad():
-            ctl.history.append(torch.nn.functional.mse_loss(model(xv), yv).item())
+            ctl.observe(torch.nn.functional.mse_loss(model(xv), yv).item())
         report = model.seeds.end_epoch(ctl.signals())
         if germinate:
             ctl.step(epoch, report)

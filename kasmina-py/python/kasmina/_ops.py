@@ -76,20 +76,19 @@ def stream_of(device: torch.device) -> int:
 def _vector_aligned(t: Tensor) -> Tensor:
     """``t`` itself, or a fresh copy where a CUDA tensor's data does not start on a 16-byte
     boundary (a view at an odd offset): the kernels move 16-byte vectors."""
-    if t.device.type == "cuda" and t.data_ptr() % 16 != 0:
+    if t.is_cuda and t.data_ptr() % 16 != 0:
         return t.clone(memory_format=torch.contiguous_format)
     return t
 
 
 def _params(weight: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
-    """The parameters as contiguous f32 tensors the native layer reads in place."""
-    w = weight.detach()
-    s = scale.detach()
-    if w.dtype != torch.float32 or s.dtype != torch.float32:
+    """The parameters as contiguous f32 tensors the native layer reads in place (only their
+    addresses are taken, so no detached view is needed)."""
+    if weight.dtype is not torch.float32 or scale.dtype is not torch.float32:
         raise InvalidArgumentError(
-            f"the blueprint parameters must be float32 (SPEC 2), got weight {w.dtype} and scale {s.dtype}"
+            f"the blueprint parameters must be float32 (SPEC 2), got weight {weight.dtype} and scale {scale.dtype}"
         )
-    return w.contiguous(), s.contiguous()
+    return weight.contiguous(), scale.contiguous()
 
 
 def forward_impl(x: Tensor, weight: Tensor, scale: Tensor, handle: int) -> Tensor:
@@ -98,8 +97,9 @@ def forward_impl(x: Tensor, weight: Tensor, scale: Tensor, handle: int) -> Tenso
     x = _vector_aligned(x.contiguous())
     y = torch.empty_like(x, memory_format=torch.contiguous_format)
     w, s = _params(weight, scale)
+    stream = stream_of(x.device) if x.is_cuda else 0
     layer._core.forward(
-        x.data_ptr(), y.data_ptr(), x.shape[0], DTYPE_CODES[x.dtype], w.data_ptr(), s.data_ptr(), stream_of(x.device)
+        x.data_ptr(), y.data_ptr(), x.shape[0], DTYPE_CODES[x.dtype], w.data_ptr(), s.data_ptr(), stream
     )
     return y
 
@@ -111,8 +111,8 @@ def backward_impl(x: Tensor, g: Tensor, weight: Tensor, scale: Tensor, handle: i
     g = _vector_aligned(g.contiguous())
     w, s = _params(weight, scale)
     dx = torch.empty_like(x, memory_format=torch.contiguous_format)
-    dw = torch.empty_like(w)
-    ds = torch.empty_like(s)
+    dw = torch.empty_like(w, memory_format=torch.contiguous_format)
+    ds = torch.empty_like(s, memory_format=torch.contiguous_format)
     layer._core.backward(
         x.data_ptr(),
         g.data_ptr(),
@@ -123,7 +123,7 @@ def backward_impl(x: Tensor, g: Tensor, weight: Tensor, scale: Tensor, handle: i
         DTYPE_CODES[x.dtype],
         w.data_ptr(),
         s.data_ptr(),
-        stream_of(x.device),
+        stream_of(x.device) if x.is_cuda else 0,
     )
     return dx, dw, ds
 

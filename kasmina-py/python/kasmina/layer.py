@@ -193,6 +193,7 @@ class KasminaLayer(nn.Module):
     def _attach(self, core: _kasmina.Layer, dev: torch.device) -> None:
         self._core = core
         self._device = dev
+        self._cuda = dev.type == "cuda"
         state = core.state()
         self.hidden_dim: int = state["hidden_dim"]
         self.num_seeds: int = state["num_seeds"]
@@ -234,6 +235,23 @@ class KasminaLayer(nn.Module):
         Raises :class:`kasmina.InvalidArgumentError` (a ``ValueError``) for an input of the wrong
         width, dtype or device, or one that is not contiguous; the layer is then unchanged.
         """
+        w, sc = self.weight, self.scale
+        if not (
+            isinstance(x, Tensor)
+            and x.dim() > 0
+            and x.shape[-1] == self.hidden_dim
+            and x.dtype is self.dtype
+            and (x.is_cuda and x.get_device() == self._device.index if self._cuda else x.is_cpu)
+            and x.is_contiguous()
+            and (w.is_cuda and sc.is_cuda if self._cuda else w.is_cpu and sc.is_cpu)
+        ):
+            self._explain(x)
+        if x.dim() == 2:
+            return kasmina_forward(x, w, sc, self._handle)
+        return kasmina_forward(x.reshape(-1, self.hidden_dim), w, sc, self._handle).reshape(x.shape)
+
+    def _explain(self, x: object) -> None:
+        """Raises the error that says why ``x`` (or the parameters) cannot go through :meth:`forward`."""
         if not isinstance(x, Tensor):
             raise InvalidArgumentError(f"expected a torch.Tensor, got {type(x).__name__}")
         if x.dim() == 0 or x.shape[-1] != self.hidden_dim:
@@ -251,14 +269,10 @@ class KasminaLayer(nn.Module):
             raise InvalidArgumentError(
                 "expected a contiguous input (the layer reads it in place); call .contiguous() first"
             )
-        if self.weight.device != self._device or self.scale.device != self._device:
-            raise InvalidArgumentError(
-                f"the parameters are on {self.weight.device}, the layer on {self._device}: move the whole "
-                "module with .to(device) instead of its parameters"
-            )
-        shape = x.shape
-        y = kasmina_forward(x.reshape(-1, self.hidden_dim), self.weight, self.scale, self._handle)
-        return y.reshape(shape)
+        raise InvalidArgumentError(
+            f"the parameters are on {self.weight.device}, the layer on {self._device}: move the whole "
+            "module with .to(device) instead of its parameters"
+        )
 
     # ------------------------------------------------------------------ seed API
 
@@ -477,6 +491,7 @@ class KasminaLayer(nn.Module):
             dev = _device(after)
             self._core = _kasmina.Layer.from_bytes(data, _device_name(dev), stream_of(dev))
             self._device = dev
+            self._cuda = dev.type == "cuda"
             self._sync_params_to_core()
         return self
 

@@ -16,7 +16,7 @@ pub struct DemoArgs {
     /// Device to run on: cpu, wgpu:N, cuda:N.
     #[arg(long, default_value = "cpu", value_parser = crate::parse_device)]
     backend: DeviceName,
-    /// Epochs to train (default 30, or 22 with --quick).
+    /// Epochs to train (default 40, or 26 with --quick).
     #[arg(long)]
     epochs: Option<u32>,
     /// A smaller, faster run (fewer samples) that still reaches FOSSILIZED.
@@ -25,12 +25,39 @@ pub struct DemoArgs {
     /// Seed of the data, initialization and shuffling.
     #[arg(long, default_value_t = 7)]
     seed: u64,
+    /// Training samples (default 4096, or 1536 with --quick).
+    #[arg(long)]
+    samples: Option<usize>,
+    /// Standard deviation of the target's noise (default 0.02).
+    #[arg(long)]
+    noise: Option<f32>,
+    /// The chunks where the target bends, comma-separated, or `none` (default 1,4,6).
+    #[arg(long, value_parser = parse_chunks)]
+    hard_chunks: Option<Chunks>,
+    /// Graft each seed's provisional blueprint type without probing the types in TRAINING
+    /// (EVALUATING alone judges it; culled seeds are tried again with another type).
+    #[arg(long)]
+    no_probes: bool,
     /// Where to save the final layer snapshot.
     #[arg(long, default_value = "kasmina-demo.safetensors")]
     snapshot: PathBuf,
     /// Also write a JSON summary (both runs' losses, seeds fossilized and culled, per-epoch history).
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+}
+
+/// A list of chunk ids (`none` for the empty list).
+#[derive(Debug, Clone)]
+struct Chunks(Vec<usize>);
+
+fn parse_chunks(s: &str) -> Result<Chunks, String> {
+    if s.trim().eq_ignore_ascii_case("none") {
+        return Ok(Chunks(Vec::new()));
+    }
+    s.split(',')
+        .map(|v| v.trim().parse::<usize>().map_err(|e| format!("'{v}' is not a chunk id: {e}")))
+        .collect::<Result<Vec<_>, _>>()
+        .map(Chunks)
 }
 
 fn cell(state: LifecycleState, alpha: f32) -> String {
@@ -51,7 +78,7 @@ fn cell(state: LifecycleState, alpha: f32) -> String {
 }
 
 fn row(r: &EpochRecord) -> String {
-    let mut s = format!("{:>5}  {:<10.6}", r.epoch, r.loss);
+    let mut s = format!("{:>5}  {:<10.6} {:<10.6}", r.epoch, r.loss, r.val_loss);
     for (st, a) in r.states.iter().zip(&r.alpha) {
         s.push_str(&format!("  {:<8}", cell(*st, *a)));
     }
@@ -82,7 +109,7 @@ fn run_once<B: Backend>(
             pb.suspend(|| {
                 say!("{}", row(r));
                 for d in &r.decisions {
-                    say!("{:>19}seed {} -> {}: {}", "", d.seed, d.to, d.reason);
+                    say!("{:>30}seed {} -> {}: {}", "", d.seed, d.to, d.reason);
                 }
             });
         }
@@ -102,6 +129,16 @@ fn demo<B: Backend>(open: impl Fn() -> kasmina::Result<B>, args: &DemoArgs) -> k
     if let Some(e) = args.epochs {
         cfg.epochs = e;
     }
+    if let Some(n) = args.samples {
+        cfg.samples = n;
+    }
+    if let Some(n) = args.noise {
+        cfg.noise = n;
+    }
+    if let Some(c) = &args.hard_chunks {
+        cfg.hard_chunks = c.0.clone();
+    }
+    cfg.controller.probes = !args.no_probes;
     cfg.rng_seed = args.seed;
     let info = open()?.info();
     let (h, s) = (cfg.hidden, cfg.seeds);
@@ -115,11 +152,11 @@ fn demo<B: Backend>(open: impl Fn() -> kasmina::Result<B>, args: &DemoArgs) -> k
         cfg.epochs
     );
     say!(
-        "the target bends chunks {} of the host's hidden activation (relu); the host itself is linear",
+        "the target bends chunks {} of the host's hidden activation (a soft hinge); the host itself is linear",
         list(&cfg.hard_chunks)
     );
     say!();
-    let mut header = format!("{:>5}  {:<10}", "epoch", "loss");
+    let mut header = format!("{:>5}  {:<10} {:<10}", "epoch", "train", "held-out");
     for i in 0..s {
         header.push_str(&format!("  {:<8}", format!("s{i}")));
     }
