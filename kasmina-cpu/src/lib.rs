@@ -246,13 +246,13 @@ impl CpuBackend {
                 // the scratch was sized for this layer's S and C.
                 unsafe { dispatch::forward::<D>(isa, nt, &plan, xb, yb, &mut sc, out) };
             };
-            if nblocks <= 1 {
+            match nblocks {
+                0 => {}
                 // One block: the calling thread runs it (waking the pool would cost more).
-                y.chunks_mut(rpb * h).zip(parts.chunks_mut(s)).enumerate().for_each(block);
-            } else {
-                self.pool.install(|| {
+                1 => block((0, (y, parts))),
+                _ => self.pool.install(|| {
                     y.par_chunks_mut(rpb * h).zip(parts.par_chunks_mut(s)).enumerate().for_each(block);
-                });
+                }),
             }
         }
         layer.merge_forward(nblocks);
@@ -281,22 +281,18 @@ impl CpuBackend {
                 // partials were sized for this layer's S, C and block count.
                 unsafe { dispatch::backward::<D>(isa, nt, &plan, &x[range.clone()], &g[range], db, &mut sc, part) };
             };
-            if nblocks <= 1 {
-                dx.chunks_mut(rpb * h)
-                    .zip(cols.chunks_mut(s * cp))
-                    .zip(scals.chunks_mut(s * 4))
-                    .zip(gsqs.chunks_mut(s))
-                    .enumerate()
-                    .for_each(block);
-            } else {
-                self.pool.install(|| {
+            match nblocks {
+                0 => {}
+                // One block: the calling thread runs it (waking the pool would cost more).
+                1 => block((0, (((dx, cols), scals), gsqs))),
+                _ => self.pool.install(|| {
                     dx.par_chunks_mut(rpb * h)
                         .zip(cols.par_chunks_mut(s * cp))
                         .zip(scals.par_chunks_mut(s * 4))
                         .zip(gsqs.par_chunks_mut(s))
                         .enumerate()
                         .for_each(block);
-                });
+                }),
             }
         }
         layer.merge_backward(nblocks);

@@ -500,9 +500,7 @@ impl CudaBackend {
         let next = unsafe { self.ctx.wrap_borrowed_stream(stream) };
         // A stream that is capturing a graph cannot wait on work outside it; the caller ordered
         // that work before the capture began (torch.cuda.graph synchronizes the device first).
-        let capturing = next.capture_status().ctx("reading the stream's capture status")?
-            != cudarc::driver::sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE;
-        if next.cu_stream() != self.stream.cu_stream() && !capturing {
+        if next.cu_stream() != self.stream.cu_stream() && !crate::layer::is_capturing(&next)? {
             next.join(&self.stream).ctx("ordering the new stream after the previous one")?;
         }
         self.stream = next;

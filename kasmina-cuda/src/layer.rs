@@ -120,14 +120,20 @@ impl Scratch {
 /// An error when `stream` is capturing a CUDA graph: `what` (an allocation, a tuning
 /// run, a host read) cannot be part of a graph.
 pub(crate) fn refuse_while_capturing(stream: &CudaStream, what: &str) -> CudaResult<()> {
-    use cudarc::driver::sys::CUstreamCaptureStatus as Status;
-    match stream.capture_status().ctx("reading the stream's capture status")? {
-        Status::CU_STREAM_CAPTURE_STATUS_NONE => Ok(()),
-        _ => Err(crate::error::CudaError::Unsupported(format!(
-            "{what} while the stream is capturing a CUDA graph: run the layer once with the same \
-             shapes and dtype before capturing (as torch.cuda.graphs asks of every warm-up)"
-        ))),
+    if !is_capturing(stream)? {
+        return Ok(());
     }
+    Err(crate::error::CudaError::Unsupported(format!(
+        "{what} while the stream is capturing a CUDA graph: run the layer once with the same \
+         shapes and dtype before capturing (as torch.cuda.graphs asks of every warm-up)"
+    )))
+}
+
+/// Whether `stream` is capturing a CUDA graph (or its capture was invalidated).
+pub(crate) fn is_capturing(stream: &CudaStream) -> CudaResult<bool> {
+    use cudarc::driver::sys::CUstreamCaptureStatus as Status;
+    let status = stream.capture_status().ctx("reading the stream's capture status")?;
+    Ok(status != Status::CU_STREAM_CAPTURE_STATUS_NONE)
 }
 
 /// A layer on a CUDA device (see [`crate::CudaBackend`]).
