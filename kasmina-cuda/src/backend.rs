@@ -49,7 +49,7 @@ const SEEDWISE_MAX_BYTES: usize = 32 << 10;
 /// bytes); larger chunks launch the parameter plan first.
 const PLAN_FUSE_MAX_C: usize = 1024;
 /// Small backwards (within [`SEEDWISE_MAX_BYTES`] per seed) run one block per seed
-/// (`kasmina_bwd_seed`) up to this chunk size (shared memory: C * 3 * (8 + 4 L) bytes).
+/// (`kasmina_bwd_seed`) up to this chunk size (shared memory: C * 4 * L bytes for L row lanes).
 const SEED_BWD_MAX_C: usize = 512;
 /// Threads of a one-block-per-seed backward.
 const SEED_BWD_THREADS: u32 = 256;
@@ -1427,7 +1427,7 @@ impl CudaBackend {
         let vec = widest_vector(x.dtype, layer.c);
         let k = self.kernels(x.dtype, vec)?;
         let lanes = SEED_BWD_THREADS as usize / (layer.c / vec as usize);
-        let shared = layer.c * 3 * (8 + 4 * lanes);
+        let shared = layer.c * 4 * lanes;
         let launch = LaunchConfig {
             grid_dim: (layer.s as u32, 1, 1),
             block_dim: (SEED_BWD_THREADS, 1, 1),
@@ -1463,7 +1463,7 @@ impl CudaBackend {
             // dx hold B*H elements of the dtype; consts S records, colc and coef H entries; dw and
             // ds S*C and S floats (the layer's, or the caller's, checked by backward_into); gnorm
             // and acc_g2 S; the vector width divides C, C / V <= 256 threads, and the dynamic shared
-            // memory is C * 3 * (8 + 4 L) bytes for L = 256 / (C / V) lanes (at most 36 KiB).
+            // memory is C * 4 * L bytes for L = 256 / (C / V) lanes (at most 1024 V bytes).
             unsafe { lb.launch(launch) }.ctx("launching kasmina_bwd_seed")?;
             Ok(())
         };

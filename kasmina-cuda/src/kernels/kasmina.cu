@@ -33,6 +33,11 @@ typedef unsigned long long u64;
 
 // Rows loaded before any is processed, to keep several loads in flight per thread.
 #define UNROLL 4
+// Vectors (rows) one thread of the one-block-per-seed kernels loads before processing any: their
+// threads hold a vector or two, so a short body (fewer instructions to fetch) serves them best.
+#ifndef SEED_UNROLL
+#define SEED_UNROLL 2
+#endif
 
 struct SeedConst {
     u32 flags;
@@ -842,7 +847,7 @@ __device__ __forceinline__ void fwd_seed_impl(const typename D::R* __restrict__ 
     const u32 seed = blockIdx.x;
     const u32 T = blockDim.x;
     const u32 G = C / V;
-    const u64 nvec = B * (u64)G;
+    const u32 nvec = (u32)B * G;
     const u32 base = seed * C;
     const u32 fl = q.flags;
     const bool act = (fl & FLAG_ACTIVE) != 0;
@@ -862,23 +867,28 @@ __device__ __forceinline__ void fwd_seed_impl(const typename D::R* __restrict__ 
     float S1 = 0.f, S2 = 0.f;
     float mn = __int_as_float(0x7f800000), mx = __int_as_float(0xff800000);
     u32 n = 0, dead = 0, nf = 0;
-    for (u64 v0 = threadIdx.x; v0 < nvec; v0 += (u64)UNROLL * T) {
-        P buf[UNROLL];
-        u64 off[UNROLL];
-        u32 jv0[UNROLL];
+    // A chunk holds at most SEEDWISE_MAX_BYTES (far below 2^32 vectors): 32-bit row arithmetic.
+    for (u32 v0 = threadIdx.x; v0 < nvec; v0 += SEED_UNROLL * T) {
+        P buf[SEED_UNROLL];
+        u64 off[SEED_UNROLL];
+        u32 jv0[SEED_UNROLL];
+        // CONV's two left neighbours of each vector, loaded with it (0 at the chunk's start).
+        float nb1[SEED_UNROLL], nb2[SEED_UNROLL];
 #pragma unroll
-        for (int u = 0; u < UNROLL; u++) {
-            const u64 v = v0 + (u64)u * T;
+        for (int u = 0; u < SEED_UNROLL; u++) {
+            const u32 v = v0 + u * T;
             if (v < nvec) {
-                const u64 row = v / G;
-                jv0[u] = (u32)(v - row * G) * V;
+                const u32 row = v / G;
+                jv0[u] = (v - row * G) * V;
                 off[u] = row * (u64)H + base + jv0[u];
                 buf[u].raw = *reinterpret_cast<const typename P::Raw*>(x + off[u]);
+                nb1[u] = conv && jv0[u] >= 1 ? D::in(x[off[u] - 1]) : 0.f;
+                nb2[u] = conv && jv0[u] >= 2 ? D::in(x[off[u] - 2]) : 0.f;
             }
         }
 #pragma unroll
-        for (int u = 0; u < UNROLL; u++) {
-            const u64 v = v0 + (u64)u * T;
+        for (int u = 0; u < SEED_UNROLL; u++) {
+            const u32 v = v0 + u * T;
             if (v >= nvec) continue;
             P out;
             out.raw = buf[u].raw;
@@ -904,10 +914,11 @@ __device__ __forceinline__ void fwd_seed_impl(const typename D::R* __restrict__ 
                         // Left neighbours from this vector's registers where it holds them.
                         const float xm1 = !(conv && j >= 1) ? 0.f
                                           : l >= 1 ? D::in(buf[u].e[l >= 1 ? l - 1 : 0])
-                                                   : D::in(x[off[u] + l - 1]);
+                                                   : nb1[u];
                         const float xm2 = !(conv && j >= 2) ? 0.f
                                           : l >= 2 ? D::in(buf[u].e[l >= 2 ? l - 2 : 0])
-                                                   : D::in(x[off[u] + l - 2]);
+                                          : l == 1 ? nb1[u]
+                                                   : nb2[u];
                         yv = seed_out(fl, coef[j], q, f, xm1, xm2);
                     } else {
                         yv = lin_out(colc[j], f);
@@ -1223,31 +1234,47 @@ extern "C" __global__ void kasmina_bwd_finalize(const float* __restrict__ gpart,
     seed_grads(seed, C, sc[seed], colsum + (u64)seed * C * 3, coef, dweights, dscales, sh);
 }
 
-// bwd_elem for the V columns of one row of an active CONV seed (first column `c`, chunk position
-// `j0`), with the row's two columns on each side loaded at once next to the thread's vectors
-// instead of one dependent load after another per column: the same operations and values.
+// The two columns on each side of a CONV vector that its backward reads (0 outside the chunk),
+// loaded next to the vector itself instead of one dependent load after another per column.
+struct ConvEdges {
+    float xl2, xl1, xr0, xr1, gr0, gr1;
+};
+
 template <class D, int V>
-__device__ __forceinline__ void bwd_conv_vec(const typename D::R* __restrict__ x, const typename D::R* __restrict__ g,
-                                             u64 rowoff, u32 c, u32 j0, u32 C, const SeedConst& q,
-                                             const Pack<D, V>& xv, const Pack<D, V>& gv, Pack<D, V>& out, float* P0,
+__device__ __forceinline__ ConvEdges conv_edges(const typename D::R* __restrict__ x,
+                                                const typename D::R* __restrict__ g, u64 at, u32 j0, u32 C) {
+    ConvEdges e;
+    e.xl2 = j0 >= 2 ? D::in(x[at - 2]) : 0.f;
+    e.xl1 = j0 >= 1 ? D::in(x[at - 1]) : 0.f;
+    const bool r0 = j0 + V < C, r1 = j0 + V + 1 < C;
+    e.xr0 = r0 ? D::in(x[at + V]) : 0.f;
+    e.xr1 = r1 ? D::in(x[at + V + 1]) : 0.f;
+    e.gr0 = r0 ? D::in(g[at + V]) : 0.f;
+    e.gr1 = r1 ? D::in(g[at + V + 1]) : 0.f;
+    return e;
+}
+
+// bwd_elem for the V columns of one row of an active CONV seed (chunk position `j0`), from the
+// row's vectors and their edges: the same operations and values.
+template <class D, int V>
+__device__ __forceinline__ void bwd_conv_vec(u32 j0, u32 C, const SeedConst& q, const Pack<D, V>& xv,
+                                             const Pack<D, V>& gv, const ConvEdges& ed, Pack<D, V>& out, float* P0,
                                              float* P1, float* P2) {
     const u32 f = q.flags;
     // xs[p + 2] = x at chunk position j0 + p (p = -2 .. V + 1), 0 outside the chunk; gs likewise
     // for p = 0 .. V + 1.
     float xs[V + 4], gs[V + 2];
-    xs[0] = j0 >= 2 ? D::in(x[rowoff + c - 2]) : 0.f;
-    xs[1] = j0 >= 1 ? D::in(x[rowoff + c - 1]) : 0.f;
+    xs[0] = ed.xl2;
+    xs[1] = ed.xl1;
 #pragma unroll
     for (int l = 0; l < V; l++) {
         xs[l + 2] = D::in(xv.e[l]);
         gs[l] = D::in(gv.e[l]);
     }
-#pragma unroll
-    for (int k = 0; k < 2; k++) {
-        const bool in = j0 + V + k < C;
-        xs[V + 2 + k] = in ? D::in(x[rowoff + c + V + k]) : 0.f;
-        gs[V + k] = in ? D::in(g[rowoff + c + V + k]) : 0.f;
-    }
+    xs[V + 2] = ed.xr0;
+    xs[V + 3] = ed.xr1;
+    gs[V] = ed.gr0;
+    gs[V + 1] = ed.gr1;
     // The gradient reaching each position's pre-clamp output (conv_geff).
     float ge[V + 2];
 #pragma unroll
@@ -1275,13 +1302,44 @@ __device__ __forceinline__ void bwd_conv_vec(const typename D::R* __restrict__ x
     }
 }
 
+struct Sum4 {
+    double x, y, z, w;
+};
+
+// Four doubles summed over a block in one pass (blockDim.x a multiple of 32, at most 1024):
+// a shuffle tree per warp, one barrier, then every thread adds the warps' sums in order, so
+// every thread gets the same bits. `sh` holds 32 of them.
+__device__ __forceinline__ Sum4 block_sum4(Sum4 v, Sum4* sh) {
+    const u32 warp = threadIdx.x / 32, lane = threadIdx.x % 32, nw = blockDim.x / 32;
+    for (int off = 16; off > 0; off >>= 1) {
+        v.x += __shfl_down_sync(0xffffffffu, v.x, off);
+        v.y += __shfl_down_sync(0xffffffffu, v.y, off);
+        v.z += __shfl_down_sync(0xffffffffu, v.z, off);
+        v.w += __shfl_down_sync(0xffffffffu, v.w, off);
+    }
+    if (lane == 0) sh[warp] = v;
+    __syncthreads();
+    Sum4 t = sh[0];
+    for (u32 k = 1; k < nw; k++) {
+        const Sum4 o = sh[k];
+        t.x += o.x;
+        t.y += o.y;
+        t.z += o.z;
+        t.w += o.w;
+    }
+    return t;
+}
+
 // The whole backward of one seed's chunk in one block (small calls): dx, the call's Σg² (into
-// grad_norm and the accumulator) and the parameter gradients, with no partials in global memory
-// and no second kernel. Thread t owns vector column t % G of the chunk (G = C / V) and rows
-// t / G, t / G + L, ... (L = blockDim.x / G row lanes; threads from L G on only join the sums).
-// Per-column sums of each lane go to shared memory and are added over the lanes in f64, in
-// order, then seed_grads (SPEC 7): the same bits on every run. Needs G <= blockDim.x (a multiple
-// of 32, at most 1024) and C * 3 * (8 + 4 L) bytes of dynamic shared memory.
+// grad_norm and the accumulator) and the parameter gradients (SPEC 7), with no partials in
+// global memory, no second kernel and one barrier. Thread t owns vector column t % G of the
+// chunk (G = C / V) and rows t / G, t / G + L, ... (L = blockDim.x / G row lanes; threads from
+// L G on only join the sums). The sums over the whole chunk (Σg², and the scale's and CONV's
+// sums: Σ_j coef_j P0_j for RESIDUAL and ATTENTION, Σ_j P1_j for MLP, Σ_j P0..P2_j for CONV) are
+// one four-double block reduction; the per-column sums P0_j that the weights' gradients of
+// RESIDUAL, ATTENTION and MLP need are each lane's f32 sums in shared memory, added over the
+// lanes in f64 and in order by one thread per column. The same bits on every run. Needs
+// G <= blockDim.x (a multiple of 32, at most 1024) and C * 4 * L bytes of dynamic shared memory.
 template <class D, int V>
 __device__ __forceinline__ void bwd_seed_impl(const typename D::R* __restrict__ x, const typename D::R* __restrict__ g,
                                               typename D::R* __restrict__ dx, u64 B, u32 H, u32 C,
@@ -1290,8 +1348,8 @@ __device__ __forceinline__ void bwd_seed_impl(const typename D::R* __restrict__ 
                                               float* __restrict__ dscales, float* __restrict__ gnorm,
                                               double* __restrict__ acc_g2) {
     typedef Pack<D, V> P;
-    extern __shared__ double sh_seed[];
-    __shared__ double red[32];
+    extern __shared__ float pp[];
+    __shared__ Sum4 red[32];
     const u32 seed = blockIdx.x;
     const u32 T = blockDim.x;
     const u32 G = C / V;
@@ -1299,28 +1357,28 @@ __device__ __forceinline__ void bwd_seed_impl(const typename D::R* __restrict__ 
     const u32 gv = threadIdx.x % G;
     const u32 lr = threadIdx.x / G;
     const bool worker = lr < L;
+    const u64 base = (u64)seed * C;
     const u32 c = seed * C + gv * V;
-    const u32 n3 = C * 3;
-    double* cs = sh_seed;
-    float* pp = reinterpret_cast<float*>(sh_seed + n3);
 
     // Everything this block reads is requested up front, independent of the seed's mode, so
-    // the loads overlap instead of waiting on the constants: the coefficients and Σg²
-    // accumulator the end reads (L1 prefetch), the columns' coefficients, then X and G.
-    if (threadIdx.x < C) prefetch_l1(coef + (u64)seed * C + threadIdx.x);
+    // the loads overlap instead of waiting on the constants: the Σg² accumulator the end reads
+    // (L1 prefetch), the columns' coefficients, then X and G.
     if (threadIdx.x == 0) prefetch_l1(acc_g2 + seed);
     const SeedConst q0 = sc[seed];
     u32 fl[V];
     ColCoef kc[V];
+    float cw[V];
 #pragma unroll
     for (int l = 0; l < V; l++) {
         const u32 j = gv * V + l;
         kc[l] = colc[c + l];
+        cw[l] = coef[c + l];
         fl[l] = q0.flags | (j >= 1 ? LANE_M1 : 0u) | (j >= 2 ? LANE_M2 : 0u) | (j + 1 < C ? LANE_P1 : 0u) |
                 (j + 2 < C ? LANE_P2 : 0u);
     }
     const bool act = (q0.flags & FLAG_ACTIVE) != 0;
-    const bool conv = act && btype(q0.flags) == TYPE_CONV;
+    const u32 ty = btype(q0.flags);
+    const bool conv = act && ty == TYPE_CONV;
     float G2[V], P0[V], P1[V], P2[V];
 #pragma unroll
     for (int l = 0; l < V; l++) {
@@ -1330,20 +1388,22 @@ __device__ __forceinline__ void bwd_seed_impl(const typename D::R* __restrict__ 
         P2[l] = 0.f;
     }
     if (worker) {
-        for (u64 r0 = lr; r0 < B; r0 += (u64)UNROLL * L) {
-            P gb[UNROLL];
-            P xb[UNROLL];
+        for (u64 r0 = lr; r0 < B; r0 += (u64)SEED_UNROLL * L) {
+            P gb[SEED_UNROLL];
+            P xb[SEED_UNROLL];
+            ConvEdges ed[SEED_UNROLL];
 #pragma unroll
-            for (int u = 0; u < UNROLL; u++) {
+            for (int u = 0; u < SEED_UNROLL; u++) {
                 const u64 r = r0 + (u64)u * L;
                 if (r < B) {
                     const u64 off = r * (u64)H + c;
                     gb[u].raw = *reinterpret_cast<const typename P::Raw*>(g + off);
                     xb[u].raw = *reinterpret_cast<const typename P::Raw*>(x + off);
+                    if (conv) ed[u] = conv_edges<D, V>(x, g, off, gv * V, C);
                 }
             }
 #pragma unroll
-            for (int u = 0; u < UNROLL; u++) {
+            for (int u = 0; u < SEED_UNROLL; u++) {
                 const u64 r = r0 + (u64)u * L;
                 if (r >= B) continue;
                 const u64 rowoff = r * (u64)H;
@@ -1355,7 +1415,7 @@ __device__ __forceinline__ void bwd_seed_impl(const typename D::R* __restrict__ 
                     out.e[l] = gb[u].e[l];
                 }
                 if (conv) {
-                    bwd_conv_vec<D, V>(x, g, rowoff, c, gv * V, C, q0, xb[u], gb[u], out, P0, P1, P2);
+                    bwd_conv_vec<D, V>(gv * V, C, q0, xb[u], gb[u], ed[u], out, P0, P1, P2);
                 } else if (act) {
 #pragma unroll
                     for (int l = 0; l < V; l++) {
@@ -1367,34 +1427,53 @@ __device__ __forceinline__ void bwd_seed_impl(const typename D::R* __restrict__ 
                 *reinterpret_cast<typename P::Raw*>(dx + rowoff + c) = out.raw;
             }
         }
-        if (act) {
+        if (act && !conv) {
 #pragma unroll
-            for (int l = 0; l < V; l++) {
-                float* q = pp + ((u64)lr * C + gv * V + l) * 3;
-                q[0] = P0[l];
-                q[1] = P1[l];
-                q[2] = P2[l];
-            }
+            for (int l = 0; l < V; l++) pp[(u64)lr * C + gv * V + l] = P0[l];
         }
     }
-    double g2 = 0.0;
+    // This thread's terms of the chunk-wide sums (zero for threads outside the lanes).
+    Sum4 t = {0.0, 0.0, 0.0, 0.0};
 #pragma unroll
-    for (int l = 0; l < V; l++) g2 += (double)G2[l];
-    g2 = block_sum(g2, red);
+    for (int l = 0; l < V; l++) {
+        t.x += (double)G2[l];
+        if (conv) {
+            t.y += (double)P0[l];
+            t.z += (double)P1[l];
+            t.w += (double)P2[l];
+        } else if (ty == TYPE_MLP) {
+            t.y += (double)P1[l];
+        } else {
+            t.y += (double)cw[l] * (double)P0[l];
+        }
+    }
+    // The barrier inside also orders the lanes' column sums before the reads below.
+    t = block_sum4(t, red);
+    float* dw = dweights + base;
     if (threadIdx.x == 0) {
-        gnorm[seed] = (float)sqrt(g2);
-        acc_g2[seed] += g2;
+        gnorm[seed] = (float)sqrt(t.x);
+        acc_g2[seed] += t.x;
     }
-    if (act) {
-        // block_sum's barriers ordered the lanes' sums before these reads.
-        for (u32 f = threadIdx.x; f < n3; f += T) {
-            double t = 0.0;
-            for (u32 r = 0; r < L; r++) t += (double)pp[(u64)r * n3 + f];
-            cs[f] = t;
+    const double a = q0.a, s = q0.s;
+    if (!act) {
+        for (u32 j = threadIdx.x; j < C; j += T) dw[j] = 0.f;
+        if (threadIdx.x == 0) dscales[seed] = 0.f;
+    } else if (conv) {
+        for (u32 j = threadIdx.x; j < C; j += T) {
+            const double tk = j == 0 ? t.y : j == 1 ? t.z : t.w;
+            dw[j] = j < 3 ? (float)(a * s * tk) : 0.f;
         }
-        __syncthreads();
+        if (threadIdx.x == 0) {
+            dscales[seed] = (float)(a * ((double)q0.w0 * t.y + (double)q0.w1 * t.z + (double)q0.w2 * t.w));
+        }
+    } else {
+        for (u32 j = threadIdx.x; j < C; j += T) {
+            double cs = 0.0;
+            for (u32 r = 0; r < L; r++) cs += (double)pp[(u64)r * C + j];
+            dw[j] = ty == TYPE_ATT ? (float)(a * (double)coef[base + j] * (cs - t.y)) : (float)(a * s * cs);
+        }
+        if (threadIdx.x == 0) dscales[seed] = ty == TYPE_ATT ? 0.f : (float)(a * t.y);
     }
-    seed_grads(seed, C, q0, cs, coef, dweights, dscales, red);
 }
 
 // ---------------------------------------------------------------- seed-uniform kernels
@@ -2217,15 +2296,17 @@ extern "C" __global__ void kasmina_fwd_seed_plan(const KASMINA_DT::R* x, KASMINA
     __shared__ double red[33];
     __shared__ SeedConst q;
     float* sh_coef = reinterpret_cast<float*>(sh_plan + C);
-    // X's first vectors of this thread and the accumulator move into L1 while the plan runs.
+    // X's first vectors of this thread, the accumulator and the seed's weights move into L1
+    // while the constants' load runs.
     {
         const u32 G = C / KASMINA_V;
-        const u64 nvec = B * (u64)G;
-        for (u64 v = threadIdx.x; v < nvec && v < (u64)UNROLL * blockDim.x; v += blockDim.x) {
-            const u64 row = v / G;
-            prefetch_l1(x + row * (u64)H + blockIdx.x * C + (u32)(v - row * G) * KASMINA_V);
+        const u32 nvec = (u32)B * G;
+        for (u32 v = threadIdx.x; v < nvec && v < SEED_UNROLL * blockDim.x; v += blockDim.x) {
+            const u32 row = v / G;
+            prefetch_l1(x + row * (u64)H + blockIdx.x * C + (v - row * G) * KASMINA_V);
         }
         if (threadIdx.x == 0) prefetch_l1(acc + blockIdx.x);
+        if (threadIdx.x < C) prefetch_l1(w + (u64)blockIdx.x * C + threadIdx.x);
     }
     plan_seed(w, scales, C, blockIdx.x, consts, coef, colc, records, wcopy, red, sh_plan, sh_coef,
               reinterpret_cast<u32*>(&q));

@@ -23,6 +23,9 @@ typedef unsigned long long u64;
 #define TYPE_ATT 1u
 #define TYPE_MLP 2u
 
+// Chunks up to this many columns take the softmax's reductions inside each warp.
+#define PLAN_WARP_MAX_C 128u
+
 // Block-wide reduction of one double per thread (max when `take_max`, else sum); every
 // thread gets the result. Blocks are whole warps, at most 1024 threads.
 __device__ double plan_reduce(double v, bool take_max, double* sh) {
@@ -67,7 +70,21 @@ __device__ void plan_seed(const float* __restrict__ w, const float* __restrict__
     // With at most one column per thread the exponential of the sum pass is reused (same value).
     const bool one = C <= blockDim.x;
     double m = -1.0 / 0.0, sum = 0.0, e_own = 0.0;
-    if (ty == TYPE_ATT) {
+    if (ty == TYPE_ATT && C <= PLAN_WARP_MAX_C) {
+        // Short chunks: every warp reduces the whole chunk itself (butterfly shuffles, so every
+        // lane gets the same bits), with no barrier. Thread 32 k + lane's own column is the one
+        // its warp's pass visits in step k.
+        const u32 lane = threadIdx.x & 31u, warp = threadIdx.x >> 5;
+        for (u32 j = lane; j < C; j += 32) m = fmax(m, (double)w[base + j]);
+        for (int off = 16; off > 0; off >>= 1) m = fmax(m, __shfl_xor_sync(0xffffffffu, m, off));
+        u32 k = 0;
+        for (u32 j = lane; j < C; j += 32, k++) {
+            const double e = exp((double)w[base + j] - m);
+            sum += e;
+            if (k == warp) e_own = e;
+        }
+        for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+    } else if (ty == TYPE_ATT) {
         for (u32 j = threadIdx.x; j < C; j += blockDim.x) m = fmax(m, (double)w[base + j]);
         m = plan_reduce(m, true, sh);
         for (u32 j = threadIdx.x; j < C; j += blockDim.x) {
