@@ -44,6 +44,15 @@ const UNIFORM_MAX_THREADS: u32 = crate::kernels::UNIFORM_MAX_THREADS;
 /// Forward calls with at most this many bytes of activation per seed run one block per seed
 /// (`kasmina_fwd_seed`): output, statistics and their merge in one launch.
 const SEEDWISE_MAX_BYTES: usize = 32 << 10;
+/// Small forwards that take the caller's parameters ([`CudaBackend::forward_with_params`]) derive
+/// the seed constants inside the forward's blocks up to this chunk size (shared memory: C * 20
+/// bytes); larger chunks launch the parameter plan first.
+const PLAN_FUSE_MAX_C: usize = 1024;
+/// Small backwards (within [`SEEDWISE_MAX_BYTES`] per seed) run one block per seed
+/// (`kasmina_bwd_seed`) up to this chunk size (shared memory: C * 4 * L bytes for L row lanes).
+const SEED_BWD_MAX_C: usize = 512;
+/// Threads of a one-block-per-seed backward.
+const SEED_BWD_THREADS: u32 = 256;
 /// Forward calls with at most this many statistics partials merge them in the main kernel
 /// (its last block), saving the merge launch; larger ones use the parallel merge kernel.
 const FUSED_MERGE_MAX_SLOTS: usize = 2048;
@@ -571,6 +580,68 @@ impl CudaBackend {
         // entries and the layer's weights S*C floats; one block of whole warps per seed.
         unsafe { lb.launch(cfg) }.map_err(|e| CudaError::driver("launching kasmina_plan", e))?;
         Ok(())
+    }
+
+    /// [`Backend::forward`] with the blueprint parameters taken from device memory the caller
+    /// owns, as [`CudaBackend::use_params`] then a forward, with the same results. Small calls
+    /// (one block per seed, chunks of at most 1024 columns) derive the constants inside the
+    /// forward's own blocks: one launch for the whole call.
+    ///
+    /// # Safety
+    /// As [`CudaBackend::use_params`].
+    pub unsafe fn forward_with_params(
+        &self,
+        layer: &mut CudaLayer,
+        x: &CudaTensor,
+        y: &mut CudaTensor,
+        weights: u64,
+        scales: u64,
+    ) -> Result<()> {
+        self.enter(layer);
+        Self::check_layer_tensor(layer, "x", x, x.rows, x.dtype)?;
+        Self::check_layer_tensor(layer, "y", y, x.rows, x.dtype)?;
+        if !(layer.any_active() && layer.c <= PLAN_FUSE_MAX_C && self.seedwise_applies(layer, x)) {
+            // SAFETY: the caller vouches for the parameters (same contract).
+            unsafe { self.use_params(layer, weights, scales)? };
+            return Ok(self.forward_impl(layer, x, y)?);
+        }
+        check_device_address("weights", weights, layer.s * layer.c * 4, 4)?;
+        check_device_address("scales", scales, layer.s * 4, 4)?;
+        let (cfg, mut launch) = Self::seedwise_launch(x.rows, layer.c, layer.s, x.dtype);
+        launch.shared_mem_bytes = (layer.c * 20) as u32;
+        let k = self.kernels(x.dtype, cfg.vec)?;
+        let (b, h, c) = (x.rows as u64, layer.h as u32, layer.c as u32);
+        let mut lb = self.stream.launch_builder(&k.fwd_seed_plan);
+        lb.arg(&*x.buf)
+            .arg(&mut *y.buf)
+            .arg(&b)
+            .arg(&h)
+            .arg(&c)
+            .arg(&layer.dead_eps)
+            .arg(&weights)
+            .arg(&scales)
+            .arg(&mut layer.consts)
+            .arg(&mut layer.coef)
+            .arg(&mut layer.colc)
+            .arg(&mut layer.records)
+            .arg(&mut layer.weights)
+            .arg(&mut layer.acc);
+        // SAFETY: the arguments match kasmina_fwd_seed_plan's parameters in order and type; x and y
+        // hold B*H elements of the dtype, the caller vouched for weights (S*C floats) and scales (S);
+        // consts, records and acc hold S records, coef and colc H entries, the layer's weights S*C
+        // floats; the vector width divides C; one block of whole warps per seed, C * 20 bytes of
+        // dynamic shared memory (at most 20 KiB).
+        unsafe { lb.launch(launch) }.ctx("launching kasmina_fwd_seed_plan")?;
+        Ok(())
+    }
+
+    /// Whether a call on `x` runs one block per seed: small enough ([`SEEDWISE_MAX_BYTES`] per
+    /// seed), with rows, and the Hopper family not forced.
+    fn seedwise_applies(&self, layer: &CudaLayer, x: &CudaTensor) -> bool {
+        self.seedwise
+            && x.rows > 0
+            && self.hopper.path != CudaPath::Hopper
+            && Self::seedwise_fits(x.rows, layer.c, x.dtype)
     }
 
     /// [`Backend::backward`] writing this call's parameter gradients to device memory the
@@ -1173,6 +1244,12 @@ impl CudaBackend {
         self.stream.synchronize().ctx("synchronizing the stream")
     }
 
+    /// The device address of `t`'s first element (for the `*_params` calls, which take
+    /// parameters by address, and for interop with other libraries).
+    pub fn tensor_address(&self, t: &CudaTensor) -> u64 {
+        self.ptr(t)
+    }
+
     fn ptr(&self, t: &CudaTensor) -> u64 {
         let (p, _sync) = t.buf.device_ptr(&self.stream);
         p
@@ -1220,6 +1297,10 @@ impl CudaBackend {
 
     /// Forward on the family [`CudaPath`] picks (Hopper path, issue 7), else the portable kernels.
     fn forward_impl(&self, layer: &mut CudaLayer, x: &CudaTensor, y: &mut CudaTensor) -> CudaResult<()> {
+        if self.seedwise_applies(layer, x) {
+            // Launches, not bytes, set the time of small calls: one block per seed, no path choice.
+            return self.forward_seedwise(layer, x, y);
+        }
         let mut run = |layer: &mut CudaLayer, hopper: bool| {
             if hopper { self.hopper_forward(layer, x, y) } else { self.forward_portable(layer, x, y) }
         };
@@ -1327,6 +1408,68 @@ impl CudaBackend {
         if self.graphs_on(layer) { self.graphed(layer, key, &mut run) } else { run(layer) }
     }
 
+    /// Whether a small backward with chunks of `c` columns runs one block per seed: at most
+    /// [`SEED_BWD_MAX_C`] columns and a row of vectors within the block.
+    fn seed_bwd_fits(c: usize, dtype: DType) -> bool {
+        let vec = widest_vector(dtype, c) as usize;
+        c <= SEED_BWD_MAX_C && c / vec <= SEED_BWD_THREADS as usize
+    }
+
+    /// A small backward in one launch of `kasmina_bwd_seed`: dx, the parameter gradients and the
+    /// gradient statistics (replayed from a CUDA graph on the backend's own stream).
+    fn backward_seedwise(
+        &self,
+        layer: &mut CudaLayer,
+        x: &CudaTensor,
+        g: &CudaTensor,
+        dx: &mut CudaTensor,
+    ) -> CudaResult<()> {
+        let vec = widest_vector(x.dtype, layer.c);
+        let k = self.kernels(x.dtype, vec)?;
+        let lanes = SEED_BWD_THREADS as usize / (layer.c / vec as usize);
+        let shared = layer.c * 4 * lanes;
+        let launch = LaunchConfig {
+            grid_dim: (layer.s as u32, 1, 1),
+            block_dim: (SEED_BWD_THREADS, 1, 1),
+            shared_mem_bytes: shared as u32,
+        };
+        let key = GraphKey {
+            op: 3,
+            ptrs: [self.ptr(x), self.ptr(g), self.ptr(dx)],
+            rows: x.rows,
+            dtype: x.dtype,
+            cfg: KernelConfig::new(1, SEED_BWD_THREADS, vec),
+            any_active: layer.any_active(),
+            dead_eps_bits: 0,
+        };
+        let (b, h, c) = (x.rows as u64, layer.h as u32, layer.c as u32);
+        let mut run = |layer: &mut CudaLayer| {
+            let (dw, ds) = self.grad_targets(layer);
+            let mut lb = self.stream.launch_builder(&k.bwd_seed);
+            lb.arg(&*x.buf)
+                .arg(&*g.buf)
+                .arg(&mut *dx.buf)
+                .arg(&b)
+                .arg(&h)
+                .arg(&c)
+                .arg(&layer.consts)
+                .arg(&layer.colc)
+                .arg(&layer.coef)
+                .arg(&dw)
+                .arg(&ds)
+                .arg(&mut layer.gnorm)
+                .arg(&mut layer.acc_g2);
+            // SAFETY: the arguments match kasmina_bwd_seed's parameters in order and type; x, g and
+            // dx hold B*H elements of the dtype; consts S records, colc and coef H entries; dw and
+            // ds S*C and S floats (the layer's, or the caller's, checked by backward_into); gnorm
+            // and acc_g2 S; the vector width divides C, C / V <= 256 threads, and the dynamic shared
+            // memory is C * 4 * L bytes for L = 256 / (C / V) lanes (at most 1024 V bytes).
+            unsafe { lb.launch(launch) }.ctx("launching kasmina_bwd_seed")?;
+            Ok(())
+        };
+        if self.graphs_on(layer) { self.graphed(layer, key, &mut run) } else { run(layer) }
+    }
+
     /// Backward on the family [`CudaPath`] picks (Hopper path, issue 7), else the portable kernels.
     fn backward_impl(
         &self,
@@ -1335,6 +1478,9 @@ impl CudaBackend {
         g: &CudaTensor,
         dx: &mut CudaTensor,
     ) -> CudaResult<()> {
+        if self.seedwise_applies(layer, x) && Self::seed_bwd_fits(layer.c, x.dtype) {
+            return self.backward_seedwise(layer, x, g, dx);
+        }
         let mut run = |layer: &mut CudaLayer, hopper: bool| {
             if hopper { self.hopper_backward(layer, x, g, dx) } else { self.backward_portable(layer, x, g, dx) }
         };

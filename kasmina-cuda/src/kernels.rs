@@ -16,8 +16,9 @@ use kasmina_core::DType;
 use crate::autotune::DEFAULT_UNROLL;
 use crate::error::{CudaError, CudaResult, DriverContext};
 
-/// The kernel source (SPEC 5 and 7), compiled at run time.
-pub const KERNEL_SOURCE: &str = include_str!("kernels/kasmina.cu");
+/// The kernel source (SPEC 5 and 7), compiled at run time: the parameter plan's device code
+/// (`kernels/plan.cu`, which the fused small forward calls) in front of `kernels/kasmina.cu`.
+pub const KERNEL_SOURCE: &str = concat!(include_str!("kernels/plan.cu"), "\n", include_str!("kernels/kasmina.cu"));
 
 /// The parameter-plan kernel's source (kernel constants from device-resident parameters).
 pub const PLAN_SOURCE: &str = include_str!("kernels/plan.cu");
@@ -245,6 +246,10 @@ pub struct Kernels {
     pub fwd_merge: CudaFunction,
     /// A small forward in one launch, one block per seed.
     pub fwd_seed: CudaFunction,
+    /// `fwd_seed` that first derives each seed's constants from the caller's parameters.
+    pub fwd_seed_plan: CudaFunction,
+    /// A small backward in one launch, one block per seed (dx and the parameter gradients).
+    pub bwd_seed: CudaFunction,
     /// Sums backward parameter partials per column.
     pub bwd_colsum: CudaFunction,
     /// Parameter gradients, grad_norm and the Σg² accumulator.
@@ -277,6 +282,8 @@ impl Kernels {
             bwdu_typed: f("kasmina_bwdu_typed")?,
             fwd_merge: f("kasmina_fwd_merge")?,
             fwd_seed: f("kasmina_fwd_seed")?,
+            fwd_seed_plan: f("kasmina_fwd_seed_plan")?,
+            bwd_seed: f("kasmina_bwd_seed")?,
             bwd_colsum: f("kasmina_bwd_colsum")?,
             bwd_finalize: f("kasmina_bwd_finalize")?,
             _module: module,
@@ -372,6 +379,9 @@ mod tests {
                     "kasmina_bwdu_typed",
                     "kasmina_fwd_merge",
                     "kasmina_fwd_seed",
+                    "kasmina_fwd_seed_plan",
+                    "kasmina_bwd_seed",
+                    "kasmina_plan",
                     "kasmina_bwd_colsum",
                     "kasmina_bwd_finalize",
                 ] {

@@ -84,25 +84,40 @@ fn check_against_reference(be: &CudaBackend, h: usize, s: usize, b: usize, dtype
     let gv: Vec<f64> = (0..b * h).map(|_| rng.normal()).collect();
     let xh = host(dtype, &xv);
     let gh = host(dtype, &gv);
-    let (xr, gr) = (to_f64(&xh), to_f64(&gh));
     let what = format!("H={h} S={s} B={b} {dtype} {stability:?}");
-
     let (mut layer, x, yh) = forward_once(be, &st, &xh, b, h);
+    check_call(be, &st, &mut layer, &x, (&xh, &yh, &gh), b, &what);
+}
+
+/// Checks the forward that left `yh` (from `xh`) on `layer` (state `st`), then a backward of
+/// `gh` on it, against the reference: outputs, identity bits, statistics, gradients.
+fn check_call(
+    be: &CudaBackend,
+    st: &LayerState,
+    layer: &mut kasmina_cuda::CudaLayer,
+    x: &kasmina_cuda::CudaTensor,
+    (xh, yh, gh): (&HostTensorData, &HostTensorData, &HostTensorData),
+    b: usize,
+    what: &str,
+) {
+    let (h, s) = (st.config.hidden_dim, st.config.num_seeds);
+    let dtype = xh.view().dtype();
+    let (xr, gr) = (to_f64(xh), to_f64(gh));
     let mut g = be.alloc(b, h, dtype).unwrap();
     be.write(&mut g, gh.view()).unwrap();
 
-    let fr = reference::forward(&st, &xr, b);
+    let fr = reference::forward(st, &xr, b);
     let c = h / s;
     let identity = |col: usize| st.seeds.lifecycle[col / c].forward_mode() == kasmina_core::ForwardMode::Identity;
     for i in 0..b * h {
         if identity(i % h) {
-            assert_eq!(bits(&yh, i), bits(&xh, i), "{what}: identity element {i} changed");
+            assert_eq!(bits(yh, i), bits(xh, i), "{what}: identity element {i} changed");
         }
     }
-    let err = rel_l2(&to_f64(&yh), &fr.y);
+    let err = rel_l2(&to_f64(yh), &fr.y);
     assert!(err <= tol(dtype), "{what}: forward error {err:e}");
 
-    let acc = be.accumulators(&layer).unwrap();
+    let acc = be.accumulators(layer).unwrap();
     for (i, (m, r)) in acc.moments.iter().zip(&fr.moments).enumerate() {
         assert_eq!((m.count, m.dead, m.nonfinite), (r.count, r.dead, r.nonfinite), "{what}: seed {i} counts");
         assert!(
@@ -117,18 +132,18 @@ fn check_against_reference(be: &CudaBackend, h: usize, s: usize, b: usize, dtype
     }
 
     let mut dx = be.alloc(b, h, dtype).unwrap();
-    be.backward(&mut layer, &x, &g, &mut dx).unwrap();
+    be.backward(layer, x, &g, &mut dx).unwrap();
     let mut dxh = HostTensorData::zeros(dtype, b * h);
     be.read(&dx, dxh.view_mut()).unwrap();
-    let br = reference::backward(&st, &xr, &gr, b);
+    let br = reference::backward(st, &xr, &gr, b);
     for i in 0..b * h {
         if identity(i % h) {
-            assert_eq!(bits(&dxh, i), bits(&gh, i), "{what}: identity gradient {i} changed");
+            assert_eq!(bits(&dxh, i), bits(gh, i), "{what}: identity gradient {i} changed");
         }
     }
     let err = rel_l2(&to_f64(&dxh), &br.dx);
     assert!(err <= tol(dtype), "{what}: dx error {err:e}");
-    let pg = be.param_grads(&layer).unwrap();
+    let pg = be.param_grads(layer).unwrap();
     let dw: Vec<f64> = pg.dweights.iter().map(|v| *v as f64).collect();
     let ds: Vec<f64> = pg.dscales.iter().map(|v| *v as f64).collect();
     let sum_tol = 1e-5 * (1.0f64).max(((b * c) as f64 / 1024.0).sqrt());
@@ -136,7 +151,7 @@ fn check_against_reference(be: &CudaBackend, h: usize, s: usize, b: usize, dtype
     assert!(err <= sum_tol, "{what}: dweights error {err:e}");
     let err = rel_l2(&ds, &br.dscales);
     assert!(err <= sum_tol, "{what}: dscales error {err:e}");
-    let acc = be.accumulators(&layer).unwrap();
+    let acc = be.accumulators(layer).unwrap();
     for i in 0..s {
         let want = br.grad_sq[i];
         assert!((acc.grad_sq[i] - want).abs() <= 1e-5 * want, "{what}: grad_sq[{i}] {} vs {want}", acc.grad_sq[i]);
@@ -154,6 +169,57 @@ fn odd_chunks_and_vector_fallbacks_match_the_reference() {
             // C = 1 and C = 2 (CONV taps beyond the chunk), H = 6 (vector width 2).
             for (h, s, b) in [(768, 12, 67), (60, 12, 33), (771, 3, 19), (24, 24, 9), (48, 24, 5), (6, 3, 40)] {
                 check_against_reference(&be, h, s, b, dtype, stability);
+            }
+        }
+    }
+}
+
+/// Parameters taken from device memory (`forward_with_params`, what the Python package calls):
+/// small calls derive the constants inside the forward's blocks, larger ones launch the plan
+/// first; both must compute with the new parameters (forward, statistics, backward) and leave the
+/// device state's checksum that of a host upload of them.
+#[test]
+fn forward_with_device_parameters_matches_the_reference() {
+    let Some(be) = backend_or_skip("forward_with_device_parameters_matches_the_reference") else { return };
+    for dtype in DType::ALL {
+        for stability in [StabilityMode::Off, StabilityMode::strict()] {
+            // One block per seed with the plan fused (C = 48, 64, 5), with the plan launched first
+            // (C = 2048 > 1024), and a call too large for one block per seed.
+            for (h, s, b) in [(768, 16, 32), (768, 12, 67), (60, 12, 33), (4096, 2, 3), (768, 12, 700)] {
+                let mut rng = Rng(0xA5A5 ^ (h * 31 + s * 7 + b) as u64);
+                let old = mixed_state(h, s, stability, &mut rng);
+                let mut st = old.clone();
+                for w in st.params.weights.iter_mut() {
+                    *w = rng.normal() as f32;
+                }
+                for sc in st.params.scales.iter_mut() {
+                    *sc = (0.5 + rng.normal().abs()) as f32;
+                }
+                let what = format!("device params H={h} S={s} B={b} {dtype} {stability:?}");
+                let mut layer = be.create_layer(&old).unwrap();
+                be.upload(&mut layer, &old, StateChange::All).unwrap();
+                let mut wbuf = be.alloc(1, st.params.weights.len(), DType::F32).unwrap();
+                be.write(&mut wbuf, kasmina_core::HostData::F32(&st.params.weights)).unwrap();
+                let mut sbuf = be.alloc(1, s, DType::F32).unwrap();
+                be.write(&mut sbuf, kasmina_core::HostData::F32(&st.params.scales)).unwrap();
+                let xv: Vec<f64> = (0..b * h).map(|_| rng.normal() * 2.0).collect();
+                let gv: Vec<f64> = (0..b * h).map(|_| rng.normal()).collect();
+                let (xh, gh) = (host(dtype, &xv), host(dtype, &gv));
+                let mut x = be.alloc(b, h, dtype).unwrap();
+                be.write(&mut x, xh.view()).unwrap();
+                let mut y = be.alloc(b, h, dtype).unwrap();
+                let (wa, sa) = (be.tensor_address(&wbuf), be.tensor_address(&sbuf));
+                // SAFETY: wbuf and sbuf hold S*C and S f32 values and outlive the calls.
+                unsafe { be.forward_with_params(&mut layer, &x, &mut y, wa, sa) }.unwrap();
+                let mut yh = HostTensorData::zeros(dtype, b * h);
+                be.read(&y, yh.view_mut()).unwrap();
+                check_call(&be, &st, &mut layer, &x, (&xh, &yh, &gh), b, &what);
+                // Identity seeds read no parameter: with no active seed nothing is derived and the
+                // device keeps the uploaded copy (use_params' contract).
+                let active =
+                    (0..s).any(|i| st.seeds.lifecycle[i].forward_mode() != kasmina_core::ForwardMode::Identity);
+                let want = kasmina_core::checksum::checksum(if active { &st } else { &old });
+                assert_eq!(be.checksum(&layer).unwrap(), want, "{what}: checksum (active seeds: {active})");
             }
         }
     }

@@ -420,13 +420,15 @@ impl Call {
                 unsafe {
                     b.set_stream(self.stream as cudarc::driver::sys::CUstream)?;
                     let x = b.borrow_tensor(self.inputs[0] as u64, self.rows, h, dt)?;
-                    if refresh {
-                        b.use_params(dev, self.weights as u64, self.scales as u64)?;
-                    }
                     let mut out = b.borrow_tensor(self.outputs[0] as u64, self.rows, h, dt)?;
+                    let (w, sc) = (self.weights as u64, self.scales as u64);
                     match self.grads {
-                        None => b.forward(dev, &x, &mut out)?,
+                        // A forward always takes the parameters (small calls in the same launch).
+                        None => b.forward_with_params(dev, &x, &mut out, w, sc)?,
                         Some((dw, ds)) => {
+                            if refresh {
+                                b.use_params(dev, w, sc)?;
+                            }
                             let g = b.borrow_tensor(self.inputs[1] as u64, self.rows, h, dt)?;
                             b.backward_into(dev, &x, &g, &mut out, dw as u64, ds as u64)?
                         }

@@ -33,6 +33,11 @@ typedef unsigned long long u64;
 
 // Rows loaded before any is processed, to keep several loads in flight per thread.
 #define UNROLL 4
+// Vectors (rows) one thread of the one-block-per-seed kernels loads before processing any: their
+// threads hold a vector or two, so a short body (fewer instructions to fetch) serves them best.
+#ifndef SEED_UNROLL
+#define SEED_UNROLL 2
+#endif
 
 struct SeedConst {
     u32 flags;
@@ -201,6 +206,10 @@ template <int V>
 __device__ __forceinline__ void put2(Pack<DBF16, V>& p, int l, float y0, float y1) {
     reinterpret_cast<u32*>(p.e)[l / 2] = out2_bf16(y0, y1);
 }
+
+// Starts moving the line of `p` into this SM's L1 (no register, no wait): small kernels issue it
+// for data they need only after a dependent step, so the later load hits L1.
+__device__ __forceinline__ void prefetch_l1(const void* p) { asm volatile("prefetch.global.L1 [%0];" ::"l"(p)); }
 
 __device__ __forceinline__ bool finite_f(float f) { return (__float_as_uint(f) & 0x7f800000u) != 0x7f800000u; }
 
@@ -604,9 +613,8 @@ __device__ __forceinline__ Partial load_partial_cg(const Partial* p) {
     return r;
 }
 
-// Adds the call's statistics `m` to the seed's accumulator.
-__device__ __forceinline__ void acc_add(Acc* __restrict__ acc, u32 seed, const M64& m) {
-    Acc a = acc[seed];
+// Merges statistics `m` into accumulator `a` (f64, Chan's formula).
+__device__ __forceinline__ void acc_merge(Acc& a, const M64& m) {
     M64 prev;
     prev.n = a.n;
     prev.dead = a.dead;
@@ -623,6 +631,12 @@ __device__ __forceinline__ void acc_add(Acc* __restrict__ acc, u32 seed, const M
     a.m2 = r.m2;
     a.mn = r.mn;
     a.mx = r.mx;
+}
+
+// Adds the call's statistics `m` to the seed's accumulator.
+__device__ __forceinline__ void acc_add(Acc* __restrict__ acc, u32 seed, const M64& m) {
+    Acc a = acc[seed];
+    acc_merge(a, m);
     acc[seed] = a;
 }
 
@@ -738,53 +752,143 @@ extern "C" __global__ void kasmina_fwd_merge(const Partial* __restrict__ part, u
 
 // ---------------------------------------------------------------- small calls, one block per seed
 
+// Statistics of a set of finite elements as sums shifted by one value K that a whole block
+// shares: merging two is additions, so a block reduces them with a fixed tree of shuffles and
+// no division (the latency of a small call is this tree's depth). K is an element of the seed's
+// chunk, which keeps S2 - S1^2 / n accurate when |mean| / std is large (SPEC 5.2).
+struct SumStats {
+    u32 n;
+    u32 dead;
+    u32 nf;
+    float mn;
+    float mx;
+    double s1;
+    double s2;
+};
+
+__device__ __forceinline__ SumStats ss_merge(const SumStats& a, const SumStats& b) {
+    SumStats r;
+    r.n = a.n + b.n;
+    r.dead = a.dead + b.dead;
+    r.nf = a.nf + b.nf;
+    r.mn = fminf(a.mn, b.mn);
+    r.mx = fmaxf(a.mx, b.mx);
+    r.s1 = a.s1 + b.s1;
+    r.s2 = a.s2 + b.s2;
+    return r;
+}
+
+__device__ __forceinline__ SumStats ss_shfl_down(const SumStats& p, int off) {
+    SumStats o;
+    o.n = __shfl_down_sync(0xffffffffu, p.n, off);
+    o.dead = __shfl_down_sync(0xffffffffu, p.dead, off);
+    o.nf = __shfl_down_sync(0xffffffffu, p.nf, off);
+    o.mn = __shfl_down_sync(0xffffffffu, p.mn, off);
+    o.mx = __shfl_down_sync(0xffffffffu, p.mx, off);
+    o.s1 = __shfl_down_sync(0xffffffffu, p.s1, off);
+    o.s2 = __shfl_down_sync(0xffffffffu, p.s2, off);
+    return o;
+}
+
+// The block's sum of every thread's `m` (blockDim.x a multiple of 32), valid in thread 0: a
+// shuffle tree per warp, then one over the warps' results in warp 0. Fixed order.
+__device__ __forceinline__ SumStats ss_block(SumStats m, SumStats* shm) {
+    const u32 warp = threadIdx.x / 32, lane = threadIdx.x % 32, nw = blockDim.x / 32;
+    for (int off = 16; off > 0; off >>= 1) m = ss_merge(m, ss_shfl_down(m, off));
+    if (nw == 1) return m;
+    if (lane == 0) shm[warp] = m;
+    __syncthreads();
+    if (warp == 0) {
+        if (lane < nw) {
+            m = shm[lane];
+        } else {
+            m.n = m.dead = m.nf = 0;
+            m.mn = __int_as_float(0x7f800000);
+            m.mx = __int_as_float(0xff800000);
+            m.s1 = m.s2 = 0.0;
+        }
+        for (int off = tree_top(nw); off > 0; off >>= 1) m = ss_merge(m, ss_shfl_down(m, off));
+    }
+    return m;
+}
+
+// f64 moments of shifted sums.
+__device__ __forceinline__ M64 m64_of_sums(const SumStats& t, float K) {
+    M64 m = m64_empty();
+    m.nf = t.nf;
+    if (t.n > 0) {
+        const double n = (double)t.n, d = t.s1 / n;
+        m.n = t.n;
+        m.dead = t.dead;
+        m.mean = (double)K + d;
+        m.m2 = fmax(t.s2 - t.s1 * d, 0.0);
+        m.mn = (double)t.mn;
+        m.mx = (double)t.mx;
+    }
+    return m;
+}
+
 // The whole forward of one seed's chunk (all B rows, C columns) in one block: output, exact
 // statistics and their merge into the seed's accumulator, in one launch with no partials in
 // global memory and no second kernel. For small calls (a few KiB per seed), where launches,
 // not bytes, set the time. Thread t takes the chunk's vectors t, t + T, t + 2T, ... (row-major,
-// C % V == 0 so a vector never crosses a row or a seed); its statistics are shifted by its first
-// finite element, then merged in f64 by a fixed shuffle tree per warp and one over the warps:
-// the same bits on every run. Identity seeds copy bits; active ones use the per-column formula
-// (lin_out, or the literal seed_out for CONV and non-finite inputs) and the clamp, as kasmina_fwd.
+// C % V == 0 so a vector never crosses a row or a seed); every thread shifts its sums by the
+// first finite element of the chunk's first vector (0 when there is none), and the block adds
+// them up by ss_block: the same bits on every run. Identity seeds copy bits; active ones use
+// the per-column formula (lin_out, or the literal seed_out for CONV and non-finite inputs) and
+// the clamp, as kasmina_fwd. `q` is the seed's constants, `colc` and `coef` its C columns'.
 template <class D, int V>
 __device__ __forceinline__ void fwd_seed_impl(const typename D::R* __restrict__ x, typename D::R* __restrict__ y,
-                                              u64 B, u32 H, u32 C, float dead_eps, const SeedConst* __restrict__ sc,
+                                              u64 B, u32 H, u32 C, float dead_eps, const SeedConst& q,
                                               const ColCoef* __restrict__ colc, const float* __restrict__ coef,
                                               Acc* __restrict__ acc) {
     typedef Pack<D, V> P;
-    __shared__ M64 shm[32];
+    __shared__ SumStats shm[32];
     const u32 seed = blockIdx.x;
     const u32 T = blockDim.x;
-    const u32 warp = threadIdx.x / 32, lane = threadIdx.x % 32, nw = T / 32;
     const u32 G = C / V;
-    const u64 nvec = B * (u64)G;
+    const u32 nvec = (u32)B * G;
     const u32 base = seed * C;
-    const SeedConst q = sc[seed];
     const u32 fl = q.flags;
     const bool act = (fl & FLAG_ACTIVE) != 0;
     const bool conv = act && btype(fl) == TYPE_CONV;
+    // The accumulator is read now so its load overlaps the work (only this block writes it).
+    Acc prev;
+    if (threadIdx.x == 0) prev = acc[seed];
 
-    bool have_k = false;
-    float K = 0.f, S1 = 0.f, S2 = 0.f;
+    P kp;
+    kp.raw = *reinterpret_cast<const typename P::Raw*>(x + base);
+    float K = 0.f;
+#pragma unroll
+    for (int l = V - 1; l >= 0; l--) {
+        const float f = D::in(kp.e[l]);
+        if (finite_f(f)) K = f;
+    }
+    float S1 = 0.f, S2 = 0.f;
     float mn = __int_as_float(0x7f800000), mx = __int_as_float(0xff800000);
     u32 n = 0, dead = 0, nf = 0;
-    for (u64 v0 = threadIdx.x; v0 < nvec; v0 += (u64)UNROLL * T) {
-        P buf[UNROLL];
-        u64 off[UNROLL];
-        u32 jv0[UNROLL];
+    // A chunk holds at most SEEDWISE_MAX_BYTES (far below 2^32 vectors): 32-bit row arithmetic.
+    for (u32 v0 = threadIdx.x; v0 < nvec; v0 += SEED_UNROLL * T) {
+        P buf[SEED_UNROLL];
+        u64 off[SEED_UNROLL];
+        u32 jv0[SEED_UNROLL];
+        // CONV's two left neighbours of each vector, loaded with it (0 at the chunk's start).
+        float nb1[SEED_UNROLL], nb2[SEED_UNROLL];
 #pragma unroll
-        for (int u = 0; u < UNROLL; u++) {
-            const u64 v = v0 + (u64)u * T;
+        for (int u = 0; u < SEED_UNROLL; u++) {
+            const u32 v = v0 + u * T;
             if (v < nvec) {
-                const u64 row = v / G;
-                jv0[u] = (u32)(v - row * G) * V;
+                const u32 row = v / G;
+                jv0[u] = (v - row * G) * V;
                 off[u] = row * (u64)H + base + jv0[u];
                 buf[u].raw = *reinterpret_cast<const typename P::Raw*>(x + off[u]);
+                nb1[u] = conv && jv0[u] >= 1 ? D::in(x[off[u] - 1]) : 0.f;
+                nb2[u] = conv && jv0[u] >= 2 ? D::in(x[off[u] - 2]) : 0.f;
             }
         }
 #pragma unroll
-        for (int u = 0; u < UNROLL; u++) {
-            const u64 v = v0 + (u64)u * T;
+        for (int u = 0; u < SEED_UNROLL; u++) {
+            const u32 v = v0 + u * T;
             if (v >= nvec) continue;
             P out;
             out.raw = buf[u].raw;
@@ -793,10 +897,6 @@ __device__ __forceinline__ void fwd_seed_impl(const typename D::R* __restrict__ 
             for (int l = 0; l < V; l++) {
                 const float f = D::in(buf[u].e[l]);
                 if (finite_f(f)) {
-                    if (!have_k) {
-                        K = f;
-                        have_k = true;
-                    }
                     const float dd = f - K;
                     S1 += dd;
                     S2 = fmaf(dd, dd, S2);
@@ -811,11 +911,17 @@ __device__ __forceinline__ void fwd_seed_impl(const typename D::R* __restrict__ 
                     const u32 j = j0 + l;
                     float yv;
                     if (conv || !finite_f(f)) {
-                        const float xm1 = (conv && j >= 1) ? D::in(x[off[u] + l - 1]) : 0.f;
-                        const float xm2 = (conv && j >= 2) ? D::in(x[off[u] + l - 2]) : 0.f;
-                        yv = seed_out(fl, coef[base + j], q, f, xm1, xm2);
+                        // Left neighbours from this vector's registers where it holds them.
+                        const float xm1 = !(conv && j >= 1) ? 0.f
+                                          : l >= 1 ? D::in(buf[u].e[l >= 1 ? l - 1 : 0])
+                                                   : nb1[u];
+                        const float xm2 = !(conv && j >= 2) ? 0.f
+                                          : l >= 2 ? D::in(buf[u].e[l >= 2 ? l - 2 : 0])
+                                          : l == 1 ? nb1[u]
+                                                   : nb2[u];
+                        yv = seed_out(fl, coef[j], q, f, xm1, xm2);
                     } else {
-                        yv = lin_out(colc[base + j], f);
+                        yv = lin_out(colc[j], f);
                     }
                     out.e[l] = D::out(clamp_band(fl, q, yv));
                 }
@@ -824,24 +930,19 @@ __device__ __forceinline__ void fwd_seed_impl(const typename D::R* __restrict__ 
         }
     }
 
-    M64 m = m64_of(partial_of(n, nf, dead, K, S1, S2, mn, mx));
-    for (int off = 16; off > 0; off >>= 1) {
-        M64 o = m64_shfl_down(m, off);
-        m = m64_merge(m, o);
+    SumStats m;
+    m.n = n;
+    m.dead = dead;
+    m.nf = nf;
+    m.mn = mn;
+    m.mx = mx;
+    m.s1 = (double)S1;
+    m.s2 = (double)S2;
+    m = ss_block(m, shm);
+    if (threadIdx.x == 0) {
+        acc_merge(prev, m64_of_sums(m, K));
+        acc[seed] = prev;
     }
-    if (nw == 1) {
-        if (lane == 0) acc_add(acc, seed, m);
-        return;
-    }
-    if (lane == 0) shm[warp] = m;
-    __syncthreads();
-    if (warp != 0) return;
-    m = lane < nw ? shm[lane] : m64_empty();
-    for (int off = 16; off > 0; off >>= 1) {
-        M64 o = m64_shfl_down(m, off);
-        m = m64_merge(m, o);
-    }
-    if (lane == 0) acc_add(acc, seed, m);
 }
 
 // ---------------------------------------------------------------- backward
@@ -858,6 +959,62 @@ __device__ __forceinline__ float conv_geff(const typename D::R* __restrict__ x, 
         if (is_clamped(fl, q, seed_out(fl, 0.f, q, xv, xm1, xm2))) gv = 0.f;
     }
     return gv;
+}
+
+// The input gradient of one element of an active column (row at `rowoff`, column `col`, lane
+// flags `f`, coefficients `k`, seed `sd`: its constants are `q0` when `uni`, else read) and
+// its terms of the column sums P0..P2 the parameter gradients come from (SPEC 7).
+template <class D>
+__device__ __forceinline__ float bwd_elem(const typename D::R* __restrict__ x, const typename D::R* __restrict__ g,
+                                          u64 rowoff, u32 col, u32 f, const ColCoef& k,
+                                          const SeedConst* __restrict__ sc, u32 sd, bool uni, const SeedConst& q0,
+                                          const float* __restrict__ coef, u32 C, float xf, float gj, float& P0,
+                                          float& P1, float& P2) {
+    const u32 ty = btype(f);
+    float d;
+    if (ty == TYPE_CONV) {
+        SeedConst q;
+        if (uni) q = q0; else q = sc[sd];
+        float xm1 = (f & LANE_M1) ? D::in(x[rowoff + col - 1]) : 0.f;
+        float xm2 = (f & LANE_M2) ? D::in(x[rowoff + col - 2]) : 0.f;
+        if (is_clamped(f, q, seed_out(f, 0.f, q, xf, xm1, xm2))) gj = 0.f;
+        const u32 j = col - sd * C;
+        float g1 = (f & LANE_P1) ? conv_geff<D>(x, g, rowoff, col + 1, j + 1, f, q) : 0.f;
+        float g2 = (f & LANE_P2) ? conv_geff<D>(x, g, rowoff, col + 2, j + 2, f, q) : 0.f;
+        float inner = q.s * (q.w0 * gj + q.w1 * g1 + q.w2 * g2);
+        d = (f & FLAG_BLUEPRINT) ? inner : (1.f - q.a) * gj + q.a * inner;
+        P0 = fmaf(gj, xf, P0);
+        P1 = fmaf(gj, xm1, P1);
+        P2 = fmaf(gj, xm2, P2);
+    } else {
+        const bool fin = finite_f(xf) && finite_f(gj);
+        if (f & FLAG_CLAMP) {
+            SeedConst q;
+            if (uni) q = q0; else q = sc[sd];
+            float yv = finite_f(xf) ? lin_out(k, xf) : seed_out(f, coef[col], q, xf, 0.f, 0.f);
+            if (is_clamped(f, q, yv)) gj = 0.f;
+        }
+        const float v = k.W * xf;
+        const bool m = v > 0.f;
+        if (fin) {
+            // dx = g (P + m Q W) with m = [W x > 0] (SPEC 7's table, blended).
+            d = gj * (m ? fmaf(k.Q, k.W, k.P) : k.P);
+        } else {
+            // Non-finite values follow SPEC 7's formula literally.
+            SeedConst q;
+            if (uni) q = q0; else q = sc[sd];
+            const float cwv = coef[col];
+            float inner = ty == TYPE_RES ? gj
+                        : ty == TYPE_ATT ? gj * cwv
+                        : (xf * cwv > 0.f ? gj * cwv * q.s : 0.f);
+            d = (f & FLAG_BLUEPRINT) ? inner : (1.f - q.a) * gj + q.a * inner;
+        }
+        // RESIDUAL sums g, ATTENTION g x, MLP g x m and g relu(x w).
+        const float u0 = ty == TYPE_RES ? 1.f : ((ty == TYPE_ATT || m) ? xf : 0.f);
+        P0 = fmaf(gj, u0, P0);
+        P1 = fmaf(gj, m ? v : 0.f, P1);
+    }
+    return d;
 }
 
 template <class D, int V, bool ACT>
@@ -924,53 +1081,9 @@ __device__ __forceinline__ void bwd_impl(const typename D::R* __restrict__ x, co
                         for (int l = 0; l < V; l++) {
                             const u32 f = fl[l];
                             if (f & FLAG_ACTIVE) {
-                                const u32 col = c + l;
-                                float xf = D::in(xb[u].e[l]);
-                                float gj = D::in(gb[u].e[l]);
-                                const u32 ty = btype(f);
-                                float d;
-                                if (ty == TYPE_CONV) {
-                                    SeedConst q;
-                                    if (uni) q = q0; else q = sc[sd[l]];
-                                    float xm1 = (f & LANE_M1) ? D::in(x[rowoff + col - 1]) : 0.f;
-                                    float xm2 = (f & LANE_M2) ? D::in(x[rowoff + col - 2]) : 0.f;
-                                    if (is_clamped(f, q, seed_out(f, 0.f, q, xf, xm1, xm2))) gj = 0.f;
-                                    const u32 j = col - sd[l] * C;
-                                    float g1 = (f & LANE_P1) ? conv_geff<D>(x, g, rowoff, col + 1, j + 1, f, q) : 0.f;
-                                    float g2 = (f & LANE_P2) ? conv_geff<D>(x, g, rowoff, col + 2, j + 2, f, q) : 0.f;
-                                    float inner = q.s * (q.w0 * gj + q.w1 * g1 + q.w2 * g2);
-                                    d = (f & FLAG_BLUEPRINT) ? inner : (1.f - q.a) * gj + q.a * inner;
-                                    P0[l] = fmaf(gj, xf, P0[l]);
-                                    P1[l] = fmaf(gj, xm1, P1[l]);
-                                    P2[l] = fmaf(gj, xm2, P2[l]);
-                                } else {
-                                    const bool fin = finite_f(xf) && finite_f(gj);
-                                    if (f & FLAG_CLAMP) {
-                                        SeedConst q;
-                                        if (uni) q = q0; else q = sc[sd[l]];
-                                        float yv = finite_f(xf) ? lin_out(kc[l], xf) : seed_out(f, coef[col], q, xf, 0.f, 0.f);
-                                        if (is_clamped(f, q, yv)) gj = 0.f;
-                                    }
-                                    const float v = kc[l].W * xf;
-                                    const bool m = v > 0.f;
-                                    if (fin) {
-                                        // dx = g (P + m Q W) with m = [W x > 0] (SPEC 7's table, blended).
-                                        d = gj * (m ? fmaf(kc[l].Q, kc[l].W, kc[l].P) : kc[l].P);
-                                    } else {
-                                        // Non-finite values follow SPEC 7's formula literally.
-                                        SeedConst q;
-                                        if (uni) q = q0; else q = sc[sd[l]];
-                                        const float cwv = coef[col];
-                                        float inner = ty == TYPE_RES ? gj
-                                                    : ty == TYPE_ATT ? gj * cwv
-                                                    : (xf * cwv > 0.f ? gj * cwv * q.s : 0.f);
-                                        d = (f & FLAG_BLUEPRINT) ? inner : (1.f - q.a) * gj + q.a * inner;
-                                    }
-                                    // RESIDUAL sums g, ATTENTION g x, MLP g x m and g relu(x w).
-                                    const float u0 = ty == TYPE_RES ? 1.f : ((ty == TYPE_ATT || m) ? xf : 0.f);
-                                    P0[l] = fmaf(gj, u0, P0[l]);
-                                    P1[l] = fmaf(gj, m ? v : 0.f, P1[l]);
-                                }
+                                const float d = bwd_elem<D>(x, g, rowoff, c + l, f, kc[l], sc, sd[l], uni, q0, coef, C,
+                                                            D::in(xb[u].e[l]), D::in(gb[u].e[l]), P0[l], P1[l],
+                                                            P2[l]);
                                 out.e[l] = D::out(d);
                             }
                         }
@@ -1008,16 +1121,17 @@ __device__ __forceinline__ void bwd_impl(const typename D::R* __restrict__ x, co
     }
 }
 
-// Fixed-order tree sum over the block (blockDim.x a power of two, <= 1024).
+// Fixed-order sum over the block (blockDim.x a multiple of 32, at most 1024), returned to
+// every thread: a shuffle tree per warp, then the warps' sums added in order. `sh` holds 32.
 __device__ double block_sum(double v, double* sh) {
+    const u32 warp = threadIdx.x / 32, lane = threadIdx.x % 32, nw = blockDim.x / 32;
+    for (int off = 16; off > 0; off >>= 1) v += __shfl_down_sync(0xffffffffu, v, off);
+    __syncthreads();  // every thread has read the previous call's sums
+    if (lane == 0) sh[warp] = v;
     __syncthreads();
-    sh[threadIdx.x] = v;
-    __syncthreads();
-    for (u32 s = blockDim.x / 2; s > 0; s >>= 1) {
-        if (threadIdx.x < s) sh[threadIdx.x] += sh[threadIdx.x + s];
-        __syncthreads();
-    }
-    return sh[0];
+    double t = 0.0;
+    for (u32 k = 0; k < nw; k++) t += sh[k];
+    return t;
 }
 
 // Sums the backward partials of every active column over the row groups, in f64 and a
@@ -1044,37 +1158,14 @@ extern "C" __global__ void kasmina_bwd_colsum(const float* __restrict__ ppart, u
     }
 }
 
-// One block per seed: the call's Σg² (into grad_norm and the accumulator), and
-// the parameter gradients from the per-column sums (SPEC 7).
-extern "C" __global__ void kasmina_bwd_finalize(const float* __restrict__ gpart, const double* __restrict__ colsum,
-                                                u64 n_rg, u32 n_tiles, u32 segs, u32 TW, u32 C,
-                                                const SeedConst* __restrict__ sc, const float* __restrict__ coef,
-                                                float* __restrict__ dweights, float* __restrict__ dscales,
-                                                float* __restrict__ gnorm, double* __restrict__ acc_g2) {
-    __shared__ double sh[1024];
-    const u32 seed = blockIdx.x;
+// The parameter gradients of seed `seed` from its per-column sums `cs` (C x 3, SPEC 7), written
+// to `dweights` / `dscales`; every thread of the block calls it (`sh`: 32 doubles).
+__device__ __forceinline__ void seed_grads(u32 seed, u32 C, const SeedConst& q, const double* cs,
+                                           const float* __restrict__ coef, float* __restrict__ dweights,
+                                           float* __restrict__ dscales, double* sh) {
     const u32 T = blockDim.x;
-    const u64 t0 = ((u64)seed * C) / TW;
-    const u64 t1 = ((u64)(seed + 1) * C - 1) / TW;
-    const u64 nt = t1 - t0 + 1;
-    const u64 items = n_rg * nt;
-    double g2 = 0.0;
-    for (u64 it = threadIdx.x; it < items; it += T) {
-        const u64 rg = it / nt;
-        const u64 t = t0 + it % nt;
-        const u64 k = seed - (t * TW) / C;
-        g2 += (double)gpart[(rg * n_tiles + t) * segs + k];
-    }
-    g2 = block_sum(g2, sh);
-    if (threadIdx.x == 0) {
-        gnorm[seed] = (float)sqrt(g2);
-        acc_g2[seed] += g2;
-    }
-
-    const SeedConst q = sc[seed];
     const u64 base = (u64)seed * C;
     float* dw = dweights + base;
-    const double* cs = colsum + base * 3;
     if (!(q.flags & FLAG_ACTIVE)) {
         for (u32 j = threadIdx.x; j < C; j += T) dw[j] = 0.f;
         if (threadIdx.x == 0) dscales[seed] = 0.f;
@@ -1111,6 +1202,277 @@ extern "C" __global__ void kasmina_bwd_finalize(const float* __restrict__ gpart,
         if (threadIdx.x == 0) {
             dscales[seed] = (float)(a * ((double)q.w0 * tk[0] + (double)q.w1 * tk[1] + (double)q.w2 * tk[2]));
         }
+    }
+}
+
+// One block per seed: the call's Σg² (into grad_norm and the accumulator), and
+// the parameter gradients from the per-column sums (SPEC 7).
+extern "C" __global__ void kasmina_bwd_finalize(const float* __restrict__ gpart, const double* __restrict__ colsum,
+                                                u64 n_rg, u32 n_tiles, u32 segs, u32 TW, u32 C,
+                                                const SeedConst* __restrict__ sc, const float* __restrict__ coef,
+                                                float* __restrict__ dweights, float* __restrict__ dscales,
+                                                float* __restrict__ gnorm, double* __restrict__ acc_g2) {
+    __shared__ double sh[32];
+    const u32 seed = blockIdx.x;
+    const u32 T = blockDim.x;
+    const u64 t0 = ((u64)seed * C) / TW;
+    const u64 t1 = ((u64)(seed + 1) * C - 1) / TW;
+    const u64 nt = t1 - t0 + 1;
+    const u64 items = n_rg * nt;
+    double g2 = 0.0;
+    for (u64 it = threadIdx.x; it < items; it += T) {
+        const u64 rg = it / nt;
+        const u64 t = t0 + it % nt;
+        const u64 k = seed - (t * TW) / C;
+        g2 += (double)gpart[(rg * n_tiles + t) * segs + k];
+    }
+    g2 = block_sum(g2, sh);
+    if (threadIdx.x == 0) {
+        gnorm[seed] = (float)sqrt(g2);
+        acc_g2[seed] += g2;
+    }
+    seed_grads(seed, C, sc[seed], colsum + (u64)seed * C * 3, coef, dweights, dscales, sh);
+}
+
+// The two columns on each side of a CONV vector that its backward reads (0 outside the chunk),
+// loaded next to the vector itself instead of one dependent load after another per column.
+struct ConvEdges {
+    float xl2, xl1, xr0, xr1, gr0, gr1;
+};
+
+template <class D, int V>
+__device__ __forceinline__ ConvEdges conv_edges(const typename D::R* __restrict__ x,
+                                                const typename D::R* __restrict__ g, u64 at, u32 j0, u32 C) {
+    ConvEdges e;
+    e.xl2 = j0 >= 2 ? D::in(x[at - 2]) : 0.f;
+    e.xl1 = j0 >= 1 ? D::in(x[at - 1]) : 0.f;
+    const bool r0 = j0 + V < C, r1 = j0 + V + 1 < C;
+    e.xr0 = r0 ? D::in(x[at + V]) : 0.f;
+    e.xr1 = r1 ? D::in(x[at + V + 1]) : 0.f;
+    e.gr0 = r0 ? D::in(g[at + V]) : 0.f;
+    e.gr1 = r1 ? D::in(g[at + V + 1]) : 0.f;
+    return e;
+}
+
+// bwd_elem for the V columns of one row of an active CONV seed (chunk position `j0`), from the
+// row's vectors and their edges: the same operations and values.
+template <class D, int V>
+__device__ __forceinline__ void bwd_conv_vec(u32 j0, u32 C, const SeedConst& q, const Pack<D, V>& xv,
+                                             const Pack<D, V>& gv, const ConvEdges& ed, Pack<D, V>& out, float* P0,
+                                             float* P1, float* P2) {
+    const u32 f = q.flags;
+    // xs[p + 2] = x at chunk position j0 + p (p = -2 .. V + 1), 0 outside the chunk; gs likewise
+    // for p = 0 .. V + 1.
+    float xs[V + 4], gs[V + 2];
+    xs[0] = ed.xl2;
+    xs[1] = ed.xl1;
+#pragma unroll
+    for (int l = 0; l < V; l++) {
+        xs[l + 2] = D::in(xv.e[l]);
+        gs[l] = D::in(gv.e[l]);
+    }
+    xs[V + 2] = ed.xr0;
+    xs[V + 3] = ed.xr1;
+    gs[V] = ed.gr0;
+    gs[V + 1] = ed.gr1;
+    // The gradient reaching each position's pre-clamp output (conv_geff).
+    float ge[V + 2];
+#pragma unroll
+    for (int p = 0; p < V + 2; p++) {
+        ge[p] = gs[p];
+        if ((f & FLAG_CLAMP) && j0 + p < C) {
+            const float xm1 = j0 + p >= 1 ? xs[p + 1] : 0.f;
+            const float xm2 = j0 + p >= 2 ? xs[p] : 0.f;
+            if (is_clamped(f, q, seed_out(f, 0.f, q, xs[p + 2], xm1, xm2))) ge[p] = 0.f;
+        }
+    }
+#pragma unroll
+    for (int l = 0; l < V; l++) {
+        const u32 j = j0 + l;
+        const float xm1 = j >= 1 ? xs[l + 1] : 0.f;
+        const float xm2 = j >= 2 ? xs[l] : 0.f;
+        const float gj = ge[l];
+        const float g1 = j + 1 < C ? ge[l + 1] : 0.f;
+        const float g2 = j + 2 < C ? ge[l + 2] : 0.f;
+        const float inner = q.s * (q.w0 * gj + q.w1 * g1 + q.w2 * g2);
+        out.e[l] = D::out((f & FLAG_BLUEPRINT) ? inner : (1.f - q.a) * gj + q.a * inner);
+        P0[l] = fmaf(gj, xs[l + 2], P0[l]);
+        P1[l] = fmaf(gj, xm1, P1[l]);
+        P2[l] = fmaf(gj, xm2, P2[l]);
+    }
+}
+
+struct Sum4 {
+    double x, y, z, w;
+};
+
+// Four doubles summed over a block in one pass (blockDim.x a multiple of 32, at most 1024):
+// a shuffle tree per warp, one barrier, then every thread adds the warps' sums in order, so
+// every thread gets the same bits. `sh` holds 32 of them.
+__device__ __forceinline__ Sum4 block_sum4(Sum4 v, Sum4* sh) {
+    const u32 warp = threadIdx.x / 32, lane = threadIdx.x % 32, nw = blockDim.x / 32;
+    for (int off = 16; off > 0; off >>= 1) {
+        v.x += __shfl_down_sync(0xffffffffu, v.x, off);
+        v.y += __shfl_down_sync(0xffffffffu, v.y, off);
+        v.z += __shfl_down_sync(0xffffffffu, v.z, off);
+        v.w += __shfl_down_sync(0xffffffffu, v.w, off);
+    }
+    if (lane == 0) sh[warp] = v;
+    __syncthreads();
+    Sum4 t = sh[0];
+    for (u32 k = 1; k < nw; k++) {
+        const Sum4 o = sh[k];
+        t.x += o.x;
+        t.y += o.y;
+        t.z += o.z;
+        t.w += o.w;
+    }
+    return t;
+}
+
+// The whole backward of one seed's chunk in one block (small calls): dx, the call's Σg² (into
+// grad_norm and the accumulator) and the parameter gradients (SPEC 7), with no partials in
+// global memory, no second kernel and one barrier. Thread t owns vector column t % G of the
+// chunk (G = C / V) and rows t / G, t / G + L, ... (L = blockDim.x / G row lanes; threads from
+// L G on only join the sums). The sums over the whole chunk (Σg², and the scale's and CONV's
+// sums: Σ_j coef_j P0_j for RESIDUAL and ATTENTION, Σ_j P1_j for MLP, Σ_j P0..P2_j for CONV) are
+// one four-double block reduction; the per-column sums P0_j that the weights' gradients of
+// RESIDUAL, ATTENTION and MLP need are each lane's f32 sums in shared memory, added over the
+// lanes in f64 and in order by one thread per column. The same bits on every run. Needs
+// G <= blockDim.x (a multiple of 32, at most 1024) and C * 4 * L bytes of dynamic shared memory.
+template <class D, int V>
+__device__ __forceinline__ void bwd_seed_impl(const typename D::R* __restrict__ x, const typename D::R* __restrict__ g,
+                                              typename D::R* __restrict__ dx, u64 B, u32 H, u32 C,
+                                              const SeedConst* __restrict__ sc, const ColCoef* __restrict__ colc,
+                                              const float* __restrict__ coef, float* __restrict__ dweights,
+                                              float* __restrict__ dscales, float* __restrict__ gnorm,
+                                              double* __restrict__ acc_g2) {
+    typedef Pack<D, V> P;
+    extern __shared__ float pp[];
+    __shared__ Sum4 red[32];
+    const u32 seed = blockIdx.x;
+    const u32 T = blockDim.x;
+    const u32 G = C / V;
+    const u32 L = T / G;
+    const u32 gv = threadIdx.x % G;
+    const u32 lr = threadIdx.x / G;
+    const bool worker = lr < L;
+    const u64 base = (u64)seed * C;
+    const u32 c = seed * C + gv * V;
+
+    // Everything this block reads is requested up front, independent of the seed's mode, so
+    // the loads overlap instead of waiting on the constants: the Σg² accumulator the end reads
+    // (L1 prefetch), the columns' coefficients, then X and G.
+    if (threadIdx.x == 0) prefetch_l1(acc_g2 + seed);
+    const SeedConst q0 = sc[seed];
+    u32 fl[V];
+    ColCoef kc[V];
+    float cw[V];
+#pragma unroll
+    for (int l = 0; l < V; l++) {
+        const u32 j = gv * V + l;
+        kc[l] = colc[c + l];
+        cw[l] = coef[c + l];
+        fl[l] = q0.flags | (j >= 1 ? LANE_M1 : 0u) | (j >= 2 ? LANE_M2 : 0u) | (j + 1 < C ? LANE_P1 : 0u) |
+                (j + 2 < C ? LANE_P2 : 0u);
+    }
+    const bool act = (q0.flags & FLAG_ACTIVE) != 0;
+    const u32 ty = btype(q0.flags);
+    const bool conv = act && ty == TYPE_CONV;
+    float G2[V], P0[V], P1[V], P2[V];
+#pragma unroll
+    for (int l = 0; l < V; l++) {
+        G2[l] = 0.f;
+        P0[l] = 0.f;
+        P1[l] = 0.f;
+        P2[l] = 0.f;
+    }
+    if (worker) {
+        for (u64 r0 = lr; r0 < B; r0 += (u64)SEED_UNROLL * L) {
+            P gb[SEED_UNROLL];
+            P xb[SEED_UNROLL];
+            ConvEdges ed[SEED_UNROLL];
+#pragma unroll
+            for (int u = 0; u < SEED_UNROLL; u++) {
+                const u64 r = r0 + (u64)u * L;
+                if (r < B) {
+                    const u64 off = r * (u64)H + c;
+                    gb[u].raw = *reinterpret_cast<const typename P::Raw*>(g + off);
+                    xb[u].raw = *reinterpret_cast<const typename P::Raw*>(x + off);
+                    if (conv) ed[u] = conv_edges<D, V>(x, g, off, gv * V, C);
+                }
+            }
+#pragma unroll
+            for (int u = 0; u < SEED_UNROLL; u++) {
+                const u64 r = r0 + (u64)u * L;
+                if (r >= B) continue;
+                const u64 rowoff = r * (u64)H;
+                P out;
+#pragma unroll
+                for (int l = 0; l < V; l++) {
+                    const float gf = D::in(gb[u].e[l]);
+                    G2[l] = fmaf(gf, gf, G2[l]);
+                    out.e[l] = gb[u].e[l];
+                }
+                if (conv) {
+                    bwd_conv_vec<D, V>(gv * V, C, q0, xb[u], gb[u], ed[u], out, P0, P1, P2);
+                } else if (act) {
+#pragma unroll
+                    for (int l = 0; l < V; l++) {
+                        const float d = bwd_elem<D>(x, g, rowoff, c + l, fl[l], kc[l], sc, seed, true, q0, coef, C,
+                                                    D::in(xb[u].e[l]), D::in(gb[u].e[l]), P0[l], P1[l], P2[l]);
+                        out.e[l] = D::out(d);
+                    }
+                }
+                *reinterpret_cast<typename P::Raw*>(dx + rowoff + c) = out.raw;
+            }
+        }
+        if (act && !conv) {
+#pragma unroll
+            for (int l = 0; l < V; l++) pp[(u64)lr * C + gv * V + l] = P0[l];
+        }
+    }
+    // This thread's terms of the chunk-wide sums (zero for threads outside the lanes).
+    Sum4 t = {0.0, 0.0, 0.0, 0.0};
+#pragma unroll
+    for (int l = 0; l < V; l++) {
+        t.x += (double)G2[l];
+        if (conv) {
+            t.y += (double)P0[l];
+            t.z += (double)P1[l];
+            t.w += (double)P2[l];
+        } else if (ty == TYPE_MLP) {
+            t.y += (double)P1[l];
+        } else {
+            t.y += (double)cw[l] * (double)P0[l];
+        }
+    }
+    // The barrier inside also orders the lanes' column sums before the reads below.
+    t = block_sum4(t, red);
+    float* dw = dweights + base;
+    if (threadIdx.x == 0) {
+        gnorm[seed] = (float)sqrt(t.x);
+        acc_g2[seed] += t.x;
+    }
+    const double a = q0.a, s = q0.s;
+    if (!act) {
+        for (u32 j = threadIdx.x; j < C; j += T) dw[j] = 0.f;
+        if (threadIdx.x == 0) dscales[seed] = 0.f;
+    } else if (conv) {
+        for (u32 j = threadIdx.x; j < C; j += T) {
+            const double tk = j == 0 ? t.y : j == 1 ? t.z : t.w;
+            dw[j] = j < 3 ? (float)(a * s * tk) : 0.f;
+        }
+        if (threadIdx.x == 0) {
+            dscales[seed] = (float)(a * ((double)q0.w0 * t.y + (double)q0.w1 * t.z + (double)q0.w2 * t.w));
+        }
+    } else {
+        for (u32 j = threadIdx.x; j < C; j += T) {
+            double cs = 0.0;
+            for (u32 r = 0; r < L; r++) cs += (double)pp[(u64)r * C + j];
+            dw[j] = ty == TYPE_ATT ? (float)(a * (double)coef[base + j] * (cs - t.y)) : (float)(a * s * cs);
+        }
+        if (threadIdx.x == 0) dscales[seed] = ty == TYPE_ATT ? 0.f : (float)(a * t.y);
     }
 }
 
@@ -1918,7 +2280,47 @@ extern "C" __global__ void kasmina_bwd_identity(const KASMINA_DT::R* x, const KA
 extern "C" __global__ void kasmina_fwd_seed(const KASMINA_DT::R* x, KASMINA_DT::R* y, u64 B, u32 H, u32 C,
                                             float dead_eps, const SeedConst* sc, const ColCoef* colc,
                                             const float* coef, Acc* acc) {
-    fwd_seed_impl<KASMINA_DT, KASMINA_V>(x, y, B, H, C, dead_eps, sc, colc, coef, acc);
+    const u32 base = blockIdx.x * C;
+    fwd_seed_impl<KASMINA_DT, KASMINA_V>(x, y, B, H, C, dead_eps, sc[blockIdx.x], colc + base, coef + base, acc);
+}
+
+// The small forward with the parameter plan first (plan.cu's plan_seed, compiled in front of this
+// file): one block per seed derives its constants from the caller's parameters `w` / `scales`
+// into the layer's buffers and into shared memory, then runs fwd_seed_impl on the shared copies.
+// Dynamic shared memory: C * 20 bytes.
+extern "C" __global__ void kasmina_fwd_seed_plan(const KASMINA_DT::R* x, KASMINA_DT::R* y, u64 B, u32 H, u32 C,
+                                                 float dead_eps, const float* w, const float* scales, u32* consts,
+                                                 float* coef, float4* colc, unsigned char* records, float* wcopy,
+                                                 Acc* acc) {
+    extern __shared__ float4 sh_plan[];
+    __shared__ double red[33];
+    __shared__ SeedConst q;
+    float* sh_coef = reinterpret_cast<float*>(sh_plan + C);
+    // X's first vectors of this thread, the accumulator and the seed's weights move into L1
+    // while the constants' load runs.
+    {
+        const u32 G = C / KASMINA_V;
+        const u32 nvec = (u32)B * G;
+        for (u32 v = threadIdx.x; v < nvec && v < SEED_UNROLL * blockDim.x; v += blockDim.x) {
+            const u32 row = v / G;
+            prefetch_l1(x + row * (u64)H + blockIdx.x * C + (v - row * G) * KASMINA_V);
+        }
+        if (threadIdx.x == 0) prefetch_l1(acc + blockIdx.x);
+        if (threadIdx.x < C) prefetch_l1(w + (u64)blockIdx.x * C + threadIdx.x);
+    }
+    plan_seed(w, scales, C, blockIdx.x, consts, coef, colc, records, wcopy, red, sh_plan, sh_coef,
+              reinterpret_cast<u32*>(&q));
+    __syncthreads();
+    const SeedConst qs = q;
+    fwd_seed_impl<KASMINA_DT, KASMINA_V>(x, y, B, H, C, dead_eps, qs, reinterpret_cast<const ColCoef*>(sh_plan),
+                                         sh_coef, acc);
+}
+
+// One block per seed, the whole backward of a small call (see bwd_seed_impl).
+extern "C" __global__ void kasmina_bwd_seed(const KASMINA_DT::R* x, const KASMINA_DT::R* g, KASMINA_DT::R* dx, u64 B,
+                                            u32 H, u32 C, const SeedConst* sc, const ColCoef* colc, const float* coef,
+                                            float* dweights, float* dscales, float* gnorm, double* acc_g2) {
+    bwd_seed_impl<KASMINA_DT, KASMINA_V>(x, g, dx, B, H, C, sc, colc, coef, dweights, dscales, gnorm, acc_g2);
 }
 
 // Seed-uniform variants (C % V == 0), see fwdu_impl / bwdu_impl. The *_fused forwards

@@ -277,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--replays", type=int, default=500)
     ap.add_argument("--device", default="cuda:0")
-    ap.add_argument("--skip-small", action="store_true")
+    ap.add_argument("--skip-small", action="store_true", help="leave out the CUDA-graph steps at the small shape")
+    ap.add_argument("--skip-large", action="store_true", help="leave out the large shape's cases")
     ap.add_argument("--json")
     ap.add_argument("--markdown")
     args = ap.parse_args(argv)
@@ -295,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{meta['device']} (torch {meta['torch']})", flush=True)
     compiled = torch.compile(peer, dynamic=False)
     big: list[dict] = []
-    for dt in args.dtypes.split(","):
+    for dt in [] if args.skip_large else args.dtypes.split(","):
         for mix in args.mixes.split(","):
             rows = big_case(b, h, s, dt, mix, args.reps, args.device, compiled)
             big += rows
