@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Runs on the lent GPU machine over a bundle built with
-#   ../shared/tools/device-bundle.sh --features kasmina/wgpu,kasmina/cuda
+# Runs on a GPU machine over a bundle built with
+#   ../shared/tools/device-bundle.sh --features kasmina-cli/wgpu,kasmina-cli/cuda
 # and writes its logs under $OUT (or ./device-out). Each part fits one device call:
 #   cuda     `kasmina bench --backend cuda` (Auto family), the portable / Hopper / Auto table over
-#            C in {16, 48, 64, 512, 4096}, and the PyTorch peer, in one session;
+#            C in {16, 48, 64, 512, 4096}, and the PyTorch peer, in one call;
 #   checks   `kasmina conformance --backend all --quick`, the GPU test binaries (CUDA, Hopper, wgpu),
 #            compute-sanitizer on the Hopper kernels, the Hopper SASS, and the wgpu bench;
 #   sanitize compute-sanitizer (memcheck, racecheck, synccheck) over the whole conformance suite with
@@ -16,7 +16,7 @@
 #            then the conformance suite (three modes) and the CUDA GPU tests;
 #   stages   the big bf16 forward with loads staged through shared memory (KASMINA_CUDA_STAGES)
 #            against direct loads, then the row-group conformance suite and GPU tests with stages.
-#   goals    the issue-6 table (default bench), the PyTorch peer, and the big mixed forward with the
+#   goals    the default CUDA bench table, the PyTorch peer, and the big mixed forward with the
 #            warp-per-seed kernel's loads staged (default) and direct, interleaved.
 #   tests    the CUDA GPU test binaries with every conformance row timestamped as it completes.
 #   pytests  the Python package's test suite with its CUDA cases required (about 5 minutes cold);
@@ -157,7 +157,7 @@ seedwarp)
   fi
   ;;
 goals)
-  # The issue-6 table in one call: `kasmina bench --backend cuda` (big and small shapes, both dtypes
+  # The default CUDA bench table in one call: `kasmina bench --backend cuda` (big and small shapes, both dtypes
   # and mixes, Auto family), the PyTorch peer, then the big mixed forward (portable family) with
   # the warp-per-seed kernel loading directly (KASMINA_CUDA_WS_STAGES=0) against its default
   # staged loads, interleaved. The GPU tests are the `tests` part (they fill a call of their own).

@@ -2,7 +2,8 @@
 # The whole test set-up on a fresh Debian/Ubuntu machine: installs what the tests
 # need (Mesa's lavapipe, a Vulkan device on the CPU, for the wgpu backend; maturin,
 # pytest, numpy, torch, ruff, scikit-learn and matplotlib from the Python package
-# registry, for the Python package and its digits experiment), then checks formatting and lints and runs every test of the workspace,
+# registry, for the Python package and its digits experiment), then checks formatting and lints, packages the
+# library crates, and runs every test of the workspace,
 # then builds and installs the Python package from this tree and runs its tests.
 # Tests that need a GPU this machine lacks (CUDA) skip with a printed reason,
 # unless KASMINA_REQUIRE_GPU=1.
@@ -23,6 +24,14 @@ export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
+# Every library crate packages (manifest and file list; no upload), and the library facade pulls
+# in none of the command's dependencies.
+cargo package --quiet --no-verify --allow-dirty \
+  -p kasmina-core -p kasmina-cpu -p kasmina-wgpu -p kasmina-cuda -p kasmina-conformance -p kasmina
+if cargo tree -p kasmina -e normal --prefix none | grep -E '^(clap|indicatif|npyz|kasmina-benches|kasmina-conformance) '; then
+  echo "the kasmina library depends on a crate of the command (above)" >&2
+  exit 1
+fi
 cargo test --workspace --release
 
 # The Python package (kasmina-py): PyTorch's Linux wheel brings CUDA's libraries (about 5 GB,
@@ -33,5 +42,5 @@ python3 -c 'import maturin, pytest, numpy, torch, ruff, sklearn, matplotlib' 2>/
 python3 -m ruff format --check kasmina-py
 python3 -m ruff check kasmina-py
 "${pip[@]}" --no-build-isolation --no-deps --force-reinstall ./kasmina-py
-cargo build --release -p kasmina   # the `kasmina` command the Python tests compare with
+cargo build --release -p kasmina-cli   # the `kasmina` command the Python tests compare with
 KASMINA_CLI="$PWD/target/release/kasmina" python3 -m pytest -q kasmina-py/tests

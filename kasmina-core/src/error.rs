@@ -7,6 +7,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Every error the core (and, through [`BackendError`], any backend) returns.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The layer configuration is invalid.
     #[error(transparent)]
@@ -70,6 +71,7 @@ pub enum Error {
 
 /// A configuration error (SPEC 1): the message says what to change.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConfigError {
     /// `hidden_dim` is zero.
     #[error("hidden_dim must be greater than 0")]
@@ -109,6 +111,7 @@ pub enum ConfigError {
 
 /// A refused lifecycle transition (SPEC 3). The layer is unchanged.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
 pub enum TransitionError {
     /// The (from, to) pair is not in the transition table.
     #[error("seed {seed_id}: {from} -> {to} is not a legal transition")]
@@ -148,6 +151,7 @@ pub enum TransitionError {
 
 /// A snapshot that could not be written or loaded (SPEC 2.2).
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SnapshotError {
     /// Reading or writing the file failed.
     #[error("snapshot I/O error on {path}: {source}")]
@@ -207,6 +211,7 @@ pub enum SnapshotError {
 
 /// What kind of failure a backend reports, so callers can react without parsing messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum BackendErrorKind {
     /// The backend cannot run on this machine (no driver, no adapter, not compiled in).
     Unavailable,

@@ -118,5 +118,5 @@ def cli() -> pathlib.Path:
         cargo = shutil.which("cargo")
         if cargo is None:
             pytest.fail("the kasmina command is not built and cargo is not on PATH (set KASMINA_CLI)")
-        subprocess.run([cargo, "build", "--release", "-p", "kasmina"], cwd=REPO, check=True)
+        subprocess.run([cargo, "build", "--release", "-p", "kasmina-cli"], cwd=REPO, check=True)
     return exe

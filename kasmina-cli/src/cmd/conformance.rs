@@ -126,7 +126,7 @@ pub fn run(a: ConformanceArgs) -> CmdResult {
             "summary": summary,
         });
         let text = serde_json::to_string_pretty(&report).map_err(|e| kasmina::Error::Invalid(e.to_string()))?;
-        kasmina::files::write_atomic(path, text.as_bytes())?;
+        kasmina_cli::files::write_atomic(path, text.as_bytes())?;
     }
     if failed > 0 { Err(Failure::Reported) } else { Ok(()) }
 }

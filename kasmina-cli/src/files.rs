@@ -10,7 +10,7 @@ use kasmina_core::backend::HostTensorData;
 use kasmina_core::{DType, ParamGrads};
 use npyz::{TypeChar, WriterBuilder};
 
-use crate::error::{Error, Result};
+use kasmina::{Error, Result};
 
 /// A 2-D activation `[rows, cols]` read from an NPY file.
 #[derive(Debug, Clone, PartialEq)]

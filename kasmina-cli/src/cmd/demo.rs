@@ -1,12 +1,12 @@
-//! `kasmina demo`: the morphogenetic demo (see `kasmina::demo`).
+//! `kasmina demo`: the morphogenetic demo (see `kasmina_cli::demo`).
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use kasmina::demo::{DemoConfig, DemoRun, EpochRecord};
 use kasmina::{Backend, DeviceName, LifecycleState};
+use kasmina_cli::demo::{DemoConfig, DemoRun, EpochRecord};
 
 use crate::CmdResult;
 
@@ -104,7 +104,7 @@ fn run_once<B: Backend>(
 ) -> kasmina::Result<DemoRun> {
     let backend = open()?;
     let pb = progress(cfg.epochs as u64, label);
-    let out = kasmina::demo::run(backend, cfg, |r| {
+    let out = kasmina_cli::demo::run(backend, cfg, |r| {
         if print_rows {
             pb.suspend(|| {
                 say!("{}", row(r));
@@ -194,7 +194,7 @@ fn demo<B: Backend>(open: impl Fn() -> kasmina::Result<B>, args: &DemoArgs) -> k
             "baseline_history": baseline.history,
         });
         let text = serde_json::to_string_pretty(&summary).map_err(|e| kasmina::Error::Invalid(e.to_string()))?;
-        kasmina::files::write_atomic(path, text.as_bytes())?;
+        kasmina_cli::files::write_atomic(path, text.as_bytes())?;
     }
     Ok(())
 }

@@ -51,7 +51,7 @@ use kasmina_core::{
     LayerConfig, LayerState, LifecycleState, SeedSignal, TelemetryReport, TransitionEvent,
 };
 
-use crate::error::{Error, Result};
+use kasmina::{Error, Result};
 
 /// How the controller judges and when it acts.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]

@@ -5,8 +5,8 @@ use std::process::{Command, Output};
 
 use kasmina::core::lifecycle::TransitionReason;
 use kasmina::core::snapshot;
-use kasmina::files::{npy_bytes, read_npy_matrix, read_param_grads};
 use kasmina::{BlueprintType, DType, GraftingStrategy, HostTensorData, LayerConfig, LayerState, LifecycleState};
+use kasmina_cli::files::{npy_bytes, read_npy_matrix, read_param_grads};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 

@@ -8,8 +8,8 @@
 use std::path::{Path, PathBuf};
 
 use kasmina::core::backend::HostTensorData;
-use kasmina::files::{self, Matrix};
 use kasmina::{Backend, DType, DeviceName, Error, KasminaLayer, LayerState};
+use kasmina_cli::files::{self, Matrix};
 
 use crate::CmdResult;
 

@@ -196,7 +196,7 @@ pub fn run(a: BenchArgs) -> CmdResult {
     say_raw!("{}", kasmina_benches::format_table(&records));
     if let Some(path) = &a.json {
         let text = serde_json::to_string_pretty(&records).map_err(|e| kasmina::Error::Invalid(e.to_string()))?;
-        kasmina::files::write_atomic(path, text.as_bytes())?;
+        kasmina_cli::files::write_atomic(path, text.as_bytes())?;
     }
     Ok(())
 }
