@@ -1,4 +1,4 @@
-//! CPU backend benchmark (issue 4): B = 4096, H = 4096, S = 64, f32 and bf16,
+//! CPU backend benchmark: B = 4096, H = 4096, S = 64, f32 and bf16,
 //! seed mixes `dormant` and `mixed`; forward, backward, and the backend's own
 //! multithreaded copy of the same bytes, timed in the same run.
 //!

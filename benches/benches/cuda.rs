@@ -1,4 +1,4 @@
-//! CUDA backend benchmark (issue 6): B = 16384, H = 8192, S = 128 in f32 and
+//! CUDA backend benchmark: B = 16384, H = 8192, S = 128 in f32 and
 //! bf16 with seed mixes `dormant` and `mixed`, and the small-batch latency case
 //! B = 32, H = 768, S = 16; each next to the device's own copy of the same bytes
 //! (`cuMemcpyDtoD`), timed with CUDA events in the same run.

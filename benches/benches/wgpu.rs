@@ -1,4 +1,4 @@
-//! wgpu backend benchmark (issue 5): B = 16384, H = 8192, S = 128, f32 and
+//! wgpu backend benchmark: B = 16384, H = 8192, S = 128, f32 and
 //! f16, seed mixes `dormant` and `mixed`; forward, backward, and
 //! `copy_buffer_to_buffer` of the same bytes, all timed on the device with
 //! timestamp queries (`Backend::time_ms`; wall clock if the adapter has none).

@@ -1,4 +1,4 @@
-//! Steady-state calls do not allocate: scratch lives in the layer (issue 4).
+//! Steady-state calls do not allocate: scratch lives in the layer.
 //!
 //! A counting global allocator wraps the system one; after warm-up calls, many
 //! forward/backward calls must not allocate per call. (The rayon pool may

@@ -32,8 +32,8 @@ pub struct KernelConfig {
     /// Elements per thread and load (the vector width).
     pub vec: u32,
     /// Rows a thread loads before it processes any: [`DEFAULT_UNROLL`], or 8 (the seed-uniform
-    /// forward's `*_u8` kernels, more bytes in flight per thread). Entries written before this
-    /// knob existed read as the default.
+    /// forward's `*_u8` kernels, more bytes in flight per thread). Cache entries without this
+    /// field read as the default.
     #[serde(default = "default_unroll")]
     pub unroll: u32,
 }
@@ -279,8 +279,8 @@ impl Tuner {
         let current = format!("{:016x}", key.kernel_hash);
         // Entries of this device and operation tuned with another kernel source can never match
         // again. Other operations are kept whatever their source: the Hopper path tunes its keys
-        // against its own source (issue 7), and pruning by source alone made the two families
-        // evict each other's entries on every write, so a second process tuned again.
+        // against its own source, and pruning by source alone would make the two families evict
+        // each other's entries on every write, so a second process would tune again.
         file.entries.retain(|k, e| e.device != key.device || e.kernel_hash == current || key_op(k) != Some(&key.op));
         file.entries.insert(key.as_string(), entry);
         if let Err(e) = write_atomically(&path, &file) {

@@ -18,7 +18,7 @@ use crate::layer::{
     Acc, ColCoef, CudaLayer, GraphKey, Scratch, SeedConst, SeedDerived, SeedRecord, seed_const, seed_record,
 };
 
-// ---- Hopper path (issue 7, engineer H1): TMA + warp-specialized kernels, see hopper.rs.
+// ---- Hopper path: TMA + warp-specialized kernels, see hopper.rs.
 #[path = "hopper.rs"]
 pub mod hopper;
 pub use hopper::CudaPath;
@@ -129,7 +129,7 @@ impl DeviceTensor for CudaTensor {
 /// - `KASMINA_CUDA_UNIFORM=off`: the per-column kernels even where the seed-uniform ones apply.
 /// - `KASMINA_CUDA_FUSED_MERGE=on`: small forwards merge their statistics in the main kernel's
 ///   last block instead of a separate kernel (off by default: on the H100 the separate kernel
-///   measured 1 to 3 µs faster per call, even with the fused merge's one-warp-per-seed tree).
+///   is faster per call, even with the fused merge's one-warp-per-seed tree).
 /// - `KASMINA_CUDA_TUNE_EXTRA=off`: the autotuner times only the base candidates (rows in
 ///   powers of two, tiles of at most 1024 columns, unroll 4). By default the seed-uniform
 ///   kernels also try 256-thread tiles of 8-wide vectors, rows that split the batch evenly
@@ -145,7 +145,7 @@ impl DeviceTensor for CudaTensor {
 /// - `KASMINA_CUDA_SEEDWISE=off`: small forwards (at most 32 KiB of activation per seed) run the
 ///   tuned row-group kernels and the merge kernel instead of one block per seed in one launch.
 /// - `KASMINA_CUDA_BWD_TYPED=off`: the active seed-uniform backward without its per-blueprint-type
-///   branch on finite rows (the typed one, default since it measured faster on the H100, gives
+///   branch on finite rows (the typed one is the default: it is faster on the H100 and gives
 ///   the same bits).
 /// - `KASMINA_AUTOTUNE_LOG=1`: print every candidate's time while tuning.
 #[derive(Clone)]
@@ -185,7 +185,7 @@ pub struct CudaBackend {
     /// finite rows (default; `KASMINA_CUDA_BWD_TYPED=off` disables it; same results, tuned under
     /// its own op name).
     bwd_typed: bool,
-    /// The Hopper path (issue 7): kernel family setting, its modules and picks (see `hopper.rs`).
+    /// The Hopper path: kernel family setting, its modules and picks (see `hopper.rs`).
     hopper: Arc<hopper::HopperState>,
 }
 
@@ -1295,7 +1295,7 @@ impl CudaBackend {
         }
     }
 
-    /// Forward on the family [`CudaPath`] picks (Hopper path, issue 7), else the portable kernels.
+    /// Forward on the family [`CudaPath`] picks (Hopper path), else the portable kernels.
     fn forward_impl(&self, layer: &mut CudaLayer, x: &CudaTensor, y: &mut CudaTensor) -> CudaResult<()> {
         if self.seedwise_applies(layer, x) {
             // Launches, not bytes, set the time of small calls: one block per seed, no path choice.
@@ -1470,7 +1470,7 @@ impl CudaBackend {
         if self.graphs_on(layer) { self.graphed(layer, key, &mut run) } else { run(layer) }
     }
 
-    /// Backward on the family [`CudaPath`] picks (Hopper path, issue 7), else the portable kernels.
+    /// Backward on the family [`CudaPath`] picks (Hopper path), else the portable kernels.
     fn backward_impl(
         &self,
         layer: &mut CudaLayer,

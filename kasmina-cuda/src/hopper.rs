@@ -13,7 +13,7 @@
 //!   `KASMINA_AUTOTUNE=off` Auto runs the portable kernels. Since it times both, Auto loses to
 //!   portable only by timing noise (within the margin); `KASMINA_CUDA_PATH=portable` keeps
 //!   the portable kernels alone.
-//! - Seed-uniform Hopper kernels (`kasmina_hfwdu` / `kasmina_hbwdu`, round 2) run where the
+//! - Seed-uniform Hopper kernels (`kasmina_hfwdu` / `kasmina_hbwdu`) run where the
 //!   chunk size C is a multiple of 8 (every vector width): the portable seed-uniform kernels'
 //!   per-thread math, CONV neighbours from the shared-memory tiles;
 //!   `KASMINA_HOPPER_UNIFORM=off` keeps the per-column Hopper kernels.
@@ -28,7 +28,7 @@
 //!   path's and the partials are merged by the portable merge kernels of the same module.
 //! - Evidence: [`CudaBackend::hopper_ptx`] returns the PTX (run `ptxas -arch=sm_90a` and
 //!   `cuobjdump -sass` on it: `UTMALDG`, `UTMASTG`, `SYNCS.*`); the env
-//!   `KASMINA_CUDA_DUMP=<dir>` writes it there when the module is built. Measured on the lent
+//!   `KASMINA_CUDA_DUMP=<dir>` writes it there when the module is built. Measured on an
 //!   NVIDIA H100 80GB HBM3 (driver 580.159.04, CUDA 13.0 `ptxas`/`cuobjdump`, `bash
 //!   benches/device-run.sh checks`): the f32 and the bf16 module each hold 84 `UTMALDG.2D`,
 //!   10 `UTMASTG.2D`, 160 `SYNCS.PHASECHK.TRANS64.TRYWAIT`, 70 `SYNCS.ARRIVE.TRANS64` and 80
@@ -38,7 +38,7 @@
 //!   suite with the path forced (`tests/conformance_hopper.rs`) passes, 10 of 10 groups.
 //! - Per call, the tensor maps (by address, shape and box) and the blocks per SM (by kernel and
 //!   shared memory) are looked up, not recomputed: a map is a pure function of its key, so a
-//!   cached one is right by construction (round 3).
+//!   cached one is right by construction.
 //!
 //! # Where each family wins
 //!
@@ -103,19 +103,20 @@ pub fn hopper_stages() -> u32 {
     })
 }
 /// Registers per thread of the active seed-uniform forward (`KASMINA_HOPPER_FWD_REGS` in the
-/// source) by default: 96, so 4 blocks of 5 warps fit an SM (round 3; 128 before).
+/// source) by default: 96, so 4 blocks of 5 warps fit an SM.
 pub const HOPPER_FWD_REGS: u32 = 96;
 
 /// Rows a seed-uniform forward thread loads before processing any (`KASMINA_HOPPER_UNROLL` in
-/// the source) by default: 1 (round 3; 4 before), which keeps that kernel within
-/// [`HOPPER_FWD_REGS`] without spills (NVRTC 13.0 + ptxas sm_90a; 2 spilled 72 bytes in bf16).
+/// the source) by default: 1, which keeps that kernel within [`HOPPER_FWD_REGS`] without
+/// spills (NVRTC 13.0 + ptxas sm_90a; an unroll of 2 spills 72 bytes in bf16).
 pub const HOPPER_UNROLL: u32 = 1;
 
 /// The registers and unroll of the active seed-uniform forward this process compiles:
 /// env `KASMINA_HOPPER_FWD_REGS` (64 to 255) and `KASMINA_HOPPER_UNROLL` (1 to 8), else
 /// [`HOPPER_FWD_REGS`] and [`HOPPER_UNROLL`]. Experiment knobs for the device runs
-/// (`KASMINA_HOPPER_FWD_REGS=128 KASMINA_HOPPER_UNROLL=4` is round 2's kernel); they change
-/// only speed, never results (same operations in the same order).
+/// (`KASMINA_HOPPER_FWD_REGS=128 KASMINA_HOPPER_UNROLL=4` gives fewer blocks per SM, more rows
+/// in flight per thread); they change only speed, never results (same operations in the same
+/// order).
 pub fn hopper_fwd_knobs() -> (u32, u32) {
     static KNOBS: OnceLock<(u32, u32)> = OnceLock::new();
     *KNOBS.get_or_init(|| {
@@ -346,13 +347,13 @@ pub(crate) struct HopperKernels {
     _module: Arc<CudaModule>,
     fwd: CudaFunction,
     fwd_identity: CudaFunction,
-    /// Seed-uniform forwards (C % V == 0), round 2.
+    /// Seed-uniform forwards (C % V == 0).
     fwdu: CudaFunction,
     fwdu_identity: CudaFunction,
-    /// Seed-uniform backwards (C % V == 0), round 2.
+    /// Seed-uniform backwards (C % V == 0).
     bwdu: CudaFunction,
     bwdu_identity: CudaFunction,
-    /// Identity kernels that store the input stage itself (no staging tile), round 2.
+    /// Identity kernels that store the input stage itself (no staging tile).
     fwdu_direct: CudaFunction,
     bwdu_direct: CudaFunction,
     bwd: CudaFunction,
@@ -431,8 +432,8 @@ pub fn hopper_op(backward: bool, uniform: bool, any_active: bool) -> String {
 
 /// The operation name of Auto's family choice: both families' operation names (the portable
 /// one from the backend's `op_name`, which also says whether its seed-uniform kernels run), so
-/// the choice made for one set of kernels is never reused for another (round 1's bug: the
-/// choice of a dormant layer was reused for a mixed layer of the same shape).
+/// the choice made for one set of kernels is never reused for another (a dormant layer's choice
+/// must not decide a mixed layer of the same shape).
 pub fn path_op(portable_op: &str, hopper_op: &str) -> String {
     format!("path-{portable_op}+{hopper_op}")
 }
@@ -950,9 +951,8 @@ mod tests {
         assert_eq!(CudaPath::Hopper.name(), "hopper");
     }
 
-    /// Round 1's Auto bug: the family chosen for a dormant layer was reused (in-memory key
-    /// without the operation) for a mixed layer of the same shape. Every kernel set now has
-    /// its own key.
+    /// Auto's keys include the operation, so the family chosen for a dormant layer is never
+    /// reused for a mixed layer of the same shape: every kernel set has its own key.
     #[test]
     fn auto_keys_separate_every_kernel_set() {
         let mut ops = std::collections::HashSet::new();

@@ -81,7 +81,7 @@ fn ptx_cache() -> &'static Mutex<HashMap<PtxKey, Ptx>> {
 /// `KASMINA_CUDA_PREFETCH=<n>` has it prefetch into L2 the rows `n` load batches ahead,
 /// `KASMINA_CUDA_STAGES=<n>` (see [`load_stages`]) stages its loads through shared memory,
 /// `KASMINA_CUDA_WS_STAGES=<n>` (see [`ws_load_stages`]) sets the warp-per-seed forward's stages,
-/// `KASMINA_CUDA_ROWS_FIRST=on` orders its blocks row groups first (the order before tiles first).
+/// `KASMINA_CUDA_ROWS_FIRST=on` orders its blocks row groups first instead of tiles first.
 fn experiment_defines() -> Vec<String> {
     let mut out = Vec::new();
     if crate::backend::env_on("KASMINA_CUDA_STREAMING") {
@@ -127,10 +127,9 @@ fn stages_from_env(name: &str, default: u32) -> u32 {
 
 /// Load stages of the warp-per-seed forward (`kasmina_fwdu_ws*`, see [`load_stages`]): 3 by
 /// default, `KASMINA_CUDA_WS_STAGES=<n>` (2 to 4) for another count, 0 or 1 for direct loads.
-/// On the H100 the big bf16 mixed forward (C = 64) ran 197.5 / 196.8 us per call with 3 stages
-/// against 202.2 / 203.0 us loading directly (0.92 of copy against 0.89, one device call,
-/// interleaved), f32 372.9 / 373.0 us against 374.6 / 374.8 us; the identity forward did not
-/// gain (session 4), so `KASMINA_CUDA_STAGES` stays off by default for the other kernels.
+/// On the H100 the staged loads make the large mixed forward faster than direct loads (most
+/// for bf16, C = 64); the identity forward gains nothing from staging, so
+/// `KASMINA_CUDA_STAGES` stays off by default for the other kernels.
 ///
 /// Read once per process (see [`load_stages`]).
 pub fn ws_load_stages() -> u32 {
@@ -139,8 +138,8 @@ pub fn ws_load_stages() -> u32 {
 }
 
 /// Whether the seed-uniform forward's blocks go row groups first (`KASMINA_CUDA_ROWS_FIRST=on`,
-/// grid (row groups, tiles), the order before session 4) instead of tiles first (grid (tiles,
-/// row groups), the default: the blocks resident at once then cover whole rows).
+/// grid (row groups, tiles)) instead of tiles first (grid (tiles, row groups), the default:
+/// the blocks resident at once then cover whole rows).
 ///
 /// Read once per process (see [`load_stages`]).
 pub fn rows_first() -> bool {

@@ -379,7 +379,7 @@ fn indexing_past_2_pow_31_elements() {
         return;
     }
     let Some(be) = backend_or_skip("indexing_past_2_pow_31_elements") else { return };
-    // f16 (as the issue asks), then bf16: the 16-bit activations are where B * H passes 2^31
+    // f16, then bf16: the 16-bit activations are where B * H passes 2^31
     // elements first (4 GiB per tensor).
     big_index_check::<half::f16>(&be);
     big_index_check::<bf16>(&be);

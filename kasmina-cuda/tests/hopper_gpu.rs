@@ -258,7 +258,7 @@ fn hopper_results_are_deterministic_and_fall_back_where_tma_cannot() {
     println!("hopper vs portable: {same} of {} elements bit-identical in y and dx", 67 * 768);
 }
 
-/// Round 3: tensor maps are encoded once per (address, shape, box) and reused by later calls;
+/// Tensor maps are encoded once per (address, shape, box) and reused by later calls;
 /// a reused map gives the same results as a fresh one.
 #[test]
 fn tensor_maps_are_encoded_once_per_tensor() {
@@ -291,10 +291,10 @@ fn tensor_maps_are_encoded_once_per_tensor() {
     assert_eq!(be.hopper_cached_maps(), 3, "x and y (as G) reused, dx new");
 }
 
-/// Round 1's Auto bug: the family picked for a dormant layer was reused for a mixed layer of
-/// the same shape. Each kernel set now gets its own timed choice, recorded in the cache file
-/// (round 2's failure here: the portable and Hopper entries, hashed with different sources,
-/// evicted each other from the file; now only a re-tuned operation drops its stale entries).
+/// Auto's family picked for a dormant layer is never reused for a mixed layer of the same
+/// shape: each kernel set gets its own timed choice, recorded in the cache file, and the
+/// portable and Hopper entries (hashed with different sources) must not evict each other from
+/// the file; only a re-tuned operation drops its stale entries.
 /// Right by construction: whatever the operation names are, the four calls (forward and
 /// backward of a dormant and of a mixed layer) run four different kernel sets, so four
 /// distinct family keys must be in the file, and a second backend must find every key there.

@@ -1191,7 +1191,7 @@ impl Backend for WgpuBackend {
         };
         self.synchronize()?;
         if t.separate_submits {
-            // The earlier method, kept for comparison (`KASMINA_WGPU_TIMING=submit`): each
+            // The other method, kept for comparison (`KASMINA_WGPU_TIMING=submit`): each
             // timestamp in a submission of its own, so host-side gaps are timed too.
             let stamp = |i: u32, resolve: bool| {
                 self.gpu.scoped("timestamp", || {

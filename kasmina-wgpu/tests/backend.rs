@@ -439,7 +439,7 @@ fn timing_capture_keeps_queue_order_and_cached_bindings_follow_the_tensors() {
 /// result (the reductions are compensated). The shape of the suite's full
 /// randomized seed 1100 (4022 columns over 126 rows), with one `g` element
 /// moved so that the exact `dscales` is about 5e-6 of the sum of its terms'
-/// magnitudes (seed 1100 had 1.3e-5, and missed the tolerance before).
+/// magnitudes (seed 1100 itself has 1.3e-5, where uncompensated sums miss the tolerance).
 #[test]
 fn cancelling_gradient_sums_keep_f32_accuracy() {
     let Some(be) = open(WgpuOptions::default()) else { return };

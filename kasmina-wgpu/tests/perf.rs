@@ -1,10 +1,10 @@
-//! Device timing report for tuning (issue 5's shape by default). Runs only with
+//! Device timing report for tuning (B = 16384, H = 8192, S = 128 by default). Runs only with
 //! `KASMINA_WGPU_PERF=1` (CI and lavapipe skip it); `KASMINA_WGPU_PERF_SHAPE=B,H,S`
 //! picks another shape. For f32, f16 and bf16, dormant and mixed seeds, it prints
 //! forward, backward and `copy_buffer_to_buffer` times (median of 15 after
 //! warm-up; copy of the forward's bytes, X read + Y written) three ways:
 //! timestamps in the timed command buffers (the default), timestamps in
-//! submissions of their own (the earlier method), and five calls back to back
+//! submissions of their own (for comparison), and five calls back to back
 //! (the per-call average). f16 is also run with the integer-only decoder, and
 //! f32/f16 with the identity / blueprint kernel split, with 8192 (seed, row-block)
 //! tiles per call (and 1024) instead of 2048, and with word-wise forward loads instead of

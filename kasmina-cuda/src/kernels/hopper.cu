@@ -1,4 +1,4 @@
-// Hopper path (issue 7): persistent, warp-specialized kernels fed by TMA.
+// Hopper path: persistent, warp-specialized kernels fed by TMA.
 //
 // This file is compiled by NVRTC for sm_90a AFTER kernels/kasmina.cu, in one source
 // (the host concatenates them), so it reuses that file's device functions and structs
@@ -30,10 +30,10 @@
 #endif
 #define HST KASMINA_HOPPER_STAGES
 // Rows a seed-uniform forward consumer thread loads from the stage before it processes any.
-// Round 3: 1 (was 4): with the blend math of an active seed the kernel is bound by instruction
+// 1 by default: with the blend math of an active seed the kernel is bound by instruction
 // latency, not by shared-memory loads in flight, and 1 row lets it fit KASMINA_HOPPER_FWD_REGS
 // (96) registers without spills (NVRTC 13.0 PTX, ptxas sm_90a: f32 94, f16 96, bf16 94
-// registers; with 2 rows bf16 spilled 72 bytes), i.e. 4 blocks per SM instead of 3 (16
+// registers; with 2 rows bf16 spills 72 bytes), i.e. 4 blocks per SM instead of 3 (16
 // consumer warps instead of 12) where the shared memory allows (4 KiB boxes).
 #ifndef KASMINA_HOPPER_UNROLL
 #define KASMINA_HOPPER_UNROLL 1
@@ -604,7 +604,7 @@ __device__ __forceinline__ void hbwd_impl(const KTensorMap* tmx, const KTensorMa
     if (threadIdx.x == 0) bulk_wait_all();
 }
 
-// ---------------------------------------------------------------- forward, seed-uniform (round 2)
+// ---------------------------------------------------------------- forward, seed-uniform
 //
 // As hfwd_impl, for C % V == 0 (the host checks): every consumer thread's V columns lie in one
 // seed, so the seed's mode, constants and coefficients are per thread (uni_setup of kasmina.cu,
@@ -858,7 +858,7 @@ __device__ __forceinline__ void hfwdu_impl(const KTensorMap* tmx, const KTensorM
     if (threadIdx.x == 0) bulk_wait_all();
 }
 
-// ---------------------------------------------------------------- backward, seed-uniform (round 2)
+// ---------------------------------------------------------------- backward, seed-uniform
 
 // conv_geff with x and g of tile column `tc` (row `rr`) read from the stage's shared tiles
 // (the same operations, so the same value); tc >= 2 where j >= 2 is needed.
@@ -1171,14 +1171,14 @@ KASMINA_HBWD(kasmina_hbwd_identity, false)
 
 // Registers per thread of the seed-uniform kernels: a block is 5 warps, spread over the SM's
 // 4 schedulers (16384 registers each), so 3 blocks per SM (4 warps on one scheduler) need
-// at most 16384 / (4 * 32) = 128 registers per thread (round 1's 179-register bf16 forward
-// got 1 block per SM by this rule, not by the 64 K total).
+// at most 16384 / (4 * 32) = 128 registers per thread (a 179-register kernel gets 1 block per
+// SM by this rule, not by the 64 K total).
 #ifndef KASMINA_HOPPER_REGS
 #define KASMINA_HOPPER_REGS 128
 #endif
 #define HREGS_U KASMINA_HOPPER_REGS
-// Registers of the active seed-uniform forward (kasmina_hfwdu), round 3: 5 warps per block, 4
-// blocks per SM put 5 warps on a scheduler: 16384 / (5 * 32) = 102, rounded down to the
+// Registers of the active seed-uniform forward (kasmina_hfwdu): 5 warps per block, 4 blocks
+// per SM put 5 warps on a scheduler: 16384 / (5 * 32) = 102, rounded down to the
 // allocation unit of 8: 96 (see KASMINA_HOPPER_UNROLL).
 #ifndef KASMINA_HOPPER_FWD_REGS
 #define KASMINA_HOPPER_FWD_REGS 96
