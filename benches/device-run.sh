@@ -71,7 +71,7 @@ checks)
       /usr/local/cuda/bin/cuobjdump -sass /tmp/h-$d.cubin > /tmp/h-$d.sass
     echo "$d ($p):"; grep -ohE 'UTMALDG[.A-Z0-9]*|UTMASTG[.A-Z0-9]*|SYNCS[.A-Z0-9_]*' /tmp/h-$d.sass | sort | uniq -c
   done | tee "$out/sass.txt"
-  timeout 150 bash .device/run.sh kasmina bench --backend wgpu --device 0 --json "$out/bench-wgpu.json" 2>&1 |
+  timeout 150 bash .device/run.sh kasmina bench --device wgpu:0 --json "$out/bench-wgpu.json" 2>&1 |
     tee "$out/bench-wgpu.txt"
   ;;
 sanitize)

@@ -3,13 +3,18 @@
 // A build with no backend at all compiles every command to "not compiled in".
 #![cfg_attr(not(any(feature = "cpu", feature = "wgpu", feature = "cuda")), allow(unused))]
 
-/// `println!` that exits quietly when stdout is closed (`kasmina ... | head`)
-/// instead of panicking on the broken pipe.
+/// `println!` for the command's human-readable output: to stdout, or to stderr once
+/// [`text_to_stderr`] was called (`--json -` owns stdout); exits quietly when the stream is
+/// closed (`kasmina ... | head`) instead of panicking on the broken pipe.
 macro_rules! say {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
-        let mut out = std::io::stdout().lock();
-        if let Err(e) = writeln!(out, $($arg)*) {
+        let r = if $crate::TEXT_TO_STDERR.load(std::sync::atomic::Ordering::Relaxed) {
+            writeln!(std::io::stderr().lock(), $($arg)*)
+        } else {
+            writeln!(std::io::stdout().lock(), $($arg)*)
+        };
+        if let Err(e) = r {
             if e.kind() == std::io::ErrorKind::BrokenPipe {
                 std::process::exit(0);
             }
@@ -21,8 +26,12 @@ macro_rules! say {
 macro_rules! say_raw {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
-        let mut out = std::io::stdout().lock();
-        if let Err(e) = write!(out, $($arg)*) {
+        let r = if $crate::TEXT_TO_STDERR.load(std::sync::atomic::Ordering::Relaxed) {
+            write!(std::io::stderr().lock(), $($arg)*)
+        } else {
+            write!(std::io::stdout().lock(), $($arg)*)
+        };
+        if let Err(e) = r {
             if e.kind() == std::io::ErrorKind::BrokenPipe {
                 std::process::exit(0);
             }
@@ -30,12 +39,30 @@ macro_rules! say_raw {
     }};
 }
 
+/// Set when a command writes its JSON report to stdout: [`say!`] then writes to stderr.
+static TEXT_TO_STDERR: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether `path` names stdout (`-`) as the JSON report's destination.
+pub(crate) fn is_stdout(path: &std::path::Path) -> bool {
+    path == std::path::Path::new("-")
+}
+
+/// Writes a JSON report to `path` (atomically), or to stdout when `path` is `-`.
+pub(crate) fn write_json(path: &std::path::Path, text: &str) -> kasmina::Result<()> {
+    if is_stdout(path) {
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        return writeln!(out, "{text}").and_then(|()| out.flush()).map_err(|e| kasmina::Error::io("stdout", e));
+    }
+    kasmina_cli::files::write_atomic(path, text.as_bytes())
+}
+
 mod cmd;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use kasmina::{DType, DeviceName};
+use kasmina::DeviceName;
 
 /// Kasmina seed layer: run the morphogenetic demo, the layer on files, the
 /// conformance suite and benchmarks on any compiled-in backend.
@@ -72,7 +99,8 @@ enum Command {
 /// What a command's failure means for the exit status.
 #[derive(Debug)]
 pub(crate) enum Failure {
-    /// An error: printed, exit status 1.
+    /// An error (bad input, a device that cannot run, a file that cannot be written): printed,
+    /// exit status 2, as for a command line clap rejects.
     Error(kasmina::Error),
     /// The command ran and reported failures itself (conformance cases): exit status 1.
     Reported,
@@ -92,13 +120,49 @@ pub(crate) fn parse_device(s: &str) -> Result<DeviceName, String> {
     s.parse::<DeviceName>().map_err(|e| e.to_string())
 }
 
-/// Parses a dtype for clap.
-pub(crate) fn parse_dtype(s: &str) -> Result<DType, String> {
-    s.parse::<DType>()
+/// A clap value parser that accepts one of `names` (which `--help` lists) and converts it with
+/// the type's `FromStr`.
+pub(crate) fn one_of<T>(names: &'static [&'static str]) -> impl clap::builder::TypedValueParser<Value = T>
+where
+    T: std::str::FromStr + Clone + Send + Sync + 'static,
+    T::Err: Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+{
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(names).try_map(|s| s.parse::<T>())
 }
+
+/// The values of `--dtype`.
+pub(crate) const DTYPES: &[&str] = &["f32", "f16", "bf16"];
+/// The values of `--type` (blueprint types, SPEC 4).
+pub(crate) const BLUEPRINT_TYPES: &[&str] = &["residual", "attention", "mlp", "conv"];
+/// The values of `--strategy` (grafting strategies, SPEC 6).
+pub(crate) const STRATEGIES: &[&str] = &["fixed-ramp", "performance-linked", "drift-controlled", "grad-norm-gated"];
+/// The values of `--to` (lifecycle states, SPEC 3).
+pub(crate) const STATES: &[&str] = &[
+    "dormant",
+    "germinated",
+    "training",
+    "grafting",
+    "stabilization",
+    "evaluating",
+    "fine-tuning",
+    "fossilized",
+    "culled",
+    "cancelled",
+    "rolled-back",
+];
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let json = match &cli.command {
+        Command::Demo(a) => a.json.as_deref(),
+        Command::Conformance(a) => a.json.as_deref(),
+        Command::Bench(a) => a.json.as_deref(),
+        _ => None,
+    };
+    if json.is_some_and(is_stdout) {
+        TEXT_TO_STDERR.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
     let result = match cli.command {
         Command::Devices { json } => cmd::devices::run(json),
         Command::Demo(a) => cmd::demo::run(a),
@@ -121,7 +185,27 @@ fn main() -> ExitCode {
                 }
                 source = s.source();
             }
-            ExitCode::FAILURE
+            ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kasmina::{BlueprintType, GraftingStrategy, LifecycleState};
+
+    /// The names `--help` lists are every value of each type, in order, and each parses to it.
+    #[test]
+    fn the_listed_values_are_the_types_values() {
+        fn check<T: std::str::FromStr + PartialEq + std::fmt::Debug>(names: &[&str], all: &[T]) {
+            assert_eq!(names.len(), all.len());
+            for (n, v) in names.iter().zip(all) {
+                assert_eq!(n.parse::<T>().ok().as_ref(), Some(v), "{n}");
+            }
+        }
+        check(super::DTYPES, &kasmina::DType::ALL);
+        check(super::BLUEPRINT_TYPES, BlueprintType::ALL);
+        check(super::STRATEGIES, GraftingStrategy::ALL);
+        check(super::STATES, LifecycleState::ALL);
     }
 }

@@ -471,8 +471,8 @@ fn devices_lists_the_cpu_and_names_the_features_of_missing_backends() {
     assert!(out.contains("f32"), "{out}");
     if !cfg!(feature = "cuda") {
         assert!(out.contains("--features cuda"), "{out}");
-        let o = kasmina(&["demo", "--backend", "cuda:0", "--quick"]);
-        assert!(!o.status.success());
+        let o = kasmina(&["demo", "--device", "cuda:0", "--quick"]);
+        assert_eq!(o.status.code(), Some(2), "an error exits with 2");
         assert!(stderr(&o).contains("--features cuda"), "{}", stderr(&o));
     }
     let o = kasmina(&["devices", "--json"]);
@@ -482,25 +482,58 @@ fn devices_lists_the_cpu_and_names_the_features_of_missing_backends() {
 }
 
 #[test]
-fn conformance_on_the_cpu_prints_a_table_and_a_summary() {
+fn conformance_on_the_cpu_prints_each_row_and_a_summary() {
     let f = Files::new();
     let json = f.path("c.json");
-    let o = kasmina(&["conformance", "--backend", "cpu", "--quick", "--filter", "forward_modes", "--json", p(&json)]);
+    let o = kasmina(&["conformance", "--device", "cpu", "--quick", "--filter", "forward_modes", "--json", p(&json)]);
     ok(&o);
     let out = stdout(&o);
     let last = out.lines().last().unwrap_or_default();
     assert!(last.contains("passed, 0 failed"), "{out}");
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    assert!(v["passed"].as_u64().unwrap() > 0);
+    let passed = v["passed"].as_u64().unwrap();
+    assert!(passed > 0);
     assert_eq!(v["failed"], 0);
     assert!(v["results"].as_array().unwrap().iter().all(|r| r["device"].as_str().unwrap().starts_with("cpu")));
+    // stdout is a pipe here: one line per case as it completes, then the summary.
+    let rows: Vec<&str> = out.lines().filter(|l| l.starts_with("cpu") && l.contains("forward_modes/")).collect();
+    assert_eq!(rows.len() as u64, passed, "{out}");
+    assert!(rows.iter().all(|l| l.ends_with("  pass")), "{out}");
+
+    // `--json -`: the report on stdout, the rows and summary on stderr; `--backend` still works.
+    let o = kasmina(&["conformance", "--backend", "cpu", "--quick", "--filter", "forward_modes", "--json", "-"]);
+    ok(&o);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["passed"].as_u64(), Some(passed));
+    assert!(stderr(&o).contains("passed, 0 failed"), "{}", stderr(&o));
+}
+
+#[test]
+fn flags_name_devices_one_way_and_list_their_values() {
+    for bad in ["tpu", "cpu:1", "cuda:x"] {
+        let o = kasmina(&["conformance", "--device", bad, "--quick"]);
+        assert_eq!(o.status.code(), Some(2), "{bad}");
+        assert!(stderr(&o).contains(bad), "{}", stderr(&o));
+    }
+    let o = kasmina(&["bench", "--help"]);
+    ok(&o);
+    assert!(stdout(&o).contains("[possible values: f32, f16, bf16]"), "{}", stdout(&o));
+    let o = kasmina(&["bench", "--device", "cpu", "--quick", "--dtype", "f64"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("f64") && stderr(&o).contains("bf16"), "{}", stderr(&o));
+    let o = kasmina(&["state", "transition", "--help"]);
+    assert!(stdout(&o).contains("fine-tuning") && stdout(&o).contains("rolled-back"), "{}", stdout(&o));
+    // An error inside a command (a missing file) is exit status 2, like a bad command line.
+    let f = Files::new();
+    let o = kasmina(&["state", "verify", p(&f.path("missing.safetensors"))]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
 }
 
 #[test]
 fn bench_quick_on_the_cpu_writes_one_record_per_configuration() {
     let f = Files::new();
     let json = f.path("b.json");
-    let o = kasmina(&["bench", "--backend", "cpu", "--quick", "--json", p(&json)]);
+    let o = kasmina(&["bench", "--device", "cpu", "--quick", "--json", p(&json)]);
     ok(&o);
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let recs = v.as_array().unwrap();
@@ -515,6 +548,13 @@ fn bench_quick_on_the_cpu_writes_one_record_per_configuration() {
         assert!((1..=1000).contains(&calls), "{r}");
     }
     assert!(stdout(&o).contains("copy GB/s") && stdout(&o).contains("stream_us"));
+
+    // `--json -`: the records on stdout, the table on stderr.
+    let o = kasmina(&["bench", "--device", "cpu", "--quick", "--mix", "dormant", "--dtype", "f32", "--json", "-"]);
+    ok(&o);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v.as_array().map(Vec::len), Some(2), "{v}");
+    assert!(stderr(&o).contains("copy GB/s"), "{}", stderr(&o));
 }
 
 #[test]

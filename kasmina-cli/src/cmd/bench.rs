@@ -13,35 +13,34 @@ use crate::CmdResult;
 /// Options of `kasmina bench`.
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// Backend: cpu, wgpu, cuda, a device such as cuda:1, or all.
-    #[arg(long, default_value = "cpu")]
-    backend: String,
-    /// Only this device index of the backend.
-    #[arg(long)]
-    device: Option<usize>,
+    /// Where to run: a device (cpu, cuda:1, wgpu:0), every device of a backend (cuda, wgpu), or
+    /// all.
+    #[arg(long, alias = "backend", value_name = "DEVICE", default_value = "cpu")]
+    device: super::select::DeviceSelector,
     /// Small shapes and few repetitions (a smoke test, not a measurement).
     #[arg(long)]
     quick: bool,
     /// Timed repetitions per figure (the median is reported).
     #[arg(long)]
     reps: Option<usize>,
-    /// Also write the records as JSON.
+    /// Also write the records as JSON (`-`: to stdout, the table then goes to stderr).
     #[arg(long, value_name = "FILE")]
-    json: Option<PathBuf>,
+    pub(crate) json: Option<PathBuf>,
     /// Shapes to run instead of the backend's defaults, as `B,H,S` (repeatable).
     #[arg(long = "shape", value_name = "B,H,S", value_parser = parse_shape)]
     shapes: Vec<(usize, usize, usize)>,
     /// CUDA kernel families to compare, each in its own run (repeatable or comma-separated):
     /// `portable`, `hopper` (TMA + warp specialization, compute capability 9.0) and `auto` (the
     /// autotuner's pick). Without it the CUDA backend follows `KASMINA_CUDA_PATH`.
-    #[arg(long = "cuda-path", value_name = "PATH", value_delimiter = ',')]
+    #[arg(long = "cuda-path", value_name = "PATH", value_delimiter = ',', ignore_case = true,
+          value_parser = ["portable", "hopper", "auto"])]
     cuda_paths: Vec<String>,
     /// Only these activation dtypes (repeatable or comma-separated: f32, f16, bf16) instead of
     /// the backend's defaults.
-    #[arg(long = "dtype", value_name = "DTYPE", value_delimiter = ',', value_parser = crate::parse_dtype)]
+    #[arg(long = "dtype", value_name = "DTYPE", value_delimiter = ',', value_parser = crate::one_of::<DType>(crate::DTYPES), ignore_case = true)]
     dtypes: Vec<DType>,
     /// Only this seed mix (`dormant` or `mixed`); both without it.
-    #[arg(long, value_name = "MIX")]
+    #[arg(long, value_name = "MIX", value_parser = crate::one_of::<SeedMix>(&["dormant", "mixed"]))]
     mix: Option<SeedMix>,
 }
 
@@ -178,7 +177,7 @@ fn cuda_paths(_: kasmina::DeviceName, _: &[String], _: &Plan<'_>) -> kasmina::Re
 
 /// Runs the benchmarks and prints the table (and writes JSON).
 pub fn run(a: BenchArgs) -> CmdResult {
-    let (devices, skipped) = super::select::devices(&a.backend, a.device)?;
+    let (devices, skipped) = a.device.devices()?;
     for s in &skipped {
         eprintln!("skipping {s}");
     }
@@ -196,7 +195,7 @@ pub fn run(a: BenchArgs) -> CmdResult {
     say_raw!("{}", kasmina_benches::format_table(&records));
     if let Some(path) = &a.json {
         let text = serde_json::to_string_pretty(&records).map_err(|e| kasmina::Error::Invalid(e.to_string()))?;
-        kasmina_cli::files::write_atomic(path, text.as_bytes())?;
+        crate::write_json(path, &text)?;
     }
     Ok(())
 }

@@ -7,21 +7,21 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use kasmina::{Backend, DeviceName};
 use kasmina_conformance::{CaseResult, Size};
 
+use super::select::DeviceSelector;
 use super::table::Table;
 use crate::{CmdResult, Failure};
 
 /// Options of `kasmina conformance`.
 #[derive(Debug, clap::Args)]
 pub struct ConformanceArgs {
-    /// Backend: cpu, wgpu, cuda, a device such as cuda:1, or all (every compiled-in backend and device found).
-    #[arg(long, default_value = "all")]
-    backend: String,
-    /// Only this device index of the backend (default: every device found).
-    #[arg(long)]
-    device: Option<usize>,
-    /// Also write the report (every row and the summary) as JSON.
+    /// Where to run: a device (cpu, cuda:1, wgpu:0), every device of a backend (cuda, wgpu), or
+    /// all (every compiled-in backend and device found).
+    #[arg(long, alias = "backend", value_name = "DEVICE", default_value = "all")]
+    device: DeviceSelector,
+    /// Also write the report (every row and the summary) as JSON (`-`: to stdout, the table then
+    /// goes to stderr).
     #[arg(long, value_name = "FILE")]
-    json: Option<PathBuf>,
+    pub(crate) json: Option<PathBuf>,
     /// CI-sized cases (the default is the full sizes, for GPUs).
     #[arg(long)]
     quick: bool,
@@ -43,15 +43,29 @@ fn unavailable_row(device: DeviceName, e: &kasmina::Error) -> CaseResult {
     }
 }
 
+/// How rows reach the reader while the suite runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Live {
+    /// A spinner on the terminal (stderr); the table at the end.
+    Spinner,
+    /// Each row as one line as soon as it completes: a log or a pipe sees progress as it
+    /// happens instead of the whole table at the end.
+    Lines,
+}
+
 fn run_on<B: Backend>(
     open: impl Fn() -> kasmina::Result<B>,
     size: Size,
     filter: Option<&str>,
+    live: Live,
 ) -> kasmina::Result<Vec<CaseResult>> {
     let backend = open()?;
     let info = backend.info();
-    let target =
-        if std::io::stderr().is_terminal() { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() };
+    let target = if live == Live::Spinner && std::io::stderr().is_terminal() {
+        ProgressDrawTarget::stderr()
+    } else {
+        ProgressDrawTarget::hidden()
+    };
     let pb = ProgressBar::with_draw_target(None, target);
     if let Ok(style) = ProgressStyle::with_template("{spinner} {msg} ({pos} cases, {elapsed})") {
         pb.set_style(style);
@@ -60,9 +74,26 @@ fn run_on<B: Backend>(
     let rows = kasmina_conformance::run_all(&backend, size, filter, &mut |r| {
         pb.set_message(format!("{}: {}", info.id(), r.case));
         pb.inc(1);
+        if live == Live::Lines {
+            say!("{}", row_cells(r).join("  ").trim_end());
+        }
     });
     pb.finish_and_clear();
     Ok(rows)
+}
+
+/// The table's cells of one row.
+fn row_cells(r: &CaseResult) -> [String; 7] {
+    let detail = if r.passed && !r.is_skipped() { String::new() } else { r.detail.clone() };
+    [
+        r.device.clone(),
+        r.case.clone(),
+        r.dtype.map_or("-".to_string(), |d| d.to_string()),
+        format!("{:.3e}", r.worst_error),
+        format!("{:.1e}", r.tolerance),
+        status(r).to_string(),
+        detail,
+    ]
 }
 
 fn status(r: &CaseResult) -> &'static str {
@@ -78,34 +109,37 @@ fn status(r: &CaseResult) -> &'static str {
 /// Runs the suite on every named device, prints the table and the summary;
 /// exit status 1 when any case failed.
 pub fn run(a: ConformanceArgs) -> CmdResult {
-    let (devices, skipped) = super::select::devices(&a.backend, a.device)?;
+    let (devices, skipped) = a.device.devices()?;
     for s in &skipped {
         eprintln!("skipping {s}");
     }
+    // The human-readable output goes to stdout, or to stderr when the JSON report takes stdout.
+    let json_out = a.json.as_deref().is_some_and(crate::is_stdout);
+    let text_on_terminal = if json_out { std::io::stderr().is_terminal() } else { std::io::stdout().is_terminal() };
+    let live = if text_on_terminal { Live::Spinner } else { Live::Lines };
     let size = if a.quick { Size::Quick } else { Size::Full };
     let mut rows = Vec::new();
     for device in devices {
         let r: kasmina::Result<Vec<CaseResult>> =
-            kasmina::with_backend!(device, |open| run_on(open, size, a.filter.as_deref()));
+            kasmina::with_backend!(device, |open| run_on(open, size, a.filter.as_deref(), live));
         match r {
             Ok(v) => rows.extend(v),
-            Err(e) => rows.push(unavailable_row(device, &e)),
+            Err(e) => {
+                let row = unavailable_row(device, &e);
+                if live == Live::Lines {
+                    say!("{}", row_cells(&row).join("  ").trim_end());
+                }
+                rows.push(row);
+            }
         }
     }
-    let mut t = Table::new(["device", "case", "dtype", "worst error", "tolerance", "result", "detail"]);
-    for r in &rows {
-        let detail = if r.passed && !r.is_skipped() { String::new() } else { r.detail.clone() };
-        t.row([
-            r.device.clone(),
-            r.case.clone(),
-            r.dtype.map_or("-".to_string(), |d| d.to_string()),
-            format!("{:.3e}", r.worst_error),
-            format!("{:.1e}", r.tolerance),
-            status(r).to_string(),
-            detail,
-        ]);
+    if live == Live::Spinner {
+        let mut t = Table::new(["device", "case", "dtype", "worst error", "tolerance", "result", "detail"]);
+        for r in &rows {
+            t.row(row_cells(r));
+        }
+        say_raw!("{}", t.render());
     }
-    say_raw!("{}", t.render());
     let failed = rows.iter().filter(|r| !r.passed).count();
     let skips = rows.iter().filter(|r| r.is_skipped()).count();
     let passed = rows.len() - failed - skips;
@@ -126,7 +160,7 @@ pub fn run(a: ConformanceArgs) -> CmdResult {
             "summary": summary,
         });
         let text = serde_json::to_string_pretty(&report).map_err(|e| kasmina::Error::Invalid(e.to_string()))?;
-        kasmina_cli::files::write_atomic(path, text.as_bytes())?;
+        crate::write_json(path, &text)?;
     }
     if failed > 0 { Err(Failure::Reported) } else { Ok(()) }
 }

@@ -13,9 +13,9 @@ use crate::CmdResult;
 /// Options of `kasmina demo`.
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
-    /// Device to run on: cpu, wgpu:N, cuda:N.
-    #[arg(long, default_value = "cpu", value_parser = crate::parse_device)]
-    backend: DeviceName,
+    /// Device to run on: cpu, wgpu:N, cuda:N (cuda and wgpu mean device 0).
+    #[arg(long, alias = "backend", value_name = "DEVICE", default_value = "cpu", value_parser = crate::parse_device)]
+    device: DeviceName,
     /// Epochs to train (default 40, or 26 with --quick).
     #[arg(long)]
     epochs: Option<u32>,
@@ -41,9 +41,10 @@ pub struct DemoArgs {
     /// Where to save the final layer snapshot.
     #[arg(long, default_value = "kasmina-demo.safetensors")]
     snapshot: PathBuf,
-    /// Also write a JSON summary (both runs' losses, seeds fossilized and culled, per-epoch history).
+    /// Also write a JSON summary (both runs' losses, seeds fossilized and culled, per-epoch
+    /// history); `-` writes it to stdout and the progress text to stderr.
     #[arg(long, value_name = "FILE")]
-    json: Option<PathBuf>,
+    pub(crate) json: Option<PathBuf>,
 }
 
 /// A list of chunk ids (`none` for the empty list).
@@ -145,7 +146,7 @@ fn demo<B: Backend>(open: impl Fn() -> kasmina::Result<B>, args: &DemoArgs) -> k
     say!(
         "kasmina demo on {} ({}): host Linear({h}->{h}) -> Kasmina(H={h}, S={s}, C={}) -> Linear({h}->{s}), \
          {} samples, {} epochs",
-        args.backend,
+        args.device,
         info.name,
         h / s,
         cfg.samples,
@@ -179,7 +180,7 @@ fn demo<B: Backend>(open: impl Fn() -> kasmina::Result<B>, args: &DemoArgs) -> k
     );
     if let Some(path) = &args.json {
         let summary = serde_json::json!({
-            "device": args.backend.to_string(),
+            "device": args.device.to_string(),
             "device_name": info.name,
             "config": cfg,
             "final_loss": grown.final_loss,
@@ -194,13 +195,13 @@ fn demo<B: Backend>(open: impl Fn() -> kasmina::Result<B>, args: &DemoArgs) -> k
             "baseline_history": baseline.history,
         });
         let text = serde_json::to_string_pretty(&summary).map_err(|e| kasmina::Error::Invalid(e.to_string()))?;
-        kasmina_cli::files::write_atomic(path, text.as_bytes())?;
+        crate::write_json(path, &text)?;
     }
     Ok(())
 }
 
 /// Runs the demo on the chosen device.
 pub fn run(args: DemoArgs) -> CmdResult {
-    let r: kasmina::Result<()> = kasmina::with_backend!(args.backend, |open| demo(open, &args));
+    let r: kasmina::Result<()> = kasmina::with_backend!(args.device, |open| demo(open, &args));
     Ok(r?)
 }

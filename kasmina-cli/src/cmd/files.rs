@@ -28,12 +28,12 @@ pub struct ForwardArgs {
     /// Also write this call's telemetry report as JSON (SPEC 5.2).
     #[arg(long)]
     telemetry: Option<PathBuf>,
-    /// Device: cpu, wgpu:N, cuda:N.
-    #[arg(long, default_value = "cpu", value_parser = crate::parse_device)]
-    backend: DeviceName,
+    /// Device: cpu, wgpu:N, cuda:N (cuda and wgpu mean device 0).
+    #[arg(long, alias = "backend", value_name = "DEVICE", default_value = "cpu", value_parser = crate::parse_device)]
+    device: DeviceName,
     /// Compute dtype: the input is rounded to it (default: f16 for f16 input, else f32).
     /// bf16 output is written widened to f32 (NumPy has no bfloat16).
-    #[arg(long, value_parser = crate::parse_dtype)]
+    #[arg(long, value_parser = crate::one_of::<DType>(crate::DTYPES), ignore_case = true)]
     dtype: Option<DType>,
 }
 
@@ -55,11 +55,11 @@ pub struct BackwardArgs {
     /// Where to write the parameter gradients: safetensors with f32 dweights [S, C], dscales [S], grad_norm [S].
     #[arg(long)]
     param_grads: PathBuf,
-    /// Device: cpu, wgpu:N, cuda:N.
-    #[arg(long, default_value = "cpu", value_parser = crate::parse_device)]
-    backend: DeviceName,
+    /// Device: cpu, wgpu:N, cuda:N (cuda and wgpu mean device 0).
+    #[arg(long, alias = "backend", value_name = "DEVICE", default_value = "cpu", value_parser = crate::parse_device)]
+    device: DeviceName,
     /// Compute dtype (default: f16 for f16 input, else f32).
-    #[arg(long, value_parser = crate::parse_dtype)]
+    #[arg(long, value_parser = crate::one_of::<DType>(crate::DTYPES), ignore_case = true)]
     dtype: Option<DType>,
 }
 
@@ -118,13 +118,13 @@ pub fn forward(a: ForwardArgs) -> CmdResult {
     let dtype = a.dtype.unwrap_or_else(|| default_dtype(&m));
     let x = m.to_dtype(dtype);
     let (y, telemetry): (HostTensorData, Option<String>) =
-        kasmina::with_backend!(a.backend, |open| forward_on(open, state, &x, m.rows, a.telemetry.is_some()))?;
+        kasmina::with_backend!(a.device, |open| forward_on(open, state, &x, m.rows, a.telemetry.is_some()))?;
     let y_bytes = files::npy_bytes(&y, m.rows, h)?;
     files::write_atomic(&a.output, &y_bytes)?;
     if let (Some(path), Some(json)) = (&a.telemetry, telemetry) {
         files::write_atomic(path, json.as_bytes())?;
     }
-    eprintln!("forward: {} rows x {h} ({dtype}) on {} -> {}", m.rows, a.backend, a.output.display());
+    eprintln!("forward: {} rows x {h} ({dtype}) on {} -> {}", m.rows, a.device, a.output.display());
     Ok(())
 }
 
@@ -164,7 +164,7 @@ pub fn backward(a: BackwardArgs) -> CmdResult {
     let dtype = a.dtype.unwrap_or_else(|| default_dtype(&mx));
     let (x, g) = (mx.to_dtype(dtype), mg.to_dtype(dtype));
     let (dx, grads): (HostTensorData, kasmina::ParamGrads) =
-        kasmina::with_backend!(a.backend, |open| backward_on(open, state, &x, &g, mx.rows))?;
+        kasmina::with_backend!(a.device, |open| backward_on(open, state, &x, &g, mx.rows))?;
     let dx_bytes = files::npy_bytes(&dx, mx.rows, h)?;
     let pg_bytes = files::param_grads_bytes(&grads, s, c)?;
     files::write_atomic(&a.dx, &dx_bytes)?;
@@ -172,7 +172,7 @@ pub fn backward(a: BackwardArgs) -> CmdResult {
     eprintln!(
         "backward: {} rows x {h} ({dtype}) on {} -> {}, {}",
         mx.rows,
-        a.backend,
+        a.device,
         a.dx.display(),
         a.param_grads.display()
     );

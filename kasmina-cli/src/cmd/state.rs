@@ -49,14 +49,16 @@ pub enum StateCommand {
         /// The seed id.
         #[arg(long)]
         seed: usize,
-        /// Blueprint type: residual, attention, mlp, conv.
-        #[arg(long = "type", default_value = "mlp")]
+        /// Blueprint type.
+        #[arg(long = "type", default_value = "mlp", ignore_case = true,
+              value_parser = crate::one_of::<BlueprintType>(crate::BLUEPRINT_TYPES))]
         blueprint_type: BlueprintType,
         /// Opaque blueprint artifact id (not 0).
         #[arg(long, default_value_t = 1)]
         blueprint_id: u16,
-        /// Grafting strategy: fixed-ramp, performance-linked, drift-controlled, grad-norm-gated.
-        #[arg(long, default_value = "fixed-ramp")]
+        /// Grafting strategy.
+        #[arg(long, default_value = "fixed-ramp", ignore_case = true,
+              value_parser = crate::one_of::<GraftingStrategy>(crate::STRATEGIES))]
         strategy: GraftingStrategy,
     },
     /// Request a lifecycle transition and save (illegal transitions change nothing).
@@ -66,8 +68,8 @@ pub enum StateCommand {
         /// The seed id.
         #[arg(long)]
         seed: usize,
-        /// The state to move to, e.g. training, grafting, culled.
-        #[arg(long)]
+        /// The state to move to.
+        #[arg(long, ignore_case = true, value_parser = crate::one_of::<LifecycleState>(crate::STATES))]
         to: LifecycleState,
     },
     /// Verify a snapshot's shapes, enum values and checksum.
