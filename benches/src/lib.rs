@@ -144,8 +144,12 @@ pub struct BenchRecord {
     pub wall_ms: f64,
     /// Effective GB/s: forward counts X read + Y written, backward X and G read + dX written.
     pub gbps: f64,
-    /// The device's own copy of the same number of bytes, in GB/s (read + written), same run.
+    /// The device's own copy of the same number of bytes, in GB/s (read + written), same run:
+    /// the faster of its copy engine and, where the backend has one, its kernel copy.
     pub copy_gbps: f64,
+    /// Which copy `copy_gbps` is: `copy` (the copy engine, [`Backend::copy`]) or the backend's
+    /// kernel copy ([`Backend::kernel_copy_name`], e.g. `shader` for wgpu).
+    pub copy_via: String,
     /// `gbps / copy_gbps`.
     pub ratio: f64,
 }
@@ -216,16 +220,24 @@ fn timed<B: Backend>(backend: &B, spec: &BenchSpec, f: &mut dyn FnMut() -> Resul
     Ok(median(t))
 }
 
-/// Times the device copy of `rows x h` elements: returns GB/s counting bytes read + written.
-fn copy_gbps<B: Backend>(backend: &B, spec: &BenchSpec, rows: usize) -> Result<f64> {
+/// Times the device copy of `rows x h` elements: GB/s counting bytes read + written, of the
+/// faster of the copy engine and (where the backend has one) its kernel copy, and which it was.
+fn copy_gbps<B: Backend>(backend: &B, spec: &BenchSpec, rows: usize) -> Result<(f64, String)> {
     let src_data = random_input(spec.dtype, rows * spec.h, 7);
     let mut src = backend.alloc(rows, spec.h, spec.dtype)?;
     backend.write(&mut src, src_data.view())?;
     drop(src_data);
     let mut dst = backend.alloc(rows, spec.h, spec.dtype)?;
-    let ms = timed(backend, spec, &mut || backend.copy(&src, &mut dst))?;
     let bytes = 2.0 * (rows * spec.h * spec.dtype.size_bytes()) as f64;
-    Ok(bytes / (ms * 1e-3) / 1e9)
+    let mut best = (bytes / (timed(backend, spec, &mut || backend.copy(&src, &mut dst))? * 1e-3) / 1e9, "copy");
+    if let Some(name) = backend.kernel_copy_name() {
+        let ms = timed(backend, spec, &mut || backend.kernel_copy(&src, &mut dst))?;
+        let gbps = bytes / (ms * 1e-3) / 1e9;
+        if gbps > best.0 {
+            best = (gbps, name);
+        }
+    }
+    Ok((best.0, best.1.to_string()))
 }
 
 /// Runs forward and backward of `spec` on `backend` and, in the same run, the
@@ -260,7 +272,11 @@ pub fn run_bench<B: Backend>(backend: &B, spec: &BenchSpec) -> Result<Vec<BenchR
     let fwd_copy = copy_gbps(backend, spec, spec.b)?;
     let bwd_copy = copy_gbps(backend, spec, spec.b + spec.b.div_ceil(2))?;
 
-    let record = |op: &str, ms: f64, (stream_ms, stream_calls, wall_ms): (f64, usize, f64), bytes: f64, copy: f64| {
+    let record = |op: &str,
+                  ms: f64,
+                  (stream_ms, stream_calls, wall_ms): (f64, usize, f64),
+                  bytes: f64,
+                  (copy, via): &(f64, String)| {
         let gbps = bytes / (ms * 1e-3) / 1e9;
         BenchRecord {
             backend: info.backend.to_string(),
@@ -277,13 +293,14 @@ pub fn run_bench<B: Backend>(backend: &B, spec: &BenchSpec) -> Result<Vec<BenchR
             stream_calls,
             wall_ms,
             gbps,
-            copy_gbps: copy,
+            copy_gbps: *copy,
+            copy_via: via.clone(),
             ratio: gbps / copy,
         }
     };
     Ok(vec![
-        record("forward", fwd_ms, fwd_stream, 2.0 * n as f64 * elem, fwd_copy),
-        record("backward", bwd_ms, bwd_stream, 3.0 * n as f64 * elem, bwd_copy),
+        record("forward", fwd_ms, fwd_stream, 2.0 * n as f64 * elem, &fwd_copy),
+        record("backward", bwd_ms, bwd_stream, 3.0 * n as f64 * elem, &bwd_copy),
     ])
 }
 
@@ -292,7 +309,7 @@ pub fn run_bench<B: Backend>(backend: &B, spec: &BenchSpec) -> Result<Vec<BenchR
 /// latency of one call to `synchronize` (see [`BenchRecord`]).
 pub fn format_table(records: &[BenchRecord]) -> String {
     let mut out = format!(
-        "{:<6} {:<14} {:<28} {:>6} {:>6} {:>5} {:<5} {:<8} {:<8} {:>10} {:>10} {:>9} {:>9} {:>9} {:>6}\n",
+        "{:<6} {:<14} {:<28} {:>6} {:>6} {:>5} {:<5} {:<8} {:<8} {:>10} {:>10} {:>9} {:>9} {:>9} {:<7} {:>6}\n",
         "backend",
         "variant",
         "device",
@@ -307,12 +324,13 @@ pub fn format_table(records: &[BenchRecord]) -> String {
         "wall_us",
         "GB/s",
         "copy GB/s",
+        "copy by",
         "ratio"
     );
     for r in records {
         let dev: String = r.device.chars().take(28).collect();
         out.push_str(&format!(
-            "{:<6} {:<14} {:<28} {:>6} {:>6} {:>5} {:<5} {:<8} {:<8} {:>10.4} {:>10.2} {:>9.1} {:>9.1} {:>9.1} {:>6.3}\n",
+            "{:<6} {:<14} {:<28} {:>6} {:>6} {:>5} {:<5} {:<8} {:<8} {:>10.4} {:>10.2} {:>9.1} {:>9.1} {:>9.1} {:<7} {:>6.3}\n",
             r.backend,
             if r.variant.is_empty() { "-" } else { r.variant.as_str() },
             dev,
@@ -327,6 +345,7 @@ pub fn format_table(records: &[BenchRecord]) -> String {
             r.wall_ms * 1e3,
             r.gbps,
             r.copy_gbps,
+            r.copy_via,
             r.ratio
         ));
     }

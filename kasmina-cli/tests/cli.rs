@@ -544,6 +544,7 @@ fn bench_quick_on_the_cpu_writes_one_record_per_configuration() {
         for k in ["median_ms", "stream_ms", "wall_ms", "gbps", "copy_gbps", "ratio"] {
             assert!(r[k].as_f64().unwrap() > 0.0, "{k} in {r}");
         }
+        assert_eq!(r["copy_via"], "copy", "the CPU has one copy: {r}");
         let calls = r["stream_calls"].as_u64().unwrap();
         assert!((1..=1000).contains(&calls), "{r}");
     }

@@ -8,7 +8,7 @@
 
 use half::{bf16, f16};
 
-use crate::error::{Error, Result};
+use crate::error::{BackendError, BackendErrorKind, Error, Result};
 use crate::state::LayerState;
 use crate::telemetry::Moments;
 
@@ -379,6 +379,22 @@ pub trait Backend {
     /// `cuMemcpyDtoD`): the bandwidth yardstick benchmarks compare against.
     fn copy(&self, src: &Self::Tensor, dst: &mut Self::Tensor) -> Result<()>;
 
+    /// The name of a second copy path, a plain kernel of the backend's own, where the device's
+    /// copy engine ([`Backend::copy`]) is not always the fastest way to move bytes through the
+    /// device (Vulkan's `copy_buffer_to_buffer` on some GPUs); `None` (the default) when there is
+    /// none. Benchmarks measure both and take the faster as their yardstick.
+    fn kernel_copy_name(&self) -> Option<&'static str> {
+        None
+    }
+
+    /// Copies `src` into `dst` (same shape and dtype) with the kernel of
+    /// [`Backend::kernel_copy_name`]; an `Unsupported` error when the backend has none.
+    fn kernel_copy(&self, src: &Self::Tensor, dst: &mut Self::Tensor) -> Result<()> {
+        let _ = (src, dst);
+        let name = self.info().backend;
+        Err(BackendError::new(name, BackendErrorKind::Unsupported, "this backend has no kernel copy").into())
+    }
+
     /// Blocks until all work queued on the device is finished (for timing).
     fn synchronize(&self) -> Result<()> {
         Ok(())
@@ -449,6 +465,12 @@ impl<T: Backend + ?Sized> Backend for &T {
     }
     fn copy(&self, src: &Self::Tensor, dst: &mut Self::Tensor) -> Result<()> {
         (**self).copy(src, dst)
+    }
+    fn kernel_copy_name(&self) -> Option<&'static str> {
+        (**self).kernel_copy_name()
+    }
+    fn kernel_copy(&self, src: &Self::Tensor, dst: &mut Self::Tensor) -> Result<()> {
+        (**self).kernel_copy(src, dst)
     }
     fn synchronize(&self) -> Result<()> {
         (**self).synchronize()

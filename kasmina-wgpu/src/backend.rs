@@ -130,19 +130,7 @@ pub struct WgpuBackend {
 
 /// A plain 16-byte-per-invocation copy: the bandwidth a compute shader reaches
 /// through this adapter, for comparison with the kernels and the yardstick.
-const COPY4_WGSL: &str = "
-@group(0) @binding(0) var<storage, read> src: array<vec4<u32>>;
-@group(0) @binding(1) var<storage, read_write> dst: array<vec4<u32>>;
-
-@compute @workgroup_size(256)
-fn copy4(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = (wid.x + wid.y * nwg.x) * 256u + lid;
-    if (i < arrayLength(&dst)) {
-        dst[i] = src[i];
-    }
-}
-";
+const COPY4_WGSL: &str = include_str!("shaders/copy4.wgsl");
 
 impl std::fmt::Debug for WgpuBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -535,8 +523,8 @@ impl WgpuBackend {
     /// Copies `src` to `dst` (same shape and dtype) with a plain compute shader
     /// moving 16 bytes per invocation: not part of the layer, a reference for
     /// what a kernel can move through this adapter (timed by `time_ms` like the
-    /// `copy_buffer_to_buffer` of [`Backend::copy`]). The tensor must fit one
-    /// storage binding.
+    /// `copy_buffer_to_buffer` of [`Backend::copy`]). Tensors larger than one storage
+    /// binding are copied in slices, one dispatch each, in one pass.
     pub fn shader_copy(&self, src: &WgpuTensor, dst: &mut WgpuTensor) -> Result<()> {
         if src.rows != dst.rows || src.cols != dst.cols || src.dtype != dst.dtype {
             return Err(Error::shape(
@@ -546,9 +534,6 @@ impl WgpuBackend {
             ));
         }
         let size = src.buf.size().min(dst.buf.size());
-        if size > self.max_binding {
-            return Err(unsupported(format!("a shader copy of {size} bytes exceeds one storage binding")));
-        }
         let pipe = self
             .copy_pipe
             .get_or_init(|| {
@@ -576,24 +561,36 @@ impl WgpuBackend {
             })
             .clone()
             .map_err(Error::from)?;
-        fn bind(b: &wgpu::Buffer, size: u64) -> wgpu::BindingResource<'_> {
-            wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer: b, offset: 0, size: NonZeroU64::new(size) })
+        fn bind(b: &wgpu::Buffer, offset: u64, size: u64) -> wgpu::BindingResource<'_> {
+            wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer: b, offset, size: NonZeroU64::new(size) })
         }
-        let group = self.gpu.scoped("creating the copy bind group", || {
-            self.gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
-                label: Some("copy4"),
-                layout: &pipe.get_bind_group_layout(0),
-                entries: &[
-                    wgpu::BindGroupEntry { binding: 0, resource: bind(&src.buf, size) },
-                    wgpu::BindGroupEntry { binding: 1, resource: bind(&dst.buf, size) },
-                ],
-            })
-        })?;
-        let (gx, gy) = grid((size / 16).div_ceil(WG))?;
+        // Slices of at most one binding, their offsets aligned for a storage binding (and to
+        // the shader's 16-byte elements); buffer sizes are multiples of 16 bytes.
+        let align = self.storage_align.max(16);
+        let slice = (self.max_binding / align * align).max(align);
+        let mut slices = Vec::new();
+        let mut offset = 0;
+        while offset < size {
+            let len = slice.min(size - offset);
+            let group = self.gpu.scoped("creating the copy bind group", || {
+                self.gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: Some("copy4"),
+                    layout: &pipe.get_bind_group_layout(0),
+                    entries: &[
+                        wgpu::BindGroupEntry { binding: 0, resource: bind(&src.buf, offset, len) },
+                        wgpu::BindGroupEntry { binding: 1, resource: bind(&dst.buf, offset, len) },
+                    ],
+                })
+            })?;
+            slices.push((group, grid((len / 16).div_ceil(WG))?));
+            offset += len;
+        }
         self.run_passes("shader copy", |pass| {
             pass.set_pipeline(&pipe);
-            pass.set_bind_group(0, &group, &[]);
-            pass.dispatch_workgroups(gx, gy, 1);
+            for (group, (gx, gy)) in &slices {
+                pass.set_bind_group(0, group, &[]);
+                pass.dispatch_workgroups(*gx, *gy, 1);
+            }
             Ok(())
         })
     }
@@ -1175,6 +1172,14 @@ impl Backend for WgpuBackend {
             enc.copy_buffer_to_buffer(&src.buf, 0, &dst.buf, 0, size);
             Ok(())
         })
+    }
+
+    fn kernel_copy_name(&self) -> Option<&'static str> {
+        Some("shader")
+    }
+
+    fn kernel_copy(&self, src: &WgpuTensor, dst: &mut WgpuTensor) -> Result<()> {
+        self.shader_copy(src, dst)
     }
 
     fn synchronize(&self) -> Result<()> {
