@@ -32,6 +32,13 @@ if cargo tree -p kasmina -e normal --prefix none | grep -E '^(clap|indicatif|npy
   echo "the kasmina library depends on a crate of the command (above)" >&2
   exit 1
 fi
+# The oldest toolchain the workspace declares (`rust-version`) builds every crate and target.
+msrv=$(sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml)
+if command -v rustup >/dev/null && rustup toolchain install "$msrv" --profile minimal >/dev/null 2>&1; then
+  cargo +"$msrv" check --quiet --workspace --all-targets --features kasmina/wgpu,kasmina/cuda --target-dir target/msrv
+else
+  echo "note: Rust $msrv could not be installed with rustup here; the minimum-version check did not run"
+fi
 cargo test --workspace --release
 
 # The Python package (kasmina-py): PyTorch's Linux wheel brings CUDA's libraries (about 5 GB,
