@@ -1,6 +1,5 @@
 //! Quick A/B timing for tuning (min over interleaved rounds, robust to a busy machine):
-//! `cargo run --release -p kasmina-cpu --example profile -- ROUNDS [OP]` (env B, THREADS, DTYPE=f32|bf16,
-//! KASMINA_CPU_PREFETCH).
+//! `cargo run --release -p kasmina-cpu --example profile -- ROUNDS [OP]` (env B, THREADS, DTYPE=f32|bf16).
 
 use kasmina_core::{Backend, BlueprintType, DType, HostTensorData, LayerConfig, LayerState, LifecycleState};
 use kasmina_cpu::CpuBackend;

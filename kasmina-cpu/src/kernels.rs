@@ -188,22 +188,11 @@ impl Dt for BF16 {
     }
 }
 
-/// How far ahead of the current chunk the kernels prefetch their inputs, in
-/// bytes. The kernels do more work per byte than a memcpy, so the hardware
-/// prefetchers alone leave too few misses in flight; a few KiB ahead covers
-/// DRAM latency at the per-core bandwidth. Read from `KASMINA_CPU_PREFETCH`
-/// once (0 disables), for tuning.
-pub(crate) fn prefetch_distance() -> usize {
-    static PF: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *PF.get_or_init(|| std::env::var("KASMINA_CPU_PREFETCH").ok().and_then(|v| v.parse().ok()).unwrap_or(0))
-}
-
-/// Prefetches the `bytes` bytes at `p + dist` (one hint per 64-byte line).
+/// Prefetches the `bytes` bytes at `p + dist` (one hint per 64-byte line). The backward
+/// uses it for the chunks of `x` that only active seeds read: scattered reads the hardware
+/// prefetchers cannot follow. Streams read in order (the forward, the gradient) need none.
 #[inline(always)]
 fn prefetch_ahead<S: Simd>(s: S, p: *const u8, bytes: usize, dist: usize) {
-    if dist == 0 {
-        return;
-    }
     let mut o = 0;
     while o < bytes {
         s.prefetch(p.wrapping_add(dist + o));
@@ -211,18 +200,10 @@ fn prefetch_ahead<S: Simd>(s: S, p: *const u8, bytes: usize, dist: usize) {
     }
 }
 
-/// Rows processed per visit of a seed (forward, backward) for elements of
-/// `elem_bytes` bytes; tunable through `KASMINA_CPU_ROWS_PER_VISIT=fwd,bwd`
-/// for experiments (then for every dtype).
-fn rows_per_visit(elem_bytes: usize) -> (usize, usize) {
-    static RPV: std::sync::OnceLock<(Option<usize>, Option<usize>)> = std::sync::OnceLock::new();
-    let (f, b) = *RPV.get_or_init(|| {
-        let v = std::env::var("KASMINA_CPU_ROWS_PER_VISIT").unwrap_or_default();
-        let mut it = v.split(',').map(|p| p.trim().parse::<usize>().ok().filter(|n| *n > 0));
-        (it.next().flatten(), it.next().flatten())
-    });
-    let fwd_default = if elem_bytes == 2 { ROWS_PER_VISIT_16 } else { ROWS_PER_VISIT };
-    (f.unwrap_or(fwd_default), b.unwrap_or(ROWS_PER_VISIT))
+/// Rows processed per visit of a seed (forward, backward) for elements of `elem_bytes` bytes.
+const fn rows_per_visit(elem_bytes: usize) -> (usize, usize) {
+    let fwd = if elem_bytes == 2 { ROWS_PER_VISIT_16 } else { ROWS_PER_VISIT };
+    (fwd, ROWS_PER_VISIT)
 }
 
 /// Default rows processed per visit of a seed.
@@ -783,7 +764,6 @@ unsafe fn ident_visit<S: Simd, D: Dt, const NT: bool>(
     de: S::V,
     db: u32,
     inf: S::V,
-    pf: usize,
 ) {
     let step = 2 * S::W;
     let main = c / step * step;
@@ -804,7 +784,6 @@ unsafe fn ident_visit<S: Simd, D: Dt, const NT: bool>(
         for r in rows.clone() {
             let xp = x.add(r * h + col);
             let yp = y.add(r * h + col);
-            prefetch_ahead(s, xp as *const u8, c * size_of::<D::Raw>(), pf);
             if !tp.kset
                 && let Some(m) = chunk_mean::<S, D>(s, xp, c)
             {
@@ -1023,7 +1002,6 @@ pub(crate) unsafe fn forward_block<S: Simd, D: Dt, const NT: bool>(
     let de = s.splat(plan.dead_eps);
     let db = dead_bits(plan.dead_eps);
     let xb = sc.xb.as_mut_ptr();
-    let pf = prefetch_distance();
     let rpv = rows_per_visit(size_of::<D::Raw>()).0;
     let mut r0 = 0;
     while r0 < rows {
@@ -1039,7 +1017,7 @@ pub(crate) unsafe fn forward_block<S: Simd, D: Dt, const NT: bool>(
                 // seed's chunk is `i * c .. i * c + c`.
                 unsafe {
                     let (xp, yp) = (x.as_ptr(), y.as_mut_ptr());
-                    ident_visit::<S, D, NT>(s, &mut tr, tp, xp, yp, h, i * c, c, r0..r1, de, db, inf, pf);
+                    ident_visit::<S, D, NT>(s, &mut tr, tp, xp, yp, h, i * c, c, r0..r1, de, db, inf);
                     tr.save(s, tp, c * (r1 - r0));
                 }
                 continue;
@@ -1051,7 +1029,6 @@ pub(crate) unsafe fn forward_block<S: Simd, D: Dt, const NT: bool>(
                 unsafe {
                     let xp = x.as_ptr().add(off);
                     let yp = y.as_mut_ptr().add(off);
-                    prefetch_ahead(s, xp as *const u8, c * size_of::<D::Raw>(), pf);
                     if !tp.kset
                         && let Some(k) = chunk_mean::<S, D>(s, xp, c)
                     {
@@ -1154,7 +1131,6 @@ pub(crate) unsafe fn backward_block<S: Simd, D: Dt, const NT: bool>(
     let zero = s.splat(0.0);
     let xb = sc.xb.as_mut_ptr();
     let gb = sc.gb.as_mut_ptr();
-    let pf = prefetch_distance();
     let rpv = rows_per_visit(size_of::<D::Raw>()).1;
     let mut r0 = 0;
     while r0 < rows {
@@ -1172,7 +1148,6 @@ pub(crate) unsafe fn backward_block<S: Simd, D: Dt, const NT: bool>(
                     let xp = x.as_ptr().add(off);
                     let gp = g.as_ptr().add(off);
                     let dp = dx.as_mut_ptr().add(off);
-                    prefetch_ahead(s, gp as *const u8, c * size_of::<D::Raw>(), pf);
                     let mut j = 0;
                     if sp.kind == Kind::Identity {
                         while j + S::W <= c {
@@ -1190,7 +1165,7 @@ pub(crate) unsafe fn backward_block<S: Simd, D: Dt, const NT: bool>(
                     // Only blend/blueprint seeds read x, so x is read in scattered
                     // chunks the hardware prefetchers cannot follow: fetch this
                     // seed's chunk of the next visit now.
-                    prefetch_ahead(s, xp as *const u8, c * size_of::<D::Raw>(), pf.max(rpv * h * size_of::<D::Raw>()));
+                    prefetch_ahead(s, xp as *const u8, c * size_of::<D::Raw>(), rpv * h * size_of::<D::Raw>());
                     let args = ChunkArgs {
                         sp,
                         xb,

@@ -25,14 +25,11 @@
 //! - **Telemetry**: per-block f32 sums of `x - K` (K near the seed's mean),
 //!   merged in f64 with Chan's formula; the `kernels` module docs give the accuracy argument.
 //!
-//! Tuning knobs (environment, read once): `KASMINA_CPU_NT_MIN` (bytes of
-//! output from which stores are non-temporal, default 8 MiB),
-//! `KASMINA_CPU_PREFETCH` (software prefetch distance in bytes, default 0 =
-//! off: on the machine measured, the hardware prefetchers did as well) and
-//! `KASMINA_CPU_ROWS_PER_VISIT=fwd,bwd` (rows per seed visit, default 4,4,
-//! forward 8 for f16/bf16; it
-//! changes the f32 summation order, so results are bit-identical across thread
-//! counts for a given setting, not across settings).
+//! Fixed tuning (measurements in `benches/RESULTS.md`): outputs from 8 MiB use non-temporal
+//! stores; the forward visits each seed 4 rows at a time (8 for f16/bf16), the backward 4,
+//! which fixes the f32 summation order, so results are bit-identical across thread counts;
+//! software prefetch only where the hardware prefetchers cannot follow (the chunks of `x`
+//! that the backward of active seeds reads). The library reads no environment variable.
 //!
 //! ```
 //! use kasmina_core::{Backend, DType, HostTensorData, KasminaLayer, LayerConfig};
@@ -69,13 +66,9 @@ pub use tensor::CpuTensor;
 use dispatch::Isa;
 use kernels::{BF16, BwdPartial, Dt, F16, F32};
 
-/// Outputs at least this large use non-temporal stores (when aligned): they
+/// Outputs at least this large (bytes) use non-temporal stores (when aligned): they
 /// would not stay in cache anyway, and streaming them skips the read-for-ownership.
-/// `KASMINA_CPU_NT_MIN` (bytes) overrides it, for tuning.
-fn nt_min_bytes() -> usize {
-    static NT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *NT.get_or_init(|| std::env::var("KASMINA_CPU_NT_MIN").ok().and_then(|v| v.parse().ok()).unwrap_or(8 << 20))
-}
+const NT_MIN_BYTES: usize = 8 << 20;
 
 /// The CPU backend: a rayon thread pool and a SIMD level.
 ///
@@ -328,7 +321,7 @@ fn lock_scratch(
 /// whole number of 64-byte lines (so every vector store is aligned).
 fn use_nt<D: Dt>(out: &[D::Raw], c: usize) -> bool {
     let esize = std::mem::size_of::<D::Raw>();
-    std::mem::size_of_val(out) >= nt_min_bytes()
+    std::mem::size_of_val(out) >= NT_MIN_BYTES
         && (out.as_ptr() as usize).is_multiple_of(64)
         && (c * esize).is_multiple_of(64)
 }
