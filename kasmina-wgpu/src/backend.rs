@@ -48,27 +48,25 @@ pub struct WgpuOptions {
     /// type (2048 on GPUs, 32 on CPU adapters such as lavapipe, where every
     /// workgroup costs a CPU thread switch).
     pub target_tiles: Option<usize>,
-    /// `time_ms` writes each timestamp in a submission of its own, as before
-    /// (host-side gaps between submissions are then timed too); also set by
-    /// `KASMINA_WGPU_TIMING=submit`. By default the timestamps go into the
-    /// command buffers of the timed work itself.
+    /// `time_ms` writes each timestamp in a submission of its own (host-side
+    /// gaps between submissions are then timed too). By default the timestamps
+    /// go into the command buffers of the timed work itself.
     pub separate_submit_timing: bool,
-    /// Decode f16 with integer arithmetic only (no `unpack2x16float`); also set
-    /// by `KASMINA_WGPU_F16_DECODE=int`. Same bits, for speed comparisons.
+    /// Decode f16 with integer arithmetic only (no `unpack2x16float`). Same
+    /// bits, for speed comparisons.
     pub f16_integer_decode: bool,
     /// Run the tiles through two kernels (identity seeds, and the rest), each
-    /// compiled without the other's code, instead of one for all seeds; also
-    /// set by `KASMINA_WGPU_SPLIT=1`. Same results; on the H100 the single
-    /// kernel was as fast or faster (f32 mixed forward 0.431 ms vs 0.476 ms
-    /// with 16-byte groups, 1.34 ms vs 1.49 ms word by word).
+    /// compiled without the other's code, instead of one for all seeds. Same
+    /// results; on the H100 the single kernel was as fast or faster
+    /// (`benches/RESULTS.md`).
     pub split_tile_kernels: bool,
     /// Rows each invocation loads together in the word-wise tile loops
-    /// (`UNROLL` in kasmina.wgsl; default 8, 1 to 16); also set by
-    /// `KASMINA_WGPU_UNROLL`. Same results, for speed comparisons.
+    /// (`UNROLL` in kasmina.wgsl; default 8, 1 to 16). Same results, for speed
+    /// comparisons.
     pub unroll: Option<u32>,
     /// Forward tiles read one word per row and invocation instead of one
-    /// 16-byte group (4 words) where C allows it; also set by
-    /// `KASMINA_WGPU_VEC4=0`. Same outputs, for speed comparisons.
+    /// 16-byte group (4 words) where C allows it. Same outputs, for speed
+    /// comparisons.
     pub scalar_tile_loads: bool,
 }
 
@@ -401,8 +399,7 @@ impl WgpuBackend {
                         mapped_at_creation: false,
                     }),
                     period_ns,
-                    separate_submits: options.separate_submit_timing
-                        || std::env::var("KASMINA_WGPU_TIMING").is_ok_and(|v| v == "submit"),
+                    separate_submits: options.separate_submit_timing,
                 })?)
             } else {
                 None
@@ -417,15 +414,10 @@ impl WgpuBackend {
             storage_align,
             uniform_stride,
             target_tiles,
-            f16_integer_decode: options.f16_integer_decode
-                || std::env::var("KASMINA_WGPU_F16_DECODE").is_ok_and(|v| v == "int"),
-            unroll: options
-                .unroll
-                .or_else(|| std::env::var("KASMINA_WGPU_UNROLL").ok().and_then(|v| v.parse().ok()))
-                .unwrap_or(8)
-                .clamp(1, 16),
-            vec4_tiles: !(options.scalar_tile_loads || std::env::var("KASMINA_WGPU_VEC4").is_ok_and(|v| v == "0")),
-            tile_kernels: if options.split_tile_kernels || std::env::var("KASMINA_WGPU_SPLIT").is_ok_and(|v| v == "1") {
+            f16_integer_decode: options.f16_integer_decode,
+            unroll: options.unroll.unwrap_or(8).clamp(1, 16),
+            vec4_tiles: !options.scalar_tile_loads,
+            tile_kernels: if options.split_tile_kernels {
                 (&["fwd_tile_id", "fwd_tile_bp"], &["bwd_tile_id", "bwd_tile_bp"])
             } else {
                 (&["fwd_tile"], &["bwd_tile"])

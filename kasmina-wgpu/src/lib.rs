@@ -44,8 +44,9 @@
 //! Timing (`Backend::time_ms`) uses timestamp queries written into the same
 //! command buffers as the timed work (start before the first command, end after
 //! the last), so host-side recording and submission gaps are not counted; the
-//! copy yardstick is timed the same way. `KASMINA_WGPU_TIMING=submit` puts the
-//! timestamps in submissions of their own instead, for comparison.
+//! copy yardstick is timed the same way. [`WgpuOptions::separate_submit_timing`] puts the
+//! timestamps in submissions of their own instead, for comparison. The library reads no
+//! environment variable: every knob is a field of [`WgpuOptions`].
 //!
 //! Determinism: the tile plan depends only on the shape, the adapter's limits
 //! and [`WgpuOptions`], and every reduction runs in a fixed order, so the

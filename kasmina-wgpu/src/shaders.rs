@@ -64,7 +64,7 @@ pub struct Variant {
     pub subgroups: bool,
     /// f16 only: decode words with `unpack2x16float` where that is exact
     /// (normal numbers and zeros), the integer decoder elsewhere; `false` uses
-    /// the integer decoder for everything (`KASMINA_WGPU_F16_DECODE=int`, for
+    /// the integer decoder for everything (`WgpuOptions::f16_integer_decode`, for
     /// comparison). Both give the same bits.
     pub half_unpack: bool,
 }
