@@ -25,7 +25,7 @@ const SEED_WORDS: usize = 8;
 const STATE_WORDS: usize = 9;
 const HEADER_WORDS: usize = 4;
 /// Size of the `Params` uniform struct.
-const PARAMS_BYTES: u64 = 112;
+const PARAMS_BYTES: u64 = std::mem::size_of::<Params>() as u64;
 /// About this many (seed, row-block) tiles per call keep a large GPU busy.
 const TARGET_TILES_GPU: usize = 2048;
 /// On CPU adapters each workgroup is a CPU task with barriers: few, large tiles.
@@ -264,10 +264,40 @@ impl Plan {
     }
 }
 
+/// The per-slice uniforms, field for field `struct Params` of kasmina.wgsl (a test checks the
+/// names and offsets against the shader with naga).
 #[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
 struct Params {
-    v: [u32; 28],
+    h: u32,
+    s: u32,
+    c: u32,
+    /// Words per chunk (C, or C / 2 for 16-bit dtypes, rounded up).
+    cu: u32,
+    row0: u32,
+    rows: u32,
+    tile_rows: u32,
+    rb_base: u32,
+    nrb_slice: u32,
+    total_rb: u32,
+    dead_eps_bits: u32,
+    aligned: u32,
+    nwords: u32,
+    wg_x: u32,
+    off_w: u32,
+    off_p: u32,
+    acc_off: u32,
+    dw_off: u32,
+    ds_off: u32,
+    gc_off: u32,
+    colsum_off: u32,
+    part_off: u32,
+    gpart_off: u32,
+    colpart_off: u32,
+    nelems: u32,
+    tiles: u32,
+    vec4: u32,
+    pad1: u32,
 }
 
 fn gcd(a: u64, b: u64) -> u64 {
@@ -668,42 +698,46 @@ impl WgpuBackend {
         Ok(())
     }
 
-    fn params(&self, layer: &WgpuLayer, plan: &Plan, sl: &Slice, dtype: DType) -> Params {
+    /// The uniforms of one slice; a value past 32 bits (a shape the plan should have sliced)
+    /// is an error, never a silently truncated offset.
+    fn params(&self, layer: &WgpuLayer, plan: &Plan, sl: &Slice, dtype: DType) -> Result<Params> {
+        let u = |what: &str, v: usize| {
+            u32::try_from(v).map_err(|_| unsupported(format!("uniform {what} = {v} does not fit 32 bits")))
+        };
         let epu = if dtype == DType::F32 { 1 } else { 2 };
         let nelems = sl.rows * layer.h;
         let gpart = plan.total_rb * layer.s * 8;
         let colpart = gpart + plan.total_rb * layer.s;
-        let v = [
-            layer.h,
-            layer.s,
-            layer.c,
-            layer.c.div_ceil(epu),
-            sl.row0,
-            sl.rows,
-            plan.tile_rows,
-            sl.rb_base,
-            sl.nrb,
-            plan.total_rb,
-            layer.dead_eps.to_bits() as usize,
-            usize::from(plan.aligned),
-            nelems.div_ceil(epu),
-            WGX as usize,
-            layer.off_w(),
-            layer.off_p(),
-            0,
-            layer.dw_off(),
-            layer.ds_off(),
-            layer.gc_off(),
-            layer.colsum_off(),
-            0,
-            gpart,
-            colpart,
-            nelems,
-            layer.s * sl.nrb,
-            usize::from(plan.vec4),
-            0,
-        ];
-        Params { v: v.map(|x| x as u32) }
+        Ok(Params {
+            h: u("h", layer.h)?,
+            s: u("s", layer.s)?,
+            c: u("c", layer.c)?,
+            cu: u("cu", layer.c.div_ceil(epu))?,
+            row0: u("row0", sl.row0)?,
+            rows: u("rows", sl.rows)?,
+            tile_rows: u("tile_rows", plan.tile_rows)?,
+            rb_base: u("rb_base", sl.rb_base)?,
+            nrb_slice: u("nrb_slice", sl.nrb)?,
+            total_rb: u("total_rb", plan.total_rb)?,
+            dead_eps_bits: layer.dead_eps.to_bits(),
+            aligned: u32::from(plan.aligned),
+            nwords: u("nwords", nelems.div_ceil(epu))?,
+            wg_x: u("wg_x", WGX as usize)?,
+            off_w: u("off_w", layer.off_w())?,
+            off_p: u("off_p", layer.off_p())?,
+            acc_off: 0,
+            dw_off: u("dw_off", layer.dw_off())?,
+            ds_off: u("ds_off", layer.ds_off())?,
+            gc_off: u("gc_off", layer.gc_off())?,
+            colsum_off: u("colsum_off", layer.colsum_off())?,
+            part_off: 0,
+            gpart_off: u("gpart_off", gpart)?,
+            colpart_off: u("colpart_off", colpart)?,
+            nelems: u("nelems", nelems)?,
+            tiles: u("tiles", layer.s * sl.nrb)?,
+            vec4: u32::from(plan.vec4),
+            pad1: 0,
+        })
     }
 
     /// Writes the per-slice uniforms (unless they are already there) and returns
@@ -725,7 +759,7 @@ impl WgpuBackend {
         };
         let mut bytes = vec![0u8; plan.slices.len() * self.uniform_stride as usize];
         for (i, sl) in plan.slices.iter().enumerate() {
-            let p = self.params(layer, plan, sl, dtype);
+            let p = self.params(layer, plan, sl, dtype)?;
             let o = i * self.uniform_stride as usize;
             bytes[o..o + PARAMS_BYTES as usize].copy_from_slice(bytemuck::bytes_of(&p));
         }
@@ -1218,5 +1252,62 @@ impl Backend for WgpuBackend {
         let t0 = u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
         let t1 = u64::from_le_bytes([b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]]);
         Ok(t1.saturating_sub(t0) as f64 * t.period_ns / 1e6)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::mem::offset_of;
+
+    /// `Params` is the shader's `struct Params`: the same member names at the same offsets, and
+    /// the same size.
+    #[test]
+    fn the_uniform_struct_matches_the_shader() {
+        let src = crate::shaders::Variant { dtype: DType::F32, subgroups: false, half_unpack: true }.source();
+        let module = naga::front::wgsl::parse_str(&src).unwrap();
+        let (members, span) = module
+            .types
+            .iter()
+            .find_map(|(_, t)| match (&t.name, &t.inner) {
+                (Some(n), naga::TypeInner::Struct { members, span }) if n == "Params" => Some((members, *span)),
+                _ => None,
+            })
+            .expect("kasmina.wgsl declares struct Params");
+        let rust = [
+            ("h", offset_of!(Params, h)),
+            ("s", offset_of!(Params, s)),
+            ("c", offset_of!(Params, c)),
+            ("cu", offset_of!(Params, cu)),
+            ("row0", offset_of!(Params, row0)),
+            ("rows", offset_of!(Params, rows)),
+            ("tile_rows", offset_of!(Params, tile_rows)),
+            ("rb_base", offset_of!(Params, rb_base)),
+            ("nrb_slice", offset_of!(Params, nrb_slice)),
+            ("total_rb", offset_of!(Params, total_rb)),
+            ("dead_eps_bits", offset_of!(Params, dead_eps_bits)),
+            ("aligned", offset_of!(Params, aligned)),
+            ("nwords", offset_of!(Params, nwords)),
+            ("wg_x", offset_of!(Params, wg_x)),
+            ("off_w", offset_of!(Params, off_w)),
+            ("off_p", offset_of!(Params, off_p)),
+            ("acc_off", offset_of!(Params, acc_off)),
+            ("dw_off", offset_of!(Params, dw_off)),
+            ("ds_off", offset_of!(Params, ds_off)),
+            ("gc_off", offset_of!(Params, gc_off)),
+            ("colsum_off", offset_of!(Params, colsum_off)),
+            ("part_off", offset_of!(Params, part_off)),
+            ("gpart_off", offset_of!(Params, gpart_off)),
+            ("colpart_off", offset_of!(Params, colpart_off)),
+            ("nelems", offset_of!(Params, nelems)),
+            ("tiles", offset_of!(Params, tiles)),
+            ("vec4", offset_of!(Params, vec4)),
+            ("pad1", offset_of!(Params, pad1)),
+        ];
+        let shader: Vec<(String, usize)> =
+            members.iter().map(|m| (m.name.clone().unwrap_or_default(), m.offset as usize)).collect();
+        let rust: Vec<(String, usize)> = rust.iter().map(|(n, o)| (n.to_string(), *o)).collect();
+        assert_eq!(shader, rust);
+        assert_eq!(span as u64, PARAMS_BYTES);
     }
 }
