@@ -1,15 +1,16 @@
-//! Unit tests: hand-checked cases, an f64 reference written from the SPEC,
+//! Unit tests: hand-checked cases, the conformance suite's f64 reference on
 //! every SIMD level this CPU has, and bit-identical results across thread counts.
 #![allow(clippy::needless_range_loop)] // index loops mirror the SPEC formulas
 
 use half::{bf16, f16};
-use kasmina_core::state::clamp_bounds;
 use kasmina_core::{
     Backend, BlueprintType, DType, ForwardMode, GraftingStrategy, HostData, HostDataMut, HostTensorData, LayerConfig,
     LayerState, LifecycleState, Moments, StabilityMode, StateChange,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+
+use kasmina_conformance::reference;
 
 use crate::{CpuBackend, CpuTensor, SimdLevel};
 
@@ -77,168 +78,15 @@ fn random_data(dtype: DType, len: usize, rng: &mut ChaCha8Rng) -> HostTensorData
     HostTensorData::from_f32(dtype, &v)
 }
 
-// ---------- f64 reference, written from SPEC 4, 5, 7 ----------
-
-fn t_ref(bt: BlueprintType, x: &[f64], w: &[f64], s: f64) -> Vec<f64> {
-    let c = x.len();
-    match bt {
-        BlueprintType::Residual => (0..c).map(|j| x[j] + w[j] * s).collect(),
-        BlueprintType::Attention => {
-            let p = softmax(w);
-            (0..c).map(|j| x[j] * p[j]).collect()
-        }
-        BlueprintType::Mlp => (0..c).map(|j| (x[j] * w[j]).max(0.0) * s).collect(),
-        BlueprintType::Conv => {
-            let xm = |k: isize| if k < 0 { 0.0 } else { x[k as usize] };
-            let wk = |k: usize| w.get(k).copied().unwrap_or(0.0);
-            (0..c).map(|j| s * (wk(0) * x[j] + wk(1) * xm(j as isize - 1) + wk(2) * xm(j as isize - 2))).collect()
-        }
-    }
-}
-
-fn softmax(w: &[f64]) -> Vec<f64> {
-    let m = w.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    let e: Vec<f64> = w.iter().map(|v| (v - m).exp()).collect();
-    let z: f64 = e.iter().sum();
-    e.iter().map(|v| v / z).collect()
-}
-
-struct SeedRef {
-    mode: ForwardMode,
-    a: f64,
-    bt: BlueprintType,
-    w: Vec<f64>,
-    s: f64,
-    bounds: Option<(f64, f64)>,
-}
-
-fn seed_ref(st: &LayerState, i: usize) -> SeedRef {
-    let mode = st.seeds.lifecycle[i].forward_mode();
-    let a = if mode == ForwardMode::Blueprint { 1.0 } else { st.seeds.alpha[i].clamp(0.0, 1.0) as f64 };
-    let bounds = clamp_bounds(st.config.stability, st.seeds.clamp_mean[i], st.seeds.clamp_std[i])
-        .map(|(l, h)| (l as f64, h as f64));
-    SeedRef {
-        mode,
-        a,
-        bt: st.seeds.blueprint_type[i],
-        w: st.params.seed_weights(i).iter().map(|v| *v as f64).collect(),
-        s: st.params.scales[i] as f64,
-        bounds,
-    }
-}
-
-/// Unclamped output of one chunk.
-fn y_ref(sr: &SeedRef, x: &[f64]) -> Vec<f64> {
-    let t = t_ref(sr.bt, x, &sr.w, sr.s);
-    match sr.mode {
-        ForwardMode::Identity => x.to_vec(),
-        ForwardMode::Blueprint => t,
-        ForwardMode::Blend => x.iter().zip(&t).map(|(x, t)| (1.0 - sr.a) * x + sr.a * t).collect(),
-    }
-}
+// ---------- the float64 reference is kasmina-conformance's (SPEC 4, 5, 7) ----------
 
 fn forward_ref(st: &LayerState, x: &[f64]) -> (Vec<f64>, Vec<Moments>) {
-    let (h, s, c) = (st.config.hidden_dim, st.config.num_seeds, st.config.chunk_size());
-    let mut y = vec![0.0; x.len()];
-    let mut mom = vec![Moments::empty(); s];
-    for (row, yrow) in x.chunks(h).zip(y.chunks_mut(h)) {
-        for i in 0..s {
-            let xc = &row[i * c..(i + 1) * c];
-            for v in xc {
-                mom[i].push(*v, st.config.dead_eps as f64);
-            }
-            let sr = seed_ref(st, i);
-            let mut yc = y_ref(&sr, xc);
-            if sr.mode != ForwardMode::Identity
-                && let Some((lo, hi)) = sr.bounds
-            {
-                for v in &mut yc {
-                    *v = if *v < lo {
-                        lo
-                    } else if *v > hi {
-                        hi
-                    } else {
-                        *v
-                    };
-                }
-            }
-            yrow[i * c..(i + 1) * c].copy_from_slice(&yc);
-        }
-    }
-    (y, mom)
+    let r = reference::forward(st, x, x.len() / st.config.hidden_dim);
+    (r.y, r.moments)
 }
 
-struct BwdRef {
-    dx: Vec<f64>,
-    dw: Vec<f64>,
-    ds: Vec<f64>,
-    gsq: Vec<f64>,
-}
-
-fn backward_ref(st: &LayerState, x: &[f64], g: &[f64]) -> BwdRef {
-    let (h, s, c) = (st.config.hidden_dim, st.config.num_seeds, st.config.chunk_size());
-    let mut r = BwdRef { dx: vec![0.0; x.len()], dw: vec![0.0; s * c], ds: vec![0.0; s], gsq: vec![0.0; s] };
-    for ((xrow, grow), dxrow) in x.chunks(h).zip(g.chunks(h)).zip(r.dx.chunks_mut(h)) {
-        for i in 0..s {
-            let xc = &xrow[i * c..(i + 1) * c];
-            let gc0 = &grow[i * c..(i + 1) * c];
-            r.gsq[i] += gc0.iter().map(|v| v * v).sum::<f64>();
-            let sr = seed_ref(st, i);
-            let dxc = &mut dxrow[i * c..(i + 1) * c];
-            if sr.mode == ForwardMode::Identity {
-                dxc.copy_from_slice(gc0);
-                continue;
-            }
-            let y = y_ref(&sr, xc);
-            let gc: Vec<f64> = (0..c)
-                .map(|j| match sr.bounds {
-                    Some((lo, hi)) if y[j] < lo || y[j] > hi => 0.0,
-                    _ => gc0[j],
-                })
-                .collect();
-            let (a, w, sc) = (sr.a, &sr.w, sr.s);
-            let wk = |k: usize| w.get(k).copied().unwrap_or(0.0);
-            let dw = &mut r.dw[i * c..(i + 1) * c];
-            match sr.bt {
-                BlueprintType::Residual => {
-                    for j in 0..c {
-                        dxc[j] = (1.0 - a) * gc[j] + a * gc[j];
-                        dw[j] += a * gc[j] * sc;
-                        r.ds[i] += a * gc[j] * w[j];
-                    }
-                }
-                BlueprintType::Attention => {
-                    let p = softmax(w);
-                    let dot: f64 = (0..c).map(|k| gc[k] * xc[k] * p[k]).sum();
-                    for j in 0..c {
-                        dxc[j] = (1.0 - a) * gc[j] + a * gc[j] * p[j];
-                        dw[j] += a * p[j] * (gc[j] * xc[j] - dot);
-                    }
-                }
-                BlueprintType::Mlp => {
-                    for j in 0..c {
-                        let m = if xc[j] * w[j] > 0.0 { 1.0 } else { 0.0 };
-                        dxc[j] = (1.0 - a) * gc[j] + a * gc[j] * w[j] * sc * m;
-                        dw[j] += a * gc[j] * xc[j] * sc * m;
-                        r.ds[i] += a * gc[j] * (xc[j] * w[j]).max(0.0);
-                    }
-                }
-                BlueprintType::Conv => {
-                    let gk = |k: usize| if k < c { gc[k] } else { 0.0 };
-                    let xm = |k: isize| if k < 0 { 0.0 } else { xc[k as usize] };
-                    for j in 0..c {
-                        dxc[j] = (1.0 - a) * gc[j] + a * sc * (wk(0) * gc[j] + wk(1) * gk(j + 1) + wk(2) * gk(j + 2));
-                        for k in 0..c.min(3) {
-                            dw[k] += a * sc * gc[j] * xm(j as isize - k as isize);
-                        }
-                        let conv = wk(0) * xc[j] + wk(1) * xm(j as isize - 1) + wk(2) * xm(j as isize - 2);
-                        r.ds[i] += a * gc[j] * conv;
-                    }
-                }
-            }
-        }
-    }
-    r
+fn backward_ref(st: &LayerState, x: &[f64], g: &[f64]) -> reference::BackwardRef {
+    reference::backward(st, x, g, x.len() / st.config.hidden_dim)
 }
 
 fn rel_l2(got: &[f64], want: &[f64]) -> f64 {
@@ -248,11 +96,7 @@ fn rel_l2(got: &[f64], want: &[f64]) -> f64 {
 }
 
 fn tol(dtype: DType) -> f64 {
-    match dtype {
-        DType::F32 => 1e-5,
-        DType::F16 => 2e-3,
-        DType::BF16 => 1e-2,
-    }
+    kasmina_conformance::tolerance(dtype)
 }
 
 fn widen(d: &HostTensorData) -> Vec<f64> {
@@ -371,12 +215,12 @@ fn all_types_match_the_f64_reference_on_every_simd_level_and_dtype() {
                     let dw: Vec<f64> = pg.dweights.iter().map(|v| *v as f64).collect();
                     let ds: Vec<f64> = pg.dscales.iter().map(|v| *v as f64).collect();
                     // Parameter gradients are f32 sums of f32 inputs: 1e-5 whatever the activation dtype.
-                    assert!(rel_l2(&dw, &bref.dw) <= 1e-5, "{ctx}: dw error {}", rel_l2(&dw, &bref.dw));
-                    assert!(rel_l2(&ds, &bref.ds) <= 1e-5, "{ctx}: ds error {}", rel_l2(&ds, &bref.ds));
+                    assert!(rel_l2(&dw, &bref.dweights) <= 1e-5, "{ctx}: dw error {}", rel_l2(&dw, &bref.dweights));
+                    assert!(rel_l2(&ds, &bref.dscales) <= 1e-5, "{ctx}: ds error {}", rel_l2(&ds, &bref.dscales));
                     for i in 0..s {
-                        let want = bref.gsq[i].sqrt();
+                        let want = bref.grad_sq[i].sqrt();
                         assert!((pg.grad_norm[i] as f64 - want).abs() <= 1e-5 * want, "{ctx}: grad_norm");
-                        assert!((acc_gsq(&be, &layer, i) - bref.gsq[i]).abs() <= 1e-5 * bref.gsq[i]);
+                        assert!((acc_gsq(&be, &layer, i) - bref.grad_sq[i]).abs() <= 1e-5 * bref.grad_sq[i]);
                     }
                 }
             }
