@@ -112,19 +112,40 @@ impl std::fmt::Display for CaseResult {
     }
 }
 
+/// The one list of case groups, in run order: each is a module of `cases` with a `run`, a
+/// name in [`GROUPS`] and a `#[test]` of [`conformance_tests!`]. Expands `$crate::__groups!`
+/// again with `[$mode]` and the list.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __groups {
+    (@list [names] $($g:ident)*) => {
+        [$(stringify!($g)),*]
+    };
+    (@list [tests $make:path] $($g:ident)*) => {
+        $(
+            #[test]
+            fn $g() {
+                $crate::run_test_group(stringify!($g), || $make());
+            }
+        )*
+    };
+    (@list [dispatch $group:expr, $ctx:expr, $fallback:expr] $($g:ident)*) => {{
+        $(if $group == stringify!($g) {
+            cases_dispatch::$g::run($ctx)
+        } else)* {
+            $fallback
+        }
+    }};
+    ($($mode:tt)*) => {
+        $crate::__groups! {
+            @list [$($mode)*]
+            forward_modes telemetry backward strict_mode shapes poison determinism checksum randomized bad_input
+        }
+    };
+}
+
 /// The case groups, in the order [`run_all`] runs them.
-pub const GROUPS: [&str; 10] = [
-    "forward_modes",
-    "telemetry",
-    "backward",
-    "strict_mode",
-    "shapes",
-    "poison",
-    "determinism",
-    "checksum",
-    "randomized",
-    "bad_input",
-];
+pub const GROUPS: [&str; 10] = __groups!(names);
 
 /// Runs every case whose name `group/case/dtype` contains `filter` (all when
 /// `None`), calling `progress` after each row. Never panics on a backend
@@ -195,15 +216,6 @@ pub fn run_test_group<B: Backend>(group: &str, make: impl FnOnce() -> Result<B, 
 #[macro_export]
 macro_rules! conformance_tests {
     ($make:path) => {
-        $crate::conformance_tests!(@groups $make;
-            forward_modes telemetry backward strict_mode shapes poison determinism checksum randomized bad_input);
-    };
-    (@groups $make:path; $($group:ident)*) => {
-        $(
-            #[test]
-            fn $group() {
-                $crate::run_test_group(stringify!($group), || $make());
-            }
-        )*
+        $crate::__groups!(tests $make);
     };
 }

@@ -46,18 +46,9 @@ pub(crate) fn run_group<B: Backend>(
         return vec![r];
     };
     let mut ctx = Ctx { backend, size, device, group, filter, progress, results: Vec::new() };
-    match group {
-        "forward_modes" => forward_modes::run(&mut ctx),
-        "telemetry" => telemetry::run(&mut ctx),
-        "backward" => backward::run(&mut ctx),
-        "strict_mode" => strict_mode::run(&mut ctx),
-        "shapes" => shapes::run(&mut ctx),
-        "poison" => poison::run(&mut ctx),
-        "determinism" => determinism::run(&mut ctx),
-        "checksum" => checksum::run(&mut ctx),
-        "randomized" => randomized::run(&mut ctx),
-        _ => bad_input::run(&mut ctx),
-    }
+    // `group` is one of GROUPS (checked above), so the fallback never runs.
+    use self as cases_dispatch;
+    crate::__groups!(dispatch group, &mut ctx, ());
     ctx.results
 }
 
