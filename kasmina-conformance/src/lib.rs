@@ -131,7 +131,7 @@ macro_rules! __groups {
     };
     (@list [dispatch $group:expr, $ctx:expr, $fallback:expr] $($g:ident)*) => {{
         $(if $group == stringify!($g) {
-            cases_dispatch::$g::run($ctx)
+            $g::run($ctx)
         } else)* {
             $fallback
         }
