@@ -191,7 +191,7 @@ pub struct Tuner {
     memory: HashMap<String, KernelConfig>,
     warnings: Vec<String>,
     tuned: usize,
-    /// Print every candidate's time while tuning (`KASMINA_AUTOTUNE_LOG=1`).
+    /// Report every candidate's time while tuning, as `tracing` info events (`KASMINA_AUTOTUNE_LOG=1`).
     log: bool,
 }
 
@@ -235,13 +235,14 @@ impl Tuner {
         self.tuned
     }
 
-    /// Warnings so far (corrupt or unwritable cache file); each was also printed.
+    /// Warnings so far (corrupt or unwritable cache file); each was also emitted as a `tracing`
+    /// warning.
     pub fn warnings(&self) -> &[String] {
         &self.warnings
     }
 
     fn warn(&mut self, msg: String) {
-        eprintln!("kasmina-cuda: warning: {msg}");
+        tracing::warn!("{msg}");
         self.warnings.push(msg);
     }
 
@@ -319,10 +320,8 @@ impl Tuner {
             let t = time(c);
             if self.log {
                 match &t {
-                    Ok(ms) => {
-                        eprintln!("kasmina-cuda: autotune {} {} {} {c}: {ms:.4} ms", key.op, key.dtype, key.bucket)
-                    }
-                    Err(_) => eprintln!("kasmina-cuda: autotune {} {} {} {c}: failed", key.op, key.dtype, key.bucket),
+                    Ok(ms) => tracing::info!("autotune {} {} {} {c}: {ms:.4} ms", key.op, key.dtype, key.bucket),
+                    Err(_) => tracing::info!("autotune {} {} {} {c}: failed", key.op, key.dtype, key.bucket),
                 }
             }
             match t {

@@ -147,7 +147,7 @@ impl DeviceTensor for CudaTensor {
 /// - `KASMINA_CUDA_BWD_TYPED=off`: the active seed-uniform backward without its per-blueprint-type
 ///   branch on finite rows (the typed one is the default: it is faster on the H100 and gives
 ///   the same bits).
-/// - `KASMINA_AUTOTUNE_LOG=1`: print every candidate's time while tuning.
+/// - `KASMINA_AUTOTUNE_LOG=1`: report every candidate's time while tuning (`tracing` info events).
 #[derive(Clone)]
 pub struct CudaBackend {
     ctx: Arc<CudaContext>,

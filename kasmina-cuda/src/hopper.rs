@@ -73,7 +73,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute_enum};
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, LaunchConfig, PushKernelArg};
-use cudarc::nvrtc::{CompileError, CompileOptions, Ptx, compile_ptx_with_opts};
+use cudarc::nvrtc::Ptx;
 use kasmina_core::DType;
 
 use super::{CudaBackend, CudaTensor, PARTIAL_BYTES, PartialLayout};
@@ -158,10 +158,7 @@ impl CudaPath {
     pub fn from_env() -> Self {
         match std::env::var("KASMINA_CUDA_PATH") {
             Ok(v) if !v.is_empty() => Self::parse(&v).unwrap_or_else(|| {
-                eprintln!(
-                    "kasmina-cuda: warning: KASMINA_CUDA_PATH={v} is not portable, hopper or auto; using {}",
-                    Self::DEFAULT.name()
-                );
+                tracing::warn!("KASMINA_CUDA_PATH={v} is not portable, hopper or auto; using {}", Self::DEFAULT.name());
                 Self::DEFAULT
             }),
             _ => Self::DEFAULT,
@@ -306,35 +303,20 @@ pub fn compile_hopper(dtype: DType) -> CudaResult<Ptx> {
     if let Some(p) = ptx_cache().lock().unwrap_or_else(|p| p.into_inner()).get(&dtype) {
         return Ok(p.clone());
     }
-    // SAFETY: only tries to dlopen libnvrtc by its usual names; nothing is called yet.
-    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
-        return Err(CudaError::Unavailable("NVRTC (libnvrtc.so) was not found".into()));
-    }
     let name = format!("kasmina_hopper_{}.cu", dtype.name());
-    let opts = CompileOptions {
-        arch: Some("sm_90a"),
-        options: vec![
-            "--std=c++17".into(),
-            format!("-DKASMINA_DT={}", dtype_macro(dtype)),
-            format!("-DKASMINA_V={}", hopper_vec(dtype)),
-            format!("-DKASMINA_HOPPER_STAGES={}", hopper_stages()),
-            format!("-DKASMINA_HOPPER_FWD_REGS={}", hopper_fwd_knobs().0),
-            format!("-DKASMINA_HOPPER_UNROLL={}", hopper_fwd_knobs().1),
-        ],
-        name: Some(name.clone()),
-        ..Default::default()
-    };
-    let ptx = compile_ptx_with_opts(full_source(), opts).map_err(|e| CudaError::Compile {
-        module: name.clone(),
-        log: match e {
-            CompileError::CompileError { log, .. } => log.to_string_lossy().into_owned(),
-            other => other.to_string(),
-        },
-    })?;
+    let options = vec![
+        "--std=c++17".into(),
+        format!("-DKASMINA_DT={}", dtype_macro(dtype)),
+        format!("-DKASMINA_V={}", hopper_vec(dtype)),
+        format!("-DKASMINA_HOPPER_STAGES={}", hopper_stages()),
+        format!("-DKASMINA_HOPPER_FWD_REGS={}", hopper_fwd_knobs().0),
+        format!("-DKASMINA_HOPPER_UNROLL={}", hopper_fwd_knobs().1),
+    ];
+    let ptx = crate::kernels::nvrtc(full_source(), name, "sm_90a", options)?;
     if let Some(dir) = std::env::var_os("KASMINA_CUDA_DUMP") {
         let path = std::path::Path::new(&dir).join(format!("kasmina_hopper_{}.ptx", dtype.name()));
         if let Err(e) = std::fs::create_dir_all(&dir).and_then(|_| std::fs::write(&path, ptx.to_src())) {
-            eprintln!("kasmina-cuda: warning: cannot write {}: {e}", path.display());
+            tracing::warn!("cannot write {}: {e}", path.display());
         }
     }
     ptx_cache().lock().unwrap_or_else(|p| p.into_inner()).insert(dtype, ptx.clone());

@@ -162,8 +162,9 @@ pub fn compile(arch: &'static str, dtype: DType, vec: u32) -> CudaResult<Ptx> {
     Ok(ptx)
 }
 
-/// Compiles `source` (named `name` in NVRTC's messages) for `arch` with `options`.
-fn nvrtc(source: &str, name: String, arch: &'static str, options: Vec<String>) -> CudaResult<Ptx> {
+/// Compiles `source` (named `name` in NVRTC's messages) for `arch` with `options`; reports the
+/// compile and its time through `tracing` (the command-line program shows them on a terminal).
+pub(crate) fn nvrtc(source: &str, name: String, arch: &'static str, options: Vec<String>) -> CudaResult<Ptx> {
     // SAFETY: only tries to dlopen libnvrtc by its usual names; nothing is called yet.
     if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
         return Err(CudaError::Unavailable(
@@ -173,13 +174,17 @@ fn nvrtc(source: &str, name: String, arch: &'static str, options: Vec<String>) -
         ));
     }
     let opts = CompileOptions { arch: Some(arch), options, name: Some(name.clone()), ..Default::default() };
-    compile_ptx_with_opts(source, opts).map_err(|e| CudaError::Compile {
-        module: name,
+    tracing::info!("compiling {name} for {arch} (first use in this process)");
+    let start = std::time::Instant::now();
+    let ptx = compile_ptx_with_opts(source, opts).map_err(|e| CudaError::Compile {
+        module: name.clone(),
         log: match e {
             CompileError::CompileError { log, .. } => log.to_string_lossy().into_owned(),
             other => other.to_string(),
         },
-    })
+    })?;
+    tracing::info!("compiled {name} in {:.1} s", start.elapsed().as_secs_f64());
+    Ok(ptx)
 }
 
 /// The parameter-plan kernel (`kernels/plan.cu`), loaded into one context.
