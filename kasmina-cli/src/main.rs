@@ -3,26 +3,9 @@
 // A build with no backend at all compiles every command to "not compiled in".
 #![cfg_attr(not(any(feature = "cpu", feature = "wgpu", feature = "cuda")), allow(unused))]
 
-/// `println!` for the command's human-readable output: to stdout, or to stderr once
-/// [`text_to_stderr`] was called (`--json -` owns stdout); exits quietly when the stream is
-/// closed (`kasmina ... | head`) instead of panicking on the broken pipe.
-macro_rules! say {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let r = if $crate::TEXT_TO_STDERR.load(std::sync::atomic::Ordering::Relaxed) {
-            writeln!(std::io::stderr().lock(), $($arg)*)
-        } else {
-            writeln!(std::io::stdout().lock(), $($arg)*)
-        };
-        if let Err(e) = r {
-            if e.kind() == std::io::ErrorKind::BrokenPipe {
-                std::process::exit(0);
-            }
-        }
-    }};
-}
-
-/// `print!` with the same behaviour as [`say!`].
+/// `print!` for the command's human-readable output: to stdout, or to stderr once
+/// [`TEXT_TO_STDERR`] is set (`--json -` owns stdout); exits quietly when the stream is closed
+/// (`kasmina ... | head`) instead of panicking on the broken pipe.
 macro_rules! say_raw {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
@@ -37,6 +20,16 @@ macro_rules! say_raw {
             }
         }
     }};
+}
+
+/// [`say_raw!`] with a newline, like `println!`.
+macro_rules! say {
+    () => {
+        say_raw!("\n")
+    };
+    ($($arg:tt)*) => {
+        say_raw!("{}\n", format_args!($($arg)*))
+    };
 }
 
 /// Set when a command writes its JSON report to stdout: [`say!`] then writes to stderr.
