@@ -7,6 +7,7 @@ use kasmina::core::lifecycle::TransitionReason;
 use kasmina::core::snapshot;
 use kasmina::{BlueprintType, DType, GraftingStrategy, HostTensorData, LayerConfig, LayerState, LifecycleState};
 use kasmina_cli::files::{npy_bytes, read_npy_matrix, read_param_grads};
+use kasmina_conformance::toolkit::rel_l2;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -81,12 +82,6 @@ fn flip_bit_in_tensor(path: &Path, name: &str) -> Vec<u8> {
     let (start, _) = meta.info(name).unwrap().data_offsets;
     bytes[8 + header + start] ^= 0x01;
     bytes
-}
-
-fn rel_l2(got: &[f64], want: &[f64]) -> f64 {
-    let num: f64 = got.iter().zip(want).map(|(a, b)| (a - b).powi(2)).sum();
-    let den: f64 = want.iter().map(|b| b * b).sum();
-    (num / den.max(1e-300)).sqrt()
 }
 
 struct Files {

@@ -8,7 +8,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 /// The raw bits of element `i` (zero-extended for 16-bit dtypes).
-pub(crate) fn bits(t: &HostTensorData, i: usize) -> u32 {
+pub fn bits(t: &HostTensorData, i: usize) -> u32 {
     match t {
         HostTensorData::F32(v) => v[i].to_bits(),
         HostTensorData::F16(v) => v[i].to_bits() as u32,
@@ -36,7 +36,7 @@ pub(crate) fn dtype(t: &HostTensorData) -> DType {
 }
 
 /// Every element widened to f64 (exactly).
-pub(crate) fn to_f64(t: &HostTensorData) -> Vec<f64> {
+pub fn to_f64(t: &HostTensorData) -> Vec<f64> {
     match t {
         HostTensorData::F32(v) => v.iter().map(|x| *x as f64).collect(),
         HostTensorData::F16(v) => v.iter().map(|x| x.to_f64()).collect(),

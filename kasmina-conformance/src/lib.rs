@@ -53,6 +53,7 @@ mod cases;
 mod check;
 mod data;
 pub mod reference;
+pub mod toolkit;
 
 use kasmina_core::{Backend, DType};
 

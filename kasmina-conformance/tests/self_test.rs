@@ -6,6 +6,7 @@ use std::cell::Cell;
 
 use half::{bf16, f16};
 use kasmina_conformance::reference;
+use kasmina_conformance::toolkit::{bits, to_f64};
 use kasmina_conformance::{CaseResult, Size, run_all};
 use kasmina_core::backend::HostTensorData;
 use kasmina_core::{
@@ -73,18 +74,6 @@ struct Layer {
     state: LayerState,
     acc: Accumulators,
     grads: ParamGrads,
-}
-
-fn to_f64(t: &HostTensorData) -> Vec<f64> {
-    t.to_f32().iter().map(|v| *v as f64).collect()
-}
-
-fn bits(t: &HostTensorData, i: usize) -> u32 {
-    match t {
-        HostTensorData::F32(v) => v[i].to_bits(),
-        HostTensorData::F16(v) => v[i].to_bits() as u32,
-        HostTensorData::BF16(v) => v[i].to_bits() as u32,
-    }
 }
 
 /// `values` rounded to `like`'s dtype, with the elements `copy` selects taken bit for bit from `like_src`.

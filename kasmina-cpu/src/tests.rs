@@ -11,6 +11,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use kasmina_conformance::reference;
+use kasmina_conformance::toolkit::{all_bits as bits, rel_l2, to_f64 as widen, tolerance as tol};
 
 use crate::{CpuBackend, CpuTensor, SimdLevel};
 
@@ -31,14 +32,6 @@ fn read(be: &CpuBackend, t: &CpuTensor) -> HostTensorData {
     let mut out = HostTensorData::zeros(t.view().dtype(), t.len());
     be.read(t, out.view_mut()).unwrap();
     out
-}
-
-fn bits(d: &HostTensorData) -> Vec<u32> {
-    match d {
-        HostTensorData::F32(v) => v.iter().map(|x| x.to_bits()).collect(),
-        HostTensorData::F16(v) => v.iter().map(|x| x.to_bits() as u32).collect(),
-        HostTensorData::BF16(v) => v.iter().map(|x| x.to_bits() as u32).collect(),
-    }
 }
 
 /// A state with every blueprint type in blend and FOSSILIZED modes and some identity seeds.
@@ -87,20 +80,6 @@ fn forward_ref(st: &LayerState, x: &[f64]) -> (Vec<f64>, Vec<Moments>) {
 
 fn backward_ref(st: &LayerState, x: &[f64], g: &[f64]) -> reference::BackwardRef {
     reference::backward(st, x, g, x.len() / st.config.hidden_dim)
-}
-
-fn rel_l2(got: &[f64], want: &[f64]) -> f64 {
-    let num: f64 = got.iter().zip(want).map(|(a, b)| (a - b) * (a - b)).sum();
-    let den: f64 = want.iter().map(|b| b * b).sum();
-    if den == 0.0 { num.sqrt() } else { (num / den).sqrt() }
-}
-
-fn tol(dtype: DType) -> f64 {
-    kasmina_conformance::tolerance(dtype)
-}
-
-fn widen(d: &HostTensorData) -> Vec<f64> {
-    d.to_f32().iter().map(|v| *v as f64).collect()
 }
 
 // ---------- tests ----------

@@ -5,6 +5,7 @@
 
 use half::{bf16, f16};
 use kasmina_conformance::reference;
+use kasmina_conformance::toolkit::{all_bits as raw_bits, rel_l2, to_f64 as f64s, tolerance as tol};
 use kasmina_core::backend::HostTensorData;
 use kasmina_core::{
     Backend, BackendErrorKind, BlueprintType, DType, Error, LayerConfig, LayerState, LifecycleState, StabilityMode,
@@ -56,24 +57,6 @@ fn mixed_state(h: usize, s: usize, strict: bool, rng: &mut ChaCha8Rng) -> LayerS
 fn data(dtype: DType, n: usize, offset: f32, rng: &mut ChaCha8Rng) -> HostTensorData {
     let v: Vec<f32> = (0..n).map(|_| offset + rng.random_range(-2.0f32..2.0)).collect();
     HostTensorData::from_f32(dtype, &v)
-}
-
-fn f64s(t: &HostTensorData) -> Vec<f64> {
-    t.to_f32().iter().map(|v| f64::from(*v)).collect()
-}
-
-fn rel_l2(got: &[f64], want: &[f64]) -> f64 {
-    let num: f64 = got.iter().zip(want).map(|(a, b)| (a - b) * (a - b)).sum();
-    let den: f64 = want.iter().map(|b| b * b).sum();
-    (num / den.max(1e-300)).sqrt()
-}
-
-fn tol(dtype: DType) -> f64 {
-    match dtype {
-        DType::F32 => 1e-5,
-        DType::F16 => 2e-3,
-        DType::BF16 => 1e-2,
-    }
 }
 
 struct Out {
@@ -128,14 +111,6 @@ fn check_against_reference(st: &LayerState, x: &HostTensorData, g: &HostTensorDa
         assert!((m.variance() - r.variance()).abs() <= 1e-4 * r.variance(), "{what}: variance of seed {s}");
         let gq = o.acc.grad_sq[s];
         assert!((gq - br.grad_sq[s]).abs() <= red * br.grad_sq[s], "{what}: grad_sq of seed {s}");
-    }
-}
-
-fn raw_bits(t: &HostTensorData) -> Vec<u32> {
-    match t {
-        HostTensorData::F32(v) => v.iter().map(|x| x.to_bits()).collect(),
-        HostTensorData::F16(v) => v.iter().map(|x| u32::from(x.to_bits())).collect(),
-        HostTensorData::BF16(v) => v.iter().map(|x| u32::from(x.to_bits())).collect(),
     }
 }
 

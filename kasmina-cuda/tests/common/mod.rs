@@ -3,6 +3,7 @@
 //! blueprint type, and comparisons against the f64 reference.
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub use kasmina_conformance::toolkit::{bits, rel_l2, to_f64, tolerance as tol};
 use kasmina_core::backend::HostTensorData;
 use kasmina_core::{
     BlueprintType, DType, GraftingStrategy, LayerConfig, LayerState, LifecycleState, StabilityMode, TransitionReason,
@@ -81,30 +82,4 @@ pub fn mixed_state(h: usize, s: usize, stability: StabilityMode, rng: &mut Rng) 
 pub fn host(dtype: DType, v: &[f64]) -> HostTensorData {
     let f: Vec<f32> = v.iter().map(|x| *x as f32).collect();
     HostTensorData::from_f32(dtype, &f)
-}
-
-pub fn to_f64(t: &HostTensorData) -> Vec<f64> {
-    t.to_f32().iter().map(|v| *v as f64).collect()
-}
-
-pub fn rel_l2(got: &[f64], want: &[f64]) -> f64 {
-    let num: f64 = got.iter().zip(want).map(|(a, b)| (a - b) * (a - b)).sum();
-    let den: f64 = want.iter().map(|b| b * b).sum();
-    (num / den.max(1e-300)).sqrt()
-}
-
-pub fn tol(dtype: DType) -> f64 {
-    match dtype {
-        DType::F32 => 1e-5,
-        DType::F16 => 2e-3,
-        DType::BF16 => 1e-2,
-    }
-}
-
-pub fn bits(t: &HostTensorData, i: usize) -> u32 {
-    match t {
-        HostTensorData::F32(v) => v[i].to_bits(),
-        HostTensorData::F16(v) => v[i].to_bits() as u32,
-        HostTensorData::BF16(v) => v[i].to_bits() as u32,
-    }
 }
