@@ -40,8 +40,20 @@ impl Matrix {
 pub fn read_npy_matrix(path: &Path, width: usize) -> Result<Matrix> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let bad = |m: String| Error::bad_input(path, m);
+    // The NPY reader multiplies the declared shape without checking: refuse a shape whose
+    // element count overflows before it sees the header.
+    if let Some(shape) = npy_declared_shape(&bytes)
+        && shape.iter().try_fold(1u64, |n, d| n.checked_mul(*d)).is_none()
+    {
+        return Err(bad(format!("shape {shape:?} overflows the size of any file")));
+    }
     let npy = npyz::NpyFile::new(&bytes[..]).map_err(|e| bad(format!("not a valid NPY file: {e}")))?;
-    let shape: Vec<usize> = npy.shape().iter().map(|d| *d as usize).collect();
+    let shape = npy
+        .shape()
+        .iter()
+        .map(|d| usize::try_from(*d))
+        .collect::<std::result::Result<Vec<usize>, _>>()
+        .map_err(|_| bad(format!("shape {:?} does not fit this machine's sizes", npy.shape())))?;
     let (rows, cols) = match shape.as_slice() {
         [r, c] => (*r, *c),
         [c] => (1, *c),
@@ -59,6 +71,20 @@ pub fn read_npy_matrix(path: &Path, width: usize) -> Result<Matrix> {
             return Err(bad(format!("unsupported dtype {}: expected floats (f2, f4 or f8)", other.descr())));
         }
     };
+    // The data must be exactly what the shape declares, checked before anything is allocated:
+    // a shape whose element or byte count overflows, or that needs more bytes than the file
+    // holds, is refused here (the reader below would multiply the shape without checking).
+    let need = rows
+        .checked_mul(cols)
+        .and_then(|n| n.checked_mul(size as usize))
+        .ok_or_else(|| bad(format!("shape {shape:?} of {size}-byte floats overflows the size of any file")))?;
+    let (_, data_start) = npy_header_range(&bytes).ok_or_else(|| bad("not a valid NPY header".into()))?;
+    let have = bytes.len() - data_start;
+    if need != have {
+        return Err(bad(format!(
+            "shape {shape:?} of {size}-byte floats needs {need} data bytes, the file holds {have}"
+        )));
+    }
     let read_err = |e: std::io::Error| bad(format!("cannot read the data ({e}); is the file truncated?"));
     let data = match size {
         2 => HostTensorData::F16(npy.into_vec::<f16>().map_err(read_err)?),
@@ -71,6 +97,36 @@ pub fn read_npy_matrix(path: &Path, width: usize) -> Result<Matrix> {
     }
     let data = if fortran { transpose(data, rows, cols) } else { data };
     Ok(Matrix { rows, cols, data })
+}
+
+/// Where an NPY file's header text starts and where its data starts: after the magic, the
+/// version and the header-length field (2 bytes in version 1, 4 in versions 2 and 3), then the
+/// header. `None` when `bytes` is too short for what it declares.
+fn npy_header_range(bytes: &[u8]) -> Option<(usize, usize)> {
+    let (start, len) = if *bytes.get(6)? == 1 {
+        (10, usize::from(u16::from_le_bytes([*bytes.get(8)?, *bytes.get(9)?])))
+    } else {
+        let len = u32::from_le_bytes([*bytes.get(8)?, *bytes.get(9)?, *bytes.get(10)?, *bytes.get(11)?]);
+        (12, usize::try_from(len).ok()?)
+    };
+    let end = start + len;
+    (end <= bytes.len()).then_some((start, end))
+}
+
+/// The `shape` tuple an NPY header declares, when it can be read (the NPY reader reports what
+/// is malformed otherwise).
+fn npy_declared_shape(bytes: &[u8]) -> Option<Vec<u64>> {
+    let (start, end) = npy_header_range(bytes)?;
+    let header = std::str::from_utf8(bytes.get(start..end)?).ok()?;
+    let after = &header[header.find("'shape'")? + "'shape'".len()..];
+    let open = after.find('(')?;
+    let close = open + after[open..].find(')')?;
+    after[open + 1..close]
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .map(|d| d.trim_end_matches('L').parse::<u64>().ok())
+        .collect()
 }
 
 /// Column-major `[rows, cols]` to row-major.
@@ -184,5 +240,47 @@ mod tests {
         b.truncate(b.len() - 3);
         std::fs::write(&p, &b).unwrap();
         assert!(read_npy_matrix(&p, 3).is_err());
+    }
+
+    /// An NPY file with `header` (a Python dict literal) and `data` bytes, version 1.
+    fn npy_with(header: &str, data: &[u8]) -> Vec<u8> {
+        let mut h = header.to_string();
+        while !(10 + h.len() + 1).is_multiple_of(64) {
+            h.push(' ');
+        }
+        h.push('\n');
+        let mut out = b"\x93NUMPY\x01\x00".to_vec();
+        out.extend_from_slice(&(h.len() as u16).to_le_bytes());
+        out.extend_from_slice(h.as_bytes());
+        out.extend_from_slice(data);
+        out
+    }
+
+    #[test]
+    fn shapes_that_overflow_or_exceed_the_file_are_refused_before_reading() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.npy");
+        let cases = [
+            // Fortran order, (2^61 + 1) x 8 f4 with 32 data bytes: the element count wraps.
+            ("{'descr': '<f4', 'fortran_order': True, 'shape': (2305843009213693953, 8), }", 32, "overflows"),
+            // C order, 2^61 x 8 f4 with no data: the byte count wraps.
+            ("{'descr': '<f4', 'fortran_order': False, 'shape': (2305843009213693952, 8), }", 0, "overflows"),
+            // f2, 2^62 x 8.
+            ("{'descr': '<f2', 'fortran_order': False, 'shape': (4611686018427387904, 8), }", 0, "overflows"),
+            // No overflow, but far more than the file holds.
+            ("{'descr': '<f4', 'fortran_order': False, 'shape': (1099511627776, 8), }", 64, "needs"),
+            // Extra bytes after the declared data.
+            ("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 8), }", 68, "needs 64 data bytes"),
+        ];
+        for (header, n, needle) in cases {
+            std::fs::write(&p, npy_with(header, &vec![0u8; n])).unwrap();
+            let e = read_npy_matrix(&p, 8).unwrap_err().to_string();
+            assert!(e.contains(needle), "{header}: {e}");
+        }
+        // The same writer gives a file the reader accepts when the sizes agree.
+        std::fs::write(&p, npy_with("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 8), }", &[0u8; 64]))
+            .unwrap();
+        let m = read_npy_matrix(&p, 8).unwrap();
+        assert_eq!((m.rows, m.cols, m.data.view().len()), (2, 8, 16));
     }
 }

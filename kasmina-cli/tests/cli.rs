@@ -387,6 +387,28 @@ fn bad_inputs_give_clear_errors_and_leave_existing_files_untouched() {
     // A missing input file.
     run(fwd(&state, &f.path("missing.npy")), "missing.npy");
 
+    // Shapes that overflow (the element or byte count wraps) or that need more data than the
+    // file holds: refused before anything is read or written, never a panic.
+    let npy_header = |shape: &str| {
+        let mut h = format!("{{'descr': '<f4', 'fortran_order': True, 'shape': {shape}, }}");
+        while !(10 + h.len() + 1).is_multiple_of(64) {
+            h.push(' ');
+        }
+        h.push('\n');
+        let mut b = b"\x93NUMPY\x01\x00".to_vec();
+        b.extend_from_slice(&(h.len() as u16).to_le_bytes());
+        b.extend_from_slice(h.as_bytes());
+        b.extend_from_slice(&[0u8; 32]);
+        b
+    };
+    for (i, shape) in ["(2305843009213693953, 24)", "(768614336404564651, 24)", "(4096, 24)"].iter().enumerate() {
+        let path = f.path(&format!("huge{i}.npy"));
+        std::fs::write(&path, npy_header(shape)).unwrap();
+        let o = kasmina(&fwd(&state, &path).iter().map(|s| s.as_str()).collect::<Vec<_>>());
+        assert_eq!(o.status.code(), Some(2), "{shape}: {}", stderr(&o));
+        run(fwd(&state, &path), &format!("huge{i}.npy"));
+    }
+
     // Backward: a gradient whose rows differ from the input's, and a corrupt state.
     write_npy(&f.path("g3.npy"), &HostTensorData::F32(vec![0.5; 3 * h]), 3, h);
     let bwd = |state: &Path, grad: &Path| {
