@@ -426,6 +426,31 @@ fn bad_inputs_give_clear_errors_and_leave_existing_files_untouched() {
             p(&pg).into(),
         ]
     };
+    // An output naming the same file as another output or as an input: refused before any work,
+    // every file as it was (the state and the input included).
+    let same = |mut args: Vec<String>, flag: &str, path: &Path| {
+        let i = args.iter().position(|a| a == flag).map(|i| i + 1);
+        match i {
+            Some(i) => args[i] = p(path).to_string(),
+            None => args.extend([flag.to_string(), p(path).to_string()]),
+        }
+        args
+    };
+    let guarded = [&y, &t, &dx, &pg, &state, &f.path("x.npy"), &f.path("g.npy")];
+    let clobber = |args: Vec<String>, needle: &str| {
+        let a: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+        let g: Vec<&Path> = guarded.iter().map(|p| p.as_path()).collect();
+        fails_and_writes_nothing(&a, needle, &g);
+    };
+    clobber(same(fwd(&state, &f.path("x.npy")), "--telemetry", &y), "--telemetry and --output");
+    clobber(same(fwd(&state, &f.path("x.npy")), "--output", &state), "--output and --state");
+    clobber(same(fwd(&state, &f.path("x.npy")), "--output", &f.path("x.npy")), "--output and --input");
+    // The same file under another spelling is still the same file.
+    let dotted = f.path(".").join("y.npy");
+    clobber(same(fwd(&state, &f.path("x.npy")), "--telemetry", &dotted), "--telemetry and --output");
+    clobber(same(bwd(&state, &f.path("g.npy")), "--param-grads", &dx), "--param-grads and --dx");
+    clobber(same(bwd(&state, &f.path("g.npy")), "--dx", &f.path("g.npy")), "--dx and --grad");
+
     run(bwd(&state, &f.path("g3.npy")), "rows");
     run(bwd(&corrupt, &f.path("g.npy")), "checksum");
     run(bwd(&state, &f.path("narrow.npy")), "expected width 24");

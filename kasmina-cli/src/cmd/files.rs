@@ -110,8 +110,41 @@ fn forward_on<B: Backend>(
     Ok((y, telemetry))
 }
 
+/// The file a path names, as far as it can be told before anything is written: the canonical
+/// path when it exists, else its canonical folder joined with its name.
+fn file_identity(p: &Path) -> PathBuf {
+    if let Ok(c) = std::fs::canonicalize(p) {
+        return c;
+    }
+    match (p.parent().map(|d| if d.as_os_str().is_empty() { Path::new(".") } else { d }), p.file_name()) {
+        (Some(dir), Some(name)) => std::fs::canonicalize(dir).map_or_else(|_| p.to_path_buf(), |d| d.join(name)),
+        _ => p.to_path_buf(),
+    }
+}
+
+/// Refuses, before any work, an output that names the same file as another output or as an
+/// input (the command would overwrite what it reads, or one result with another).
+fn distinct_outputs(inputs: &[(&str, &Path)], outputs: &[(&str, &Path)]) -> kasmina::Result<()> {
+    for (i, (oname, opath)) in outputs.iter().enumerate() {
+        let id = file_identity(opath);
+        let clash = inputs.iter().chain(&outputs[..i]).find(|(_, p)| file_identity(p) == id);
+        if let Some((other, _)) = clash {
+            return Err(Error::Invalid(format!(
+                "--{oname} and --{other} name the same file ({}): give each output its own file",
+                opath.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Runs the forward pass on files.
 pub fn forward(a: ForwardArgs) -> CmdResult {
+    let mut outputs = vec![("output", a.output.as_path())];
+    if let Some(t) = &a.telemetry {
+        outputs.push(("telemetry", t.as_path()));
+    }
+    distinct_outputs(&[("state", a.state.as_path()), ("input", a.input.as_path())], &outputs)?;
     let state = load_state(&a.state)?;
     let h = state.config.hidden_dim;
     let m = files::read_npy_matrix(&a.input, h)?;
@@ -145,6 +178,10 @@ fn backward_on<B: Backend>(
 
 /// Runs the backward pass on files.
 pub fn backward(a: BackwardArgs) -> CmdResult {
+    distinct_outputs(
+        &[("state", a.state.as_path()), ("input", a.input.as_path()), ("grad", a.grad.as_path())],
+        &[("dx", a.dx.as_path()), ("param-grads", a.param_grads.as_path())],
+    )?;
     let state = load_state(&a.state)?;
     let (h, s, c) = (state.config.hidden_dim, state.num_seeds(), state.config.chunk_size());
     let mx = files::read_npy_matrix(&a.input, h)?;
