@@ -451,6 +451,19 @@ fn bad_inputs_give_clear_errors_and_leave_existing_files_untouched() {
     clobber(same(bwd(&state, &f.path("g.npy")), "--param-grads", &dx), "--param-grads and --dx");
     clobber(same(bwd(&state, &f.path("g.npy")), "--dx", &f.path("g.npy")), "--dx and --grad");
 
+    // An output that cannot be written (its folder is missing, or is a file): the command fails
+    // and writes none of its outputs, not even the ones it could have written.
+    let nowhere = f.path("missing-folder").join("t.json");
+    clobber(same(fwd(&state, &f.path("x.npy")), "--telemetry", &nowhere), "missing-folder");
+    let under_a_file = f.path("x.npy").join("pg.safetensors");
+    clobber(same(bwd(&state, &f.path("g.npy")), "--param-grads", &under_a_file), "pg.safetensors");
+    let leftovers: Vec<_> = std::fs::read_dir(f.path("."))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left behind: {leftovers:?}");
+
     run(bwd(&state, &f.path("g3.npy")), "rows");
     run(bwd(&corrupt, &f.path("g.npy")), "checksum");
     run(bwd(&state, &f.path("narrow.npy")), "expected width 24");

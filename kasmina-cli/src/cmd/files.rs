@@ -153,10 +153,11 @@ pub fn forward(a: ForwardArgs) -> CmdResult {
     let (y, telemetry): (HostTensorData, Option<String>) =
         kasmina::with_backend!(a.device, |open| forward_on(open, state, &x, m.rows, a.telemetry.is_some()))?;
     let y_bytes = files::npy_bytes(&y, m.rows, h)?;
-    files::write_atomic(&a.output, &y_bytes)?;
-    if let (Some(path), Some(json)) = (&a.telemetry, telemetry) {
-        files::write_atomic(path, json.as_bytes())?;
+    let mut out: Vec<(&Path, &[u8])> = vec![(&a.output, &y_bytes)];
+    if let (Some(path), Some(json)) = (&a.telemetry, &telemetry) {
+        out.push((path, json.as_bytes()));
     }
+    files::write_all_atomic(&out)?;
     eprintln!("forward: {} rows x {h} ({dtype}) on {} -> {}", m.rows, a.device, a.output.display());
     Ok(())
 }
@@ -204,8 +205,7 @@ pub fn backward(a: BackwardArgs) -> CmdResult {
         kasmina::with_backend!(a.device, |open| backward_on(open, state, &x, &g, mx.rows))?;
     let dx_bytes = files::npy_bytes(&dx, mx.rows, h)?;
     let pg_bytes = files::param_grads_bytes(&grads, s, c)?;
-    files::write_atomic(&a.dx, &dx_bytes)?;
-    files::write_atomic(&a.param_grads, &pg_bytes)?;
+    files::write_all_atomic(&[(&a.dx, &dx_bytes), (&a.param_grads, &pg_bytes)])?;
     eprintln!(
         "backward: {} rows x {h} ({dtype}) on {} -> {}, {}",
         mx.rows,
