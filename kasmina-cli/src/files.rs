@@ -209,33 +209,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     kasmina_core::snapshot::write_atomic(path, bytes).map_err(Error::from)
 }
 
-/// Writes a command's output files together: each is first written to a temporary file next
-/// to its target and synced; only when every one of them is ready are they renamed into place.
-/// A failure before that (a missing folder, a full disk) leaves every target as it was, and the
-/// temporary files are removed.
+/// Writes a command's output files together (see [`kasmina_core::snapshot::write_all_atomic`]):
+/// a failure leaves every target as it was.
 pub fn write_all_atomic(files: &[(&Path, &[u8])]) -> Result<()> {
-    use std::io::Write as _;
-    let folder = |path: &Path| match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => std::path::PathBuf::from("."),
-    };
-    let mut staged = Vec::with_capacity(files.len());
-    for (path, bytes) in files {
-        let io = |e| Error::io(path, e);
-        let mut tmp =
-            tempfile::Builder::new().prefix(".kasmina-").suffix(".tmp").tempfile_in(folder(path)).map_err(io)?;
-        tmp.write_all(bytes).map_err(io)?;
-        tmp.as_file().sync_all().map_err(io)?;
-        staged.push((tmp, *path));
-    }
-    for (tmp, path) in staged {
-        tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
-        // Make the rename itself durable. Opening a folder fails on some platforms: ignore that there.
-        if let Ok(d) = std::fs::File::open(folder(path)) {
-            let _ = d.sync_all();
-        }
-    }
-    Ok(())
+    kasmina_core::snapshot::write_all_atomic(files).map_err(Error::from)
 }
 
 #[cfg(test)]

@@ -121,18 +121,33 @@ pub fn save(state: &LayerState, path: impl AsRef<Path>) -> Result<()> {
 
 /// Writes `bytes` to `path` atomically (temporary file, fsync, rename, fsync of the folder).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::result::Result<(), SnapshotError> {
-    let io = |source| SnapshotError::Io { path: path.display().to_string(), source };
-    let dir = match path.parent() {
+    write_all_atomic(&[(path, bytes)])
+}
+
+/// Writes several files together: each is first written to a temporary file next to its
+/// target and synced; only when every one of them is ready are they renamed into place (and
+/// their folders synced). A failure before that (a missing folder, a full disk) leaves every
+/// target as it was, and the temporary files are removed.
+pub fn write_all_atomic(files: &[(&Path, &[u8])]) -> std::result::Result<(), SnapshotError> {
+    let folder = |path: &Path| match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => std::path::PathBuf::from("."),
     };
-    let mut tmp = tempfile::Builder::new().prefix(".kasmina-").suffix(".tmp").tempfile_in(&dir).map_err(io)?;
-    tmp.write_all(bytes).map_err(io)?;
-    tmp.as_file().sync_all().map_err(io)?;
-    tmp.persist(path).map_err(|e| io(e.error))?;
-    // Make the rename itself durable. Opening a folder fails on some platforms: ignore that there.
-    if let Ok(d) = std::fs::File::open(&dir) {
-        let _ = d.sync_all();
+    let mut staged = Vec::with_capacity(files.len());
+    for (path, bytes) in files {
+        let io = |source| SnapshotError::Io { path: path.display().to_string(), source };
+        let mut tmp =
+            tempfile::Builder::new().prefix(".kasmina-").suffix(".tmp").tempfile_in(folder(path)).map_err(io)?;
+        tmp.write_all(bytes).map_err(io)?;
+        tmp.as_file().sync_all().map_err(io)?;
+        staged.push((tmp, *path));
+    }
+    for (tmp, path) in staged {
+        tmp.persist(path).map_err(|e| SnapshotError::Io { path: path.display().to_string(), source: e.error })?;
+        // Make the rename itself durable. Opening a folder fails on some platforms: ignore that there.
+        if let Ok(d) = std::fs::File::open(folder(path)) {
+            let _ = d.sync_all();
+        }
     }
     Ok(())
 }
