@@ -128,6 +128,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::result::Result<(), Snapsh
 /// target and synced; only when every one of them is ready are they renamed into place (and
 /// their folders synced). A failure before that (a missing folder, a full disk) leaves every
 /// target as it was, and the temporary files are removed.
+///
+/// A target that exists keeps its permissions; a symbolic link is written through (its final
+/// target is replaced, the link stays); temporary files of this function older than
+/// [`STALE_TMP`] in a target's folder (left by a killed process) are removed first.
 pub fn write_all_atomic(files: &[(&Path, &[u8])]) -> std::result::Result<(), SnapshotError> {
     let folder = |path: &Path| match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -136,20 +140,64 @@ pub fn write_all_atomic(files: &[(&Path, &[u8])]) -> std::result::Result<(), Sna
     let mut staged = Vec::with_capacity(files.len());
     for (path, bytes) in files {
         let io = |source| SnapshotError::Io { path: path.display().to_string(), source };
-        let mut tmp =
-            tempfile::Builder::new().prefix(".kasmina-").suffix(".tmp").tempfile_in(folder(path)).map_err(io)?;
+        let target = if path.is_symlink() { std::fs::canonicalize(path).map_err(io)? } else { path.to_path_buf() };
+        let dir = folder(&target);
+        remove_stale_tmp(&dir);
+        let mut tmp = tempfile::Builder::new().prefix(TMP_PREFIX).suffix(TMP_SUFFIX).tempfile_in(&dir).map_err(io)?;
         tmp.write_all(bytes).map_err(io)?;
+        match std::fs::metadata(&target) {
+            Ok(m) => std::fs::set_permissions(tmp.path(), m.permissions()).map_err(io)?,
+            Err(_) => new_file_permissions(tmp.path()).map_err(io)?,
+        }
         tmp.as_file().sync_all().map_err(io)?;
-        staged.push((tmp, *path));
+        staged.push((tmp, target, *path));
     }
-    for (tmp, path) in staged {
-        tmp.persist(path).map_err(|e| SnapshotError::Io { path: path.display().to_string(), source: e.error })?;
+    for (tmp, target, path) in staged {
+        tmp.persist(&target).map_err(|e| SnapshotError::Io { path: path.display().to_string(), source: e.error })?;
         // Make the rename itself durable. Opening a folder fails on some platforms: ignore that there.
-        if let Ok(d) = std::fs::File::open(folder(path)) {
+        if let Ok(d) = std::fs::File::open(folder(&target)) {
             let _ = d.sync_all();
         }
     }
     Ok(())
+}
+
+const TMP_PREFIX: &str = ".kasmina-";
+const TMP_SUFFIX: &str = ".tmp";
+
+/// Temporary files of [`write_all_atomic`] older than this are left over from a process that
+/// was killed while writing (a write in progress is far younger) and are removed.
+pub const STALE_TMP: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Removes this module's temporary files older than [`STALE_TMP`] from `dir` (best effort).
+fn remove_stale_tmp(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if !(name.starts_with(TMP_PREFIX) && name.ends_with(TMP_SUFFIX)) {
+            continue;
+        }
+        let old = e.metadata().ok().and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok());
+        if old.is_some_and(|age| age > STALE_TMP) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+/// A new file gets the usual permissions of a created file (`rw-r--r--` on Unix), not the
+/// owner-only ones of a temporary file.
+fn new_file_permissions(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        Ok(())
+    }
 }
 
 /// Reads and verifies a snapshot file.
@@ -460,5 +508,39 @@ mod tests {
         bad.seeds.alpha[0] = 2.0;
         assert!(save(&bad, &p).is_err());
         assert_eq!(std::fs::read(&p).unwrap(), before);
+    }
+
+    #[test]
+    fn writes_keep_modes_follow_links_and_clear_stale_temporaries() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.bin"), dir.path().join("b.bin"));
+        // Stale and fresh temporaries of an earlier, killed writer: only the stale one goes.
+        let stale = dir.path().join(".kasmina-stale.tmp");
+        let fresh = dir.path().join(".kasmina-fresh.tmp");
+        for t in [&stale, &fresh] {
+            std::fs::write(t, b"partial").unwrap();
+        }
+        let old = std::time::SystemTime::now() - STALE_TMP - std::time::Duration::from_secs(60);
+        std::fs::File::options().write(true).open(&stale).unwrap().set_modified(old).unwrap();
+        write_all_atomic(&[(&a, b"one"), (&b, b"two")]).unwrap();
+        assert_eq!(std::fs::read(&a).unwrap(), b"one");
+        assert_eq!(std::fs::read(&b).unwrap(), b"two");
+        assert!(!stale.exists() && fresh.exists());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            // New files are rw-r--r--; an overwritten file keeps its mode.
+            assert_eq!(mode(&a), 0o644);
+            std::fs::set_permissions(&a, std::fs::Permissions::from_mode(0o640)).unwrap();
+            write_atomic(&a, b"three").unwrap();
+            assert_eq!((std::fs::read(&a).unwrap(), mode(&a)), (b"three".to_vec(), 0o640));
+            // A symbolic link is written through: the link stays, its target gets the bytes.
+            let link = dir.path().join("link.bin");
+            std::os::unix::fs::symlink(&b, &link).unwrap();
+            write_atomic(&link, b"four").unwrap();
+            assert!(link.is_symlink());
+            assert_eq!(std::fs::read(&b).unwrap(), b"four");
+        }
     }
 }
