@@ -74,12 +74,19 @@ fn run_on<B: Backend>(
     let rows = kasmina_conformance::run_all(&backend, size, filter, &mut |r| {
         pb.set_message(format!("{}: {}", info.id(), r.case));
         pb.inc(1);
-        if live == Live::Lines {
-            say!("{}", row_cells(r).join("  ").trim_end());
-        }
+        live.row(r);
     });
     pb.finish_and_clear();
     Ok(rows)
+}
+
+impl Live {
+    /// Prints `r` as one line now, in [`Live::Lines`] mode.
+    fn row(self, r: &CaseResult) {
+        if self == Live::Lines {
+            say!("{}", row_cells(r).join("  ").trim_end());
+        }
+    }
 }
 
 /// The table's cells of one row.
@@ -126,9 +133,7 @@ pub fn run(a: ConformanceArgs) -> CmdResult {
             Ok(v) => rows.extend(v),
             Err(e) => {
                 let row = unavailable_row(device, &e);
-                if live == Live::Lines {
-                    say!("{}", row_cells(&row).join("  ").trim_end());
-                }
+                live.row(&row);
                 rows.push(row);
             }
         }
