@@ -9,15 +9,11 @@
 #   sanitize compute-sanitizer (memcheck, racecheck, synccheck) over the whole conformance suite with
 #            the Hopper path forced, then over the portable suite (memcheck);
 #   profile  Nsight Compute over the big forward kernels (bf16 and f32, mixed seeds);
-#   variants the big forward with each build switch of kasmina_cuda::kernels (streaming accesses,
-#            L2 prefetch, launch bounds), each tuned afresh; the small forward with and without
-#            one block per seed; then the CUDA conformance suite and GPU tests;
-#   seedwarp the big mixed forward with one seed per warp against one row per warp (interleaved),
-#            then the conformance suite (three modes) and the CUDA GPU tests;
-#   stages   the big bf16 forward with loads staged through shared memory (KASMINA_CUDA_STAGES)
-#            against direct loads, then the row-group conformance suite and GPU tests with stages.
-#   goals    the default CUDA bench table, the PyTorch peer, and the big mixed forward with the
-#            warp-per-seed kernel's loads staged (default) and direct, interleaved.
+#   startup  start-up of new processes: `kasmina forward --device cuda` on a small input with the
+#            kernel cache empty (every module compiled), again (loaded from the cache), and with
+#            the cache off; then `kasmina conformance --device cuda --quick` with the cache empty
+#            and again warm;
+#   goals    the default CUDA bench table and the PyTorch peer.
 #   tests    the CUDA GPU test binaries with every conformance row timestamped as it completes.
 #   pytests  the Python package's test suite with its CUDA cases required (about 5 minutes cold);
 #   pybench  the Python package's benchmark (`python -m kasmina.bench`: the layer through PyTorch
@@ -25,10 +21,11 @@
 #            steps at the small shape).
 # The PyTorch peer and the Python parts need the package's wheel in .device: build it here with
 #   maturin build --release -m kasmina-py/Cargo.toml -o .device
-# Usage: bash benches/device-run.sh cuda|checks|sanitize|profile|variants|seedwarp|stages|goals|tests|pytests|pybench
+# Usage: bash benches/device-run.sh cuda|checks|sanitize|profile|startup|goals|tests|pytests|pybench
 set -uo pipefail
 out=${OUT:-device-out}; mkdir -p "$out"
 r() { bash .device/run.sh "$@"; }
+since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.2f", b - a }'; }
 bin=.device/bin
 # The Python package (abi3 wheel) under the machine's own Python and PyTorch, where bundled.
 if ls .device/kasmina-*.whl >/dev/null 2>&1; then
@@ -62,14 +59,20 @@ checks)
       --error-exitcode 9 $bin/test-kasmina_cuda--hopper_gpu hopper_kernels_match_the_reference_and_are_taken \
       --test-threads=1 2>&1 | tail -2 | sed "s/^/$tool: /"
   done | tee "$out/sanitizer.txt"
-  # SASS of the Hopper module: PTX dumped by the backend, assembled for sm_90a, disassembled.
-  KASMINA_CUDA_PATH=hopper KASMINA_CUDA_DUMP=/tmp/kasmina-ptx KASMINA_AUTOTUNE=off timeout 120 bash .device/run.sh \
-    kasmina bench --backend cuda --quick >/dev/null 2>&1
-  for d in f32 bf16; do
-    p=$(ls /tmp/kasmina-ptx/*hopper*"$d"*.ptx 2>/dev/null | head -1); [ -n "$p" ] || continue
-    /usr/local/cuda/bin/ptxas -arch=sm_90a "$p" -o /tmp/h-$d.cubin &&
-      /usr/local/cuda/bin/cuobjdump -sass /tmp/h-$d.cubin > /tmp/h-$d.sass
-    echo "$d ($p):"; grep -ohE 'UTMALDG[.A-Z0-9]*|UTMASTG[.A-Z0-9]*|SYNCS[.A-Z0-9_]*' /tmp/h-$d.sass | sort | uniq -c
+  # SASS of the Hopper modules: the CUBIN the backend compiled into its kernel cache (the
+  # payload after the entry's header, see kasmina_cuda::cache), disassembled.
+  KASMINA_CUDA_PATH=hopper KASMINA_CUDA_CACHE=/tmp/kasmina-kc KASMINA_AUTOTUNE=off timeout 120 bash .device/run.sh \
+    kasmina bench --backend cuda --shape 4096,4096,64 --dtype f32,bf16 --reps 2 >/dev/null 2>&1
+  for e in /tmp/kasmina-kc/kasmina_hopper_*.cubin; do
+    python3 - "$e" /tmp/h.cubin <<'PY'
+import struct, sys
+b = open(sys.argv[1], "rb").read()
+k = struct.unpack_from("<I", b, 8)[0]
+n = struct.unpack_from("<Q", b, 12 + k)[0]
+open(sys.argv[2], "wb").write(b[12 + k + 8 + 32:][:n])
+PY
+    echo "$(basename "$e"):"; /usr/local/cuda/bin/cuobjdump -sass /tmp/h.cubin |
+      grep -ohE 'UTMALDG[.A-Z0-9]*|UTMASTG[.A-Z0-9]*|SYNCS[.A-Z0-9_]*' | sort | uniq -c
   done | tee "$out/sass.txt"
   timeout 150 bash .device/run.sh kasmina bench --device wgpu:0 --json "$out/bench-wgpu.json" 2>&1 |
     tee "$out/bench-wgpu.txt"
@@ -100,99 +103,39 @@ profile)
     grep -E 'kasmina_|Duration|Memory Throughput|DRAM Throughput|Compute \(SM\)|Registers|Achieved Occ|Theoretical Occ|Issue Slots|No Eligible|Warp Cycles Per Issued|Block Size|Grid Size|Stall' "$out/ncu-$d.txt" | head -60
   done
   ;;
-variants)
-  for v in base KASMINA_CUDA_STREAMING=on KASMINA_CUDA_PREFETCH=1 KASMINA_CUDA_PREFETCH=2 KASMINA_CUDA_FWDU_MINB=4 \
-           "KASMINA_CUDA_STREAMING=on KASMINA_CUDA_PREFETCH=1"; do
-    echo "== $v"
-    # shellcheck disable=SC2046
-    env $([ "$v" = base ] || echo "$v") KASMINA_AUTOTUNE_CACHE="/tmp/at-${v// /_}.json" timeout 120 bash .device/run.sh \
-      kasmina bench --backend cuda --shape 16384,8192,128 --dtype bf16,f32 --reps 10 2>&1 | grep -E "^cuda"
-  done 2>&1 | tee "$out/variants.txt"
-  for sw in on off; do
-    echo "== KASMINA_CUDA_SEEDWISE=$sw"
-    KASMINA_CUDA_SEEDWISE=$sw KASMINA_AUTOTUNE_CACHE=/tmp/at-small.json timeout 100 bash .device/run.sh \
-      kasmina bench --backend cuda --shape 32,768,16 2>&1 | grep -E "^cuda"
-  done 2>&1 | tee "$out/small.txt"
-  for t in test-kasmina_cuda--conformance test-kasmina_cuda--gpu test-kasmina_cuda--hopper_gpu; do
-    echo "== $t"; KASMINA_HOPPER_QUICK=1 timeout 150 bash .device/run.sh "$t" --test-threads=1 2>&1 |
-      grep -E "^test |test result|panicked|assert"
-  done > "$out/gpu-tests.txt" 2>&1
-  grep -E "^==|test result|panicked" "$out/gpu-tests.txt"
-  ;;
-seedwarp)
-  # One seed per warp (default) against one row per warp (KASMINA_CUDA_SEEDWARP=off) on the big
-  # mixed forward, interleaved, C = 64 and C = 16 (both mappings differ) and C = 48 (same kernel,
-  # a control); then the tests that cover it (conformance in all three modes, the GPU tests).
-  # SEEDWARP_SHAPES, SEEDWARP_MODES, SEEDWARP_MIX (mixed, or "all" for both mixes) and
-  # SEEDWARP_TESTS=0 narrow or widen it to fit one call; SEEDWARP_PROFILE=1 adds Nsight Compute
-  # over the bf16 mixed forward's main kernel at the end.
-  mix=(--mix "${SEEDWARP_MIX:-mixed}"); [ "${SEEDWARP_MIX:-}" = all ] && mix=()
-  for shape in ${SEEDWARP_SHAPES:-16384,8192,128 16384,8192,512 16384,6144,128}; do
-    for sw in ${SEEDWARP_MODES:-on off on off}; do
-      echo "== $shape KASMINA_CUDA_SEEDWARP=$sw"
-      KASMINA_CUDA_SEEDWARP=$sw KASMINA_AUTOTUNE_CACHE=/tmp/at-sw.json timeout 200 bash .device/run.sh \
-        kasmina bench --backend cuda --shape "$shape" --dtype bf16,f32 "${mix[@]}" --reps 10 2>&1 | grep -E "^cuda"
-    done
-  done 2>&1 | tee "$out/seedwarp.txt"
-  for v in ${SEEDWARP_VARIANTS:-}; do
-    # A build switch (e.g. KASMINA_CUDA_FWDU_MINB=4) with its own tuning cache (the key hashes
-    # the source, not the switches).
-    echo "== 16384,8192,128 $v"
-    env "$v" KASMINA_AUTOTUNE_CACHE="/tmp/at-sw-$v.json" timeout 120 bash .device/run.sh \
-      kasmina bench --backend cuda --shape 16384,8192,128 --dtype bf16,f32 --mix mixed --reps 10 2>&1 | grep -E "^cuda"
-  done 2>&1 | tee -a "$out/seedwarp.txt"
-  if [ "${SEEDWARP_TESTS:-1}" = 1 ]; then
-    for t in test-kasmina_cuda--conformance test-kasmina_cuda--gpu; do
-      echo "== $t"; timeout 200 bash .device/run.sh "$t" --test-threads=1 2>&1 |
-        grep -E "^test |test result|panicked|assert"
-    done > "$out/gpu-tests.txt" 2>&1
-    grep -E "^==|test result|panicked" "$out/gpu-tests.txt"
-  fi
-  if [ "${SEEDWARP_PROFILE:-0}" = 1 ]; then
-    KASMINA_AUTOTUNE_CACHE=/tmp/at-sw.json KASMINA_REQUIRE_GPU=1 timeout 150 ncu --clock-control none \
-      -k regex:'kasmina_fwdu' --launch-skip 40 --launch-count 1 --section SpeedOfLight --section Occupancy \
-      --section LaunchStats --section WarpStateStats --section SchedulerStats \
-      $bin/kasmina bench --backend cuda --shape 16384,8192,128 --dtype bf16 --mix mixed --reps 3 > "$out/ncu-ws.txt" 2>&1
-    grep -E 'kasmina_|Duration|DRAM Throughput|Compute \(SM\)|Registers|Achieved Occ|Theoretical Occ|Issue Slots|No Eligible|Warp Cycles Per Issued|Active Warps|Eligible Warps|Block Size|Grid Size|Stall' "$out/ncu-ws.txt" | head -40
-  fi
+startup)
+  # Wall time of whole processes, from exec to exit. Kernel cache in a fresh folder each round;
+  # the autotune cache is kept apart so the second process also reads its winners.
+  python3 -c 'import numpy as np; np.save("/tmp/x.npy", np.random.default_rng(0).standard_normal((32, 768), dtype=np.float32))'
+  $bin/kasmina state new --hidden 768 --seeds 16 --force /tmp/s.safetensors >/dev/null
+  export KASMINA_AUTOTUNE_CACHE=/tmp/startup-autotune.json
+  rm -rf /tmp/kc-startup "$KASMINA_AUTOTUNE_CACHE"
+  for run in cold warm warm; do
+    s0=$EPOCHREALTIME
+    KASMINA_CUDA_CACHE=/tmp/kc-startup $bin/kasmina forward --state /tmp/s.safetensors --input /tmp/x.npy \
+      --output /tmp/y.npy --device cuda 2>&1 | tail -3
+    echo "forward $run: $(since "$s0") s"
+  done 2>&1 | tee "$out/startup.txt"
+  s0=$EPOCHREALTIME
+  KASMINA_CUDA_CACHE=off $bin/kasmina forward --state /tmp/s.safetensors --input /tmp/x.npy --output /tmp/y.npy \
+    --device cuda >/dev/null 2>&1
+  echo "forward, kernel cache off: $(since "$s0") s" | tee -a "$out/startup.txt"
+  ls -la /tmp/kc-startup | tee -a "$out/startup.txt"
+  unset KASMINA_AUTOTUNE_CACHE
+  rm -rf /tmp/kc-conf ~/.cache/kasmina
+  for run in cold warm; do
+    s0=$EPOCHREALTIME
+    KASMINA_CUDA_CACHE=/tmp/kc-conf timeout 400 $bin/kasmina conformance --device cuda --quick > "$out/conformance-$run.txt" 2>&1
+    echo "conformance --quick $run: rc=$? $(since "$s0") s; $(tail -1 "$out/conformance-$run.txt")"
+  done 2>&1 | tee -a "$out/startup.txt"
   ;;
 goals)
-  # The default CUDA bench table in one call: `kasmina bench --backend cuda` (big and small shapes, both dtypes
-  # and mixes, Auto family), the PyTorch peer, then the big mixed forward (portable family) with
-  # the warp-per-seed kernel loading directly (KASMINA_CUDA_WS_STAGES=0) against its default
-  # staged loads, interleaved. The GPU tests are the `tests` part (they fill a call of their own).
+  # The default CUDA bench table in one call: `kasmina bench --backend cuda` (big and small shapes, both
+  # dtypes and mixes, Auto family), then the PyTorch peer. The GPU tests are the `tests` part.
   export KASMINA_AUTOTUNE_CACHE=/tmp/kasmina-autotune.json
   timeout 300 bash .device/run.sh kasmina bench --backend cuda --json "$out/bench-cuda.json" 2>&1 |
     tee "$out/bench-cuda.txt" | grep -E "^cuda"
   PYTHONUNBUFFERED=1 timeout 150 python3 benches/peers/torch_kasmina.py 2>&1 | tee "$out/torch-peer.txt" | tail -12
-  for v in KASMINA_CUDA_WS_STAGES=0 base KASMINA_CUDA_WS_STAGES=0 base; do
-    echo "== $v"
-    # shellcheck disable=SC2046
-    env $([ "$v" = base ] || echo "$v") KASMINA_AUTOTUNE_CACHE="/tmp/at-ws-$v.json" timeout 120 bash .device/run.sh \
-      kasmina bench --backend cuda --cuda-path portable --shape 16384,8192,128 --dtype bf16,f32 --mix mixed --reps 10 \
-      2>&1 | grep -E "^cuda" | grep forward
-  done 2>&1 | tee "$out/bench-ws-stages.txt"
-  ;;
-stages)
-  # The big bf16 forward with its loads staged through shared memory (KASMINA_CUDA_STAGES, cp.async)
-  # against direct loads, each tuned afresh; then the row-group conformance suite and the CUDA GPU
-  # tests with stages on. STAGES_VARIANTS overrides the list ("base" = no switch; commas separate
-  # the variables of one variant), STAGES_DTYPE the dtypes, STAGES_TESTS=0 skips the tests.
-  for v in ${STAGES_VARIANTS:-base KASMINA_CUDA_STAGES=3 KASMINA_CUDA_STAGES=2 KASMINA_CUDA_STAGES=3,KASMINA_CUDA_SEEDWARP=off}; do
-    echo "== $v"
-    # shellcheck disable=SC2046
-    env $([ "$v" = base ] || echo "${v//,/ }") KASMINA_AUTOTUNE_CACHE="/tmp/at-st-$v.json" timeout 200 \
-      bash .device/run.sh kasmina bench --backend cuda --shape 16384,8192,128 --dtype "${STAGES_DTYPE:-bf16}" --reps 10 2>&1 |
-      grep -E "^cuda"
-  done 2>&1 | tee "$out/stages.txt"
-  [ "${STAGES_TESTS:-1}" = 1 ] || exit 0
-  for t in "test-kasmina_cuda--conformance rowgroups" "test-kasmina_cuda--gpu"; do
-    echo "== KASMINA_CUDA_STAGES=3 $t"
-    # shellcheck disable=SC2086
-    KASMINA_CUDA_STAGES=3 timeout 150 bash .device/run.sh $t --test-threads=1 2>&1 |
-      grep -E "^test |test result|panicked|assert"
-  done > "$out/gpu-tests-stages.txt" 2>&1
-  grep -E "^==|test result|panicked" "$out/gpu-tests-stages.txt"
   ;;
 tests)
   # The CUDA GPU test binaries, each row of the conformance suite timestamped (seconds since
@@ -216,5 +159,5 @@ pybench)
   (cd kasmina-py && timeout 540 python3 -m kasmina.bench --json "$out/bench-python.json" \
     --markdown "$out/bench-python.md") 2>&1 | grep -v Warning | tee "$out/bench-python.txt" | tail -30
   ;;
-*) echo "usage: bash benches/device-run.sh cuda|checks|sanitize|profile|variants|seedwarp|stages|goals|tests|pytests|pybench" >&2; exit 2 ;;
+*) echo "usage: bash benches/device-run.sh cuda|checks|sanitize|profile|startup|goals|tests|pytests|pybench" >&2; exit 2 ;;
 esac

@@ -48,6 +48,14 @@ python3 -c 'import maturin, pytest, numpy, torch, ruff, sklearn, matplotlib' 2>/
   "${pip[@]}" maturin pytest numpy torch ruff scikit-learn matplotlib
 python3 -m ruff format --check kasmina-py
 python3 -m ruff check kasmina-py
+# With NVRTC from PyTorch's wheel (no GPU needed), the CUDA unit tests also compile every kernel
+# module and take the kernel cache through a real compile.
+nvrtc=$(python3 -c 'import glob, nvidia, os; print(next((os.path.dirname(f) for p in nvidia.__path__ for f in sorted(glob.glob(os.path.join(p, "**", "libnvrtc.so*"), recursive=True))), ""))' 2>/dev/null || true)
+if [ -n "$nvrtc" ]; then
+  LD_LIBRARY_PATH="$nvrtc${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" cargo test --release -p kasmina-cuda --lib
+else
+  echo "note: no NVRTC library found; the CUDA kernel-compile tests skipped"
+fi
 "${pip[@]}" --no-build-isolation --no-deps --force-reinstall ./kasmina-py
 cargo build --release -p kasmina-cli   # the `kasmina` command the Python tests compare with
 KASMINA_CLI="$PWD/target/release/kasmina" python3 -m pytest -q kasmina-py/tests

@@ -395,6 +395,15 @@ pub trait Backend {
         Err(BackendError::new(name, BackendErrorKind::Unsupported, "this backend has no kernel copy").into())
     }
 
+    /// Prepares now what the first calls in `dtypes` would otherwise prepare on the way (the
+    /// CUDA backend compiles its kernel modules, in parallel, into its kernel cache), so a
+    /// program that knows its dtypes pays that up front, once. A no-op (the default) where
+    /// nothing is compiled.
+    fn prepare(&self, dtypes: &[DType]) -> Result<()> {
+        let _ = dtypes;
+        Ok(())
+    }
+
     /// Blocks until all work queued on the device is finished (for timing).
     fn synchronize(&self) -> Result<()> {
         Ok(())
@@ -471,6 +480,9 @@ impl<T: Backend + ?Sized> Backend for &T {
     }
     fn kernel_copy(&self, src: &Self::Tensor, dst: &mut Self::Tensor) -> Result<()> {
         (**self).kernel_copy(src, dst)
+    }
+    fn prepare(&self, dtypes: &[DType]) -> Result<()> {
+        (**self).prepare(dtypes)
     }
     fn synchronize(&self) -> Result<()> {
         (**self).synchronize()

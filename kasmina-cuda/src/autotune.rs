@@ -9,8 +9,8 @@
 //! - Key: device name, compute capability, operation, dtype, shape bucket and a
 //!   hash of the kernel source together with the candidate set, so a changed
 //!   kernel or candidate list never reuses an old winner.
-//! - File: `KASMINA_AUTOTUNE_CACHE` if set, else `dirs::cache_dir()/kasmina/autotune.json`.
-//!   `KASMINA_AUTOTUNE=off` skips tuning and uses the built-in default.
+//! - File: [`crate::CudaOptions::autotune_cache`] (by default `dirs::cache_dir()/kasmina/autotune.json`);
+//!   [`TuneMode::Off`] skips tuning and uses the built-in default.
 //! - A corrupt or unreadable file is a warning, never an error; writes go to a
 //!   temporary file that is renamed over the old one, so concurrent writers
 //!   never leave a torn file (the last rename wins; an entry lost that way is
@@ -164,7 +164,7 @@ const FILE_VERSION: u32 = 1;
 pub enum TuneMode {
     /// Time candidates on first use of a key (the default).
     On,
-    /// Use the built-in default configuration (`KASMINA_AUTOTUNE=off`).
+    /// Use the built-in default configuration.
     Off,
 }
 
@@ -191,7 +191,7 @@ pub struct Tuner {
     memory: HashMap<String, KernelConfig>,
     warnings: Vec<String>,
     tuned: usize,
-    /// Report every candidate's time while tuning, as `tracing` info events (`KASMINA_AUTOTUNE_LOG=1`).
+    /// Report every candidate's time while tuning, as `tracing` info events.
     log: bool,
 }
 
@@ -205,19 +205,6 @@ impl Tuner {
     pub fn with_log(mut self, log: bool) -> Self {
         self.log = log;
         self
-    }
-
-    /// Reads `KASMINA_AUTOTUNE` and `KASMINA_AUTOTUNE_CACHE`.
-    pub fn from_env() -> Self {
-        let mode = match std::env::var("KASMINA_AUTOTUNE") {
-            Ok(v) if matches!(v.to_ascii_lowercase().as_str(), "off" | "0" | "false" | "no") => TuneMode::Off,
-            _ => TuneMode::On,
-        };
-        let path = match std::env::var_os("KASMINA_AUTOTUNE_CACHE") {
-            Some(p) if !p.is_empty() => Some(PathBuf::from(p)),
-            _ => dirs::cache_dir().map(|d| d.join("kasmina").join("autotune.json")),
-        };
-        Self::new(path, mode).with_log(std::env::var("KASMINA_AUTOTUNE_LOG").is_ok_and(|v| v == "1"))
     }
 
     /// The cache file, if any.

@@ -12,11 +12,13 @@ use kasmina_core::{
 };
 
 use crate::autotune::{DEFAULT_UNROLL, KernelConfig, TuneKey, Tuner, shape_bucket};
+use crate::cache::KernelCache;
 use crate::error::{CudaError, CudaResult, DriverContext};
-use crate::kernels::{KERNEL_SOURCE, Kernels, PlanKernel, arch_name, vector_widths, widest_vector};
+use crate::kernels::{KERNEL_SOURCE, Kernels, ModuleSpec, PlanKernel, arch_name, vector_widths, widest_vector};
 use crate::layer::{
     Acc, ColCoef, CudaLayer, GraphKey, Scratch, SeedConst, SeedDerived, SeedRecord, seed_const, seed_record,
 };
+use crate::options::CudaOptions;
 
 // ---- Hopper path: TMA + warp-specialized kernels, see hopper.rs.
 #[path = "hopper.rs"]
@@ -53,9 +55,6 @@ const PLAN_FUSE_MAX_C: usize = 1024;
 const SEED_BWD_MAX_C: usize = 512;
 /// Threads of a one-block-per-seed backward.
 const SEED_BWD_THREADS: u32 = 256;
-/// Forward calls with at most this many statistics partials merge them in the main kernel
-/// (its last block), saving the merge launch; larger ones use the parallel merge kernel.
-const FUSED_MERGE_MAX_SLOTS: usize = 2048;
 
 /// (operation, dtype, rows, cols, chunk size) of a picked launch configuration (the chunk size
 /// sets the warp-per-seed forward's tiles, hence its candidates).
@@ -124,30 +123,8 @@ impl DeviceTensor for CudaTensor {
 /// its own stream setting. The fused kernels' launch configuration is autotuned
 /// once per key and cached on disk (see [`crate::autotune`]).
 ///
-/// Environment switches of the portable kernels, read when the backend opens:
-/// - `KASMINA_CUDA_GRAPHS=off`: no CUDA-graph replay of small calls.
-/// - `KASMINA_CUDA_UNIFORM=off`: the per-column kernels even where the seed-uniform ones apply.
-/// - `KASMINA_CUDA_FUSED_MERGE=on`: small forwards merge their statistics in the main kernel's
-///   last block instead of a separate kernel (off by default: on the H100 the separate kernel
-///   is faster per call, even with the fused merge's one-warp-per-seed tree).
-/// - `KASMINA_CUDA_TUNE_EXTRA=off`: the autotuner times only the base candidates (rows in
-///   powers of two, tiles of at most 1024 columns, unroll 4). By default the seed-uniform
-///   kernels also try 256-thread tiles of 8-wide vectors, rows that split the batch evenly
-///   over 3 to 12 blocks per SM, and (forward) 8 rows in flight per thread.
-/// - `KASMINA_CUDA_DEFAULT_UNROLL=8`, `KASMINA_CUDA_DEFAULT_THREADS=<n>`: the configuration
-///   used with `KASMINA_AUTOTUNE=off` takes that unroll (seed-uniform forward) and thread
-///   count where the kernels allow them (to run those kernels on every call of a test).
-/// - `KASMINA_CUDA_SEEDWARP=off`: active forwards whose seed rows are a few threads wide
-///   (C / V a power of two below 32) keep one row per warp (a warp then spans several seeds
-///   and runs each seed's blueprint branch in turn) instead of one seed per warp.
-/// - `KASMINA_CUDA_WS_STAGES=<n>`: load stages of the one-seed-per-warp forward (3 by default,
-///   2 to 4; 0 loads directly), see [`crate::kernels::ws_load_stages`]. Read once per process.
-/// - `KASMINA_CUDA_SEEDWISE=off`: small forwards (at most 32 KiB of activation per seed) run the
-///   tuned row-group kernels and the merge kernel instead of one block per seed in one launch.
-/// - `KASMINA_CUDA_BWD_TYPED=off`: the active seed-uniform backward without its per-blueprint-type
-///   branch on finite rows (the typed one is the default: it is faster on the H100 and gives
-///   the same bits).
-/// - `KASMINA_AUTOTUNE_LOG=1`: report every candidate's time while tuning (`tracing` info events).
+/// Everything a user can set is a field of [`CudaOptions`] ([`CudaBackend::with_options`]);
+/// the backend reads no environment variable.
 #[derive(Clone)]
 pub struct CudaBackend {
     ctx: Arc<CudaContext>,
@@ -166,56 +143,17 @@ pub struct CudaBackend {
     tuner: Arc<Mutex<Tuner>>,
     /// Configurations already picked, by exact (op, dtype, rows, cols): the per-call fast path.
     picked: Arc<Mutex<HashMap<PickKey, KernelConfig>>>,
-    /// Whether small calls replay CUDA graphs (`KASMINA_CUDA_GRAPHS=off` disables them).
+    /// Whether small calls replay CUDA graphs ([`CudaOptions::graphs`]).
     graphs: bool,
-    /// Whether the seed-uniform kernels are used where they apply
-    /// (`KASMINA_CUDA_UNIFORM=off` forces the per-column kernels).
-    uniform: bool,
-    /// Whether small forwards merge their statistics in the main kernel
-    /// (`KASMINA_CUDA_FUSED_MERGE=on`; off by default, the separate merge kernel).
-    fused_merge: bool,
-    /// Whether small forwards run one block per seed (`KASMINA_CUDA_SEEDWISE=off` disables it).
+    /// Where compiled modules are kept between processes ([`CudaOptions::kernel_cache`]).
+    kernel_cache: KernelCache,
+    /// Whether small forwards run one block per seed ([`CudaBackend::with_seedwise`]).
     seedwise: bool,
     /// Whether active seed-uniform forwards with short seed rows run one seed per warp
-    /// (`KASMINA_CUDA_SEEDWARP=off` disables it).
+    /// ([`CudaBackend::with_seedwarp`]).
     seedwarp: bool,
-    /// Launch-candidate options, see [`TuneOptions`].
-    tune_opts: TuneOptions,
-    /// Whether the active seed-uniform backward takes one branch per blueprint type on
-    /// finite rows (default; `KASMINA_CUDA_BWD_TYPED=off` disables it; same results, tuned under
-    /// its own op name).
-    bwd_typed: bool,
     /// The Hopper path: kernel family setting, its modules and picks (see `hopper.rs`).
     hopper: Arc<hopper::HopperState>,
-}
-
-/// What the autotuner may try beyond the base candidates (rows in powers of two up to 256,
-/// tiles of at most `MAX_TILE` columns, unroll 4), read from the environment when the
-/// backend opens:
-/// - `KASMINA_CUDA_TUNE_EXTRA=off`: only the base candidates. Otherwise the seed-uniform
-///   kernels also try 256-thread tiles of 8-wide vectors (2048 columns: a bf16 block then
-///   moves as many bytes per row as an f32 one), row counts that split the rows evenly over
-///   3, 4, 6, 8 or 12 blocks per SM (one or two full waves, fewer partials), and, for the
-///   forward, 8 rows in flight per thread (`unroll = 8`).
-/// - `KASMINA_CUDA_DEFAULT_UNROLL=8` and `KASMINA_CUDA_DEFAULT_THREADS=<n>`: the built-in
-///   configuration (`KASMINA_AUTOTUNE=off`) uses that unroll / thread count where the kernel
-///   allows it, so a conformance run can force those kernels onto every call.
-#[derive(Debug, Clone, Copy)]
-struct TuneOptions {
-    extra: bool,
-    default_unroll: u32,
-    default_threads: Option<u32>,
-}
-
-impl TuneOptions {
-    fn from_env() -> Self {
-        let num = |name: &str| std::env::var(name).ok().and_then(|v| v.trim().parse::<u32>().ok());
-        Self {
-            extra: !env_off("KASMINA_CUDA_TUNE_EXTRA"),
-            default_unroll: num("KASMINA_CUDA_DEFAULT_UNROLL").filter(|u| *u == 8).unwrap_or(DEFAULT_UNROLL),
-            default_threads: num("KASMINA_CUDA_DEFAULT_THREADS").filter(|t| t.is_multiple_of(32) && *t >= 32),
-        }
-    }
 }
 
 impl std::fmt::Debug for CudaBackend {
@@ -239,16 +177,6 @@ fn driver_present() -> CudaResult<()> {
                 .into(),
         ))
     }
-}
-
-/// Whether environment variable `name` is set to on / 1 / true / yes.
-pub(crate) fn env_on(name: &str) -> bool {
-    matches!(std::env::var(name).map(|v| v.to_ascii_lowercase()).as_deref(), Ok("on" | "1" | "true" | "yes"))
-}
-
-/// Whether environment variable `name` is set to off / 0 / false / no.
-fn env_off(name: &str) -> bool {
-    matches!(std::env::var(name).map(|v| v.to_ascii_lowercase()).as_deref(), Ok("off" | "0" | "false" | "no"))
 }
 
 /// Checks a caller's device address: non-null when `bytes > 0`, a multiple of `align`.
@@ -360,16 +288,16 @@ impl PartialLayout {
 }
 
 impl CudaBackend {
-    /// Opens device `ordinal`. Without a driver, a device or NVRTC this is a
-    /// [`kasmina_core::BackendErrorKind::Unavailable`] error (never a panic).
+    /// Opens device `ordinal` with the default [`CudaOptions`]. Without a driver, a device or
+    /// NVRTC this is a [`kasmina_core::BackendErrorKind::Unavailable`] error (never a panic).
     pub fn new(ordinal: usize) -> Result<CudaBackend> {
-        Ok(Self::open(ordinal, Tuner::from_env())?)
+        Self::with_options(ordinal, CudaOptions::default())
     }
 
-    /// Opens device `ordinal` with an explicit autotuner (cache file and mode)
-    /// instead of the one the environment describes.
-    pub fn with_tuner(ordinal: usize, tuner: Tuner) -> Result<CudaBackend> {
-        Ok(Self::open(ordinal, tuner)?)
+    /// Opens device `ordinal` with `options` (kernel family, autotuning, caches, graphs; see
+    /// [`CudaOptions::from_env`] for the environment's).
+    pub fn with_options(ordinal: usize, options: CudaOptions) -> Result<CudaBackend> {
+        Ok(Self::open(ordinal, options)?)
     }
 
     /// Registers and local memory (bytes per thread) of the fused forward and backward
@@ -384,12 +312,10 @@ impl CudaBackend {
             ("backward-identity", &k.bwd_identity),
             ("forward-uniform", &k.fwdu),
             ("forward-uniform-identity", &k.fwdu_identity),
-            ("forward-uniform-fused", &k.fwdu_fused),
             ("forward-uniform-unroll8", &k.fwdu_u8),
             ("forward-uniform-identity-unroll8", &k.fwdu_identity_u8),
             ("forward-uniform-warp-per-seed", &k.fwdu_ws),
             ("forward-uniform-warp-per-seed-unroll8", &k.fwdu_u8_ws),
-            ("backward-uniform", &k.bwdu),
             ("backward-uniform-typed", &k.bwdu_typed),
             ("backward-uniform-identity", &k.bwdu_identity),
         ] {
@@ -412,7 +338,7 @@ impl CudaBackend {
         Ok(n.max(0) as usize)
     }
 
-    fn open(ordinal: usize, tuner: Tuner) -> CudaResult<Self> {
+    fn open(ordinal: usize, options: CudaOptions) -> CudaResult<Self> {
         driver_present()?;
         // SAFETY: only tries to dlopen libnvrtc by its usual names.
         if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
@@ -451,21 +377,20 @@ impl CudaBackend {
             sms,
             modules: Default::default(),
             plan: Default::default(),
-            tuner: Arc::new(Mutex::new(tuner)),
+            tuner: Arc::new(Mutex::new(
+                Tuner::new(options.autotune_cache.file(), options.autotune).with_log(options.autotune_log),
+            )),
             picked: Default::default(),
-            graphs: !env_off("KASMINA_CUDA_GRAPHS"),
-            uniform: !env_off("KASMINA_CUDA_UNIFORM"),
-            fused_merge: env_on("KASMINA_CUDA_FUSED_MERGE"),
-            seedwise: !env_off("KASMINA_CUDA_SEEDWISE"),
-            seedwarp: !env_off("KASMINA_CUDA_SEEDWARP"),
-            tune_opts: TuneOptions::from_env(),
-            bwd_typed: !env_off("KASMINA_CUDA_BWD_TYPED"),
-            hopper: Arc::new(hopper::HopperState::new(CudaPath::from_env())),
+            graphs: options.graphs,
+            kernel_cache: options.kernel_cache,
+            seedwise: true,
+            seedwarp: true,
+            hopper: Arc::new(hopper::HopperState::new(options.path)),
         })
     }
 
     /// Whether small forwards (at most 32 KiB of activation per seed) run in one launch with one
-    /// block per seed (the default, unless `KASMINA_CUDA_SEEDWISE=off`); `false` sends them
+    /// block per seed (the default); `false` sends them
     /// through the tuned row-group kernels and the merge kernel like larger calls.
     pub fn with_seedwise(mut self, on: bool) -> Self {
         self.seedwise = on;
@@ -473,12 +398,45 @@ impl CudaBackend {
     }
 
     /// Whether active forwards whose seed rows are short (C / V threads, a power of two below
-    /// 32) map one seed to each warp, several rows at a time (the default, unless
-    /// `KASMINA_CUDA_SEEDWARP=off`); `false` keeps one row per warp, which then spans several
+    /// 32) map one seed to each warp, several rows at a time (the default); `false` keeps one
+    /// row per warp, which then spans several
     /// seeds. Same results either way.
     pub fn with_seedwarp(mut self, on: bool) -> Self {
         self.seedwarp = on;
         self
+    }
+
+    /// The kernel modules calls in `dtypes` may need on this device: every vector width of
+    /// each dtype, the parameter plan, and each dtype's Hopper module where that family may run
+    /// (compute capability 9.0, family not [`CudaPath::Portable`]).
+    pub fn modules_for(&self, dtypes: &[DType]) -> Vec<ModuleSpec> {
+        let mut specs = vec![ModuleSpec::plan(self.arch)];
+        for &dtype in dtypes {
+            specs.extend(vector_widths(dtype).iter().map(|&v| ModuleSpec::portable(self.arch, dtype, v)));
+            if self.cc == (9, 0) && self.hopper.path != CudaPath::Portable {
+                specs.push(ModuleSpec::hopper(dtype));
+            }
+        }
+        specs
+    }
+
+    /// Compiles (or finds in the kernel cache) every module of [`CudaBackend::modules_for`]
+    /// `dtypes`, several at once (one thread per core), so later calls only load them.
+    pub fn precompile(&self, dtypes: &[DType]) -> CudaResult<()> {
+        let specs = self.modules_for(dtypes);
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, specs.len().max(1));
+        let cache = &self.kernel_cache;
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..workers)
+                .map(|w| {
+                    let mine: Vec<&ModuleSpec> = specs.iter().skip(w).step_by(workers).collect();
+                    scope.spawn(move || mine.into_iter().try_for_each(|spec| spec.cubin(cache).map(|_| ())))
+                })
+                .collect();
+            handles.into_iter().try_for_each(|h| {
+                h.join().map_err(|_| CudaError::Unsupported("a kernel compile thread panicked".into()))?
+            })
+        })
     }
 
     /// The device's compute capability.
@@ -674,7 +632,7 @@ impl CudaBackend {
         if let Some(k) = p.as_ref() {
             return Ok(k.clone());
         }
-        let k = Arc::new(PlanKernel::load(&self.ctx, self.arch)?);
+        let k = Arc::new(PlanKernel::load(&self.ctx, self.arch, &self.kernel_cache)?);
         *p = Some(k.clone());
         Ok(k)
     }
@@ -685,7 +643,7 @@ impl CudaBackend {
         if let Some(k) = m.get(&(dtype, vec)) {
             return Ok(k.clone());
         }
-        let k = Arc::new(Kernels::load(&self.ctx, self.arch, dtype, vec)?);
+        let k = Arc::new(Kernels::load(&self.ctx, self.arch, dtype, vec, &self.kernel_cache)?);
         m.insert((dtype, vec), k.clone());
         Ok(k)
     }
@@ -703,21 +661,16 @@ impl CudaBackend {
         if uniform { UNIFORM_MAX_THREADS } else { (MAX_TILE / v).min(256) }
     }
 
-    /// The built-in configuration (used with `KASMINA_AUTOTUNE=off`). `uniform`: the
-    /// seed-uniform kernels run; `forward`: the operation is a forward (unroll 8 exists there).
-    fn default_config(&self, dtype: DType, b: usize, h: usize, uniform: bool, forward: bool) -> KernelConfig {
+    /// The built-in configuration (used with autotuning off).
+    fn default_config(&self, dtype: DType, b: usize, h: usize) -> KernelConfig {
         let vec = widest_vector(dtype, h);
-        let cap = match self.tune_opts.default_threads {
-            Some(t) => t.min(Self::max_threads(vec, uniform)),
-            None => (MAX_TILE / vec).min(256),
-        };
+        let cap = (MAX_TILE / vec).min(256);
         let threads = Self::threads_for(h, vec, cap);
         let tiles = (h as u64).div_ceil((threads * vec) as u64);
         // Enough blocks for 4 per SM before rows per block grow to 32.
         let want_blocks = 4 * self.sms as u64;
         let rows = ((b as u64 * tiles).div_ceil(want_blocks)).clamp(1, 32) as u32;
-        let unroll = if uniform && forward { self.tune_opts.default_unroll } else { DEFAULT_UNROLL };
-        KernelConfig { rows, threads, vec, unroll }
+        KernelConfig { rows, threads, vec, unroll: DEFAULT_UNROLL }
     }
 
     /// Candidates timed by the autotuner: rows per block x threads x vector width (x unroll
@@ -732,7 +685,7 @@ impl CudaBackend {
         forward: bool,
         ws_c: Option<usize>,
     ) -> Vec<KernelConfig> {
-        Self::candidate_set(dtype, b, h, self.sms, uniform, forward, self.tune_opts.extra, ws_c)
+        Self::candidate_set(dtype, b, h, self.sms, uniform, forward, true, ws_c)
     }
 
     /// [`Self::candidates`] for a device of `sms` SMs; `extra`: beyond the base set.
@@ -842,7 +795,7 @@ impl CudaBackend {
         let (uniform, forward) = (op.contains("uniform"), op.starts_with("forward"));
         let ws_c = (op == OP_FORWARD_WS).then_some(c);
         let cands = self.candidates(dtype, b, h, uniform, forward, ws_c);
-        let default = self.default_config(dtype, b, h, uniform, forward);
+        let default = self.default_config(dtype, b, h);
         let key = TuneKey::new(&self.name, self.cc, op, dtype.name(), &shape_bucket(b, h), KERNEL_SOURCE, &cands);
         let mut tuner = self.tuner.lock().unwrap_or_else(|p| p.into_inner());
         let (cfg, _) = tuner.get_or_tune(&key, &cands, default, time)?;
@@ -854,19 +807,19 @@ impl CudaBackend {
     /// Whether the seed-uniform kernels run `cfg` on `layer`: each thread's columns must lie in
     /// one seed (C a multiple of the vector width) and the block fit their launch bounds.
     fn uses_uniform(&self, layer: &CudaLayer, cfg: &KernelConfig) -> bool {
-        self.uniform && layer.c.is_multiple_of(cfg.vec as usize) && cfg.threads <= UNIFORM_MAX_THREADS
+        layer.c.is_multiple_of(cfg.vec as usize) && cfg.threads <= UNIFORM_MAX_THREADS
     }
 
     /// Whether the forward of `layer` with `cfg` runs one seed per warp (`kasmina_fwdu_ws`):
-    /// active seeds, the seed-uniform kernels, short seed rows and no fused merge.
-    fn uses_ws(&self, layer: &CudaLayer, cfg: &KernelConfig, fuse: bool) -> bool {
-        self.seedwarp && !fuse && layer.any_active() && self.uses_uniform(layer, cfg) && ws_applies(layer.c, cfg.vec)
+    /// active seeds, the seed-uniform kernels and short seed rows.
+    fn uses_ws(&self, layer: &CudaLayer, cfg: &KernelConfig) -> bool {
+        self.seedwarp && layer.any_active() && self.uses_uniform(layer, cfg) && ws_applies(layer.c, cfg.vec)
     }
 
     /// The forward's geometry for `cfg` (see [`Self::uses_ws`]; row mapping where the narrower
     /// warp-per-seed tiles would exceed the grid's tile limit).
-    fn fwd_geometry(&self, layer: &CudaLayer, cfg: KernelConfig, rows: usize, fuse: bool) -> CudaResult<Geometry> {
-        if self.uses_ws(layer, &cfg, fuse)
+    fn fwd_geometry(&self, layer: &CudaLayer, cfg: KernelConfig, rows: usize) -> CudaResult<Geometry> {
+        if self.uses_ws(layer, &cfg)
             && let Ok(g) = Geometry::with_mapping(cfg, rows, layer.h, layer.c, layer.s, true)
         {
             return Ok(g);
@@ -874,16 +827,10 @@ impl CudaBackend {
         Geometry::new(cfg, rows, layer.h, layer.c, layer.s)
     }
 
-    /// Whether a forward of `rows` rows with `cfg` merges its statistics in the main kernel.
-    fn fuses(&self, layer: &CudaLayer, cfg: &KernelConfig, rows: usize) -> CudaResult<bool> {
-        let g = Geometry::new(*cfg, rows, layer.h, layer.c, layer.s)?;
-        Ok(self.fused_merge && self.uses_uniform(layer, cfg) && g.slots() <= FUSED_MERGE_MAX_SLOTS)
-    }
-
     /// The tuner's operation name: the uniform kernels are tuned apart from the per-column ones.
     fn op_name(&self, layer: &CudaLayer, backward: bool) -> &'static str {
         // Whether uniform applies can depend on the vector width; C % 8 == 0 covers every width.
-        let uni = self.uniform && layer.c.is_multiple_of(8);
+        let uni = layer.c.is_multiple_of(8);
         match (backward, layer.any_active(), uni) {
             (false, true, false) => "forward",
             (false, false, false) => "forward-identity",
@@ -893,8 +840,7 @@ impl CudaBackend {
             (false, true, true) if self.seedwarp && (ws_applies(layer.c, 8) || ws_applies(layer.c, 4)) => OP_FORWARD_WS,
             (false, true, true) => "forward-uniform",
             (false, false, true) => "forward-uniform-identity",
-            (true, true, true) if self.bwd_typed => "backward-uniform-typed",
-            (true, true, true) => "backward-uniform",
+            (true, true, true) => "backward-uniform-typed",
             (true, false, true) => "backward-uniform-identity",
         }
     }
@@ -923,27 +869,21 @@ impl CudaBackend {
         x: &CudaTensor,
         y: &mut CudaTensor,
         cfg: KernelConfig,
-        fuse_merge: bool,
     ) -> CudaResult<Geometry> {
         Self::check_cfg(&cfg, x.dtype, layer.h, self.uses_uniform(layer, &cfg))?;
         let k = self.kernels(x.dtype, cfg.vec)?;
         let uni = self.uses_uniform(layer, &cfg);
-        let fuse_merge = fuse_merge && uni;
-        let g = self.fwd_geometry(layer, cfg, x.rows, fuse_merge)?;
+        let g = self.fwd_geometry(layer, cfg, x.rows)?;
         let u8 = uni && cfg.unroll == 8;
-        let f = match (uni, layer.any_active(), fuse_merge) {
+        let f = match (uni, layer.any_active()) {
             _ if g.ws && u8 => &k.fwdu_u8_ws,
             _ if g.ws => &k.fwdu_ws,
-            (false, true, _) => &k.fwd,
-            (false, false, _) => &k.fwd_identity,
-            (true, true, false) if u8 => &k.fwdu_u8,
-            (true, false, false) if u8 => &k.fwdu_identity_u8,
-            (true, true, true) if u8 => &k.fwdu_u8_fused,
-            (true, false, true) if u8 => &k.fwdu_identity_u8_fused,
-            (true, true, false) => &k.fwdu,
-            (true, false, false) => &k.fwdu_identity,
-            (true, true, true) => &k.fwdu_fused,
-            (true, false, true) => &k.fwdu_identity_fused,
+            (false, true) => &k.fwd,
+            (false, false) => &k.fwd_identity,
+            (true, true) if u8 => &k.fwdu_u8,
+            (true, false) if u8 => &k.fwdu_identity_u8,
+            (true, true) => &k.fwdu,
+            (true, false) => &k.fwdu_identity,
         };
         let part = layer.part.ensure(&self.stream, g.slots() * PARTIAL_BYTES)?;
         let (b, h, c, r, segs) = (x.rows as u64, layer.h as u32, layer.c as u32, cfg.rows, g.segs);
@@ -960,27 +900,16 @@ impl CudaBackend {
             .arg(&layer.coef)
             .arg(part)
             .arg(&segs);
-        let s = layer.s as u32;
-        let no_counter: u64 = 0;
-        if uni {
-            lb.arg(&mut layer.acc);
-            if fuse_merge {
-                lb.arg(&mut layer.counter);
-            } else {
-                lb.arg(&no_counter);
-            }
-            lb.arg(&s);
-        }
-        // Staged loads (KASMINA_CUDA_STAGES, KASMINA_CUDA_WS_STAGES): the threads' partials, then
+        // The warp-per-seed forward's staged loads (WS_LOAD_STAGES): the threads' partials, then
         // their stage slots.
         let mut lc = g.launch(PARTIAL_BYTES as u32, uni);
         let vec_bytes = cfg.vec * x.dtype.size_bytes() as u32;
-        if uni
-            && let Some(bytes) = crate::kernels::staged_shared_bytes(cfg.threads, vec_bytes, cfg.unroll, self.cc, g.ws)
+        if g.ws
+            && let Some(bytes) = crate::kernels::staged_shared_bytes(cfg.threads, vec_bytes, cfg.unroll, self.cc)
         {
             lc.shared_mem_bytes = bytes;
         }
-        if uni && !crate::kernels::rows_first() {
+        if uni {
             // The seed-uniform forward's blocks go tiles first: (tiles, row groups), the row groups
             // split over y and z (at most 65535 each; n_rg < 2^31 per Geometry::new).
             let (y, z) = (g.n_rg.min(65535), g.n_rg.div_ceil(65535));
@@ -989,14 +918,11 @@ impl CudaBackend {
         // SAFETY: the arguments match kasmina_fwd's parameters in order and type; x and y
         // hold B*H elements of the module's dtype, consts S records, colc and coef H entries, and
         // part the geometry's slots; H is a multiple of the vector width (check_cfg).
-        // The uniform kernels take the same arguments plus the accumulators, the block counter
-        // (a null pointer: no fused merge) and S, with one shared Partial per thread; the
-        // counter is 0 between launches (the fused merge's last block re-arms it). The
+        // The uniform kernels take the same arguments, with one shared Partial per thread. The
         // warp-per-seed ones (g.ws: C / V a power of two below 32, tiles of threads / 32 seeds,
         // segs = threads / 32) take the same arguments and no shared memory unless they stage
-        // their loads. A module compiled with load stages (load_stages(), or ws_load_stages() for
-        // the warp-per-seed kernels: the values staged_shared_bytes sizes by, g.ws telling which)
-        // reads its slots after the threads' partials, within the bytes given here.
+        // their loads (16-byte vectors, default unroll, sm_80 on): then they read WS_LOAD_STAGES
+        // slots after the threads' partials, within the bytes staged_shared_bytes gave here.
         unsafe { lb.launch(lc) }.ctx("launching kasmina_fwd")?;
         Ok(g)
     }
@@ -1041,8 +967,7 @@ impl CudaBackend {
         let f = match (uni, layer.any_active()) {
             (false, true) => &k.bwd,
             (false, false) => &k.bwd_identity,
-            (true, true) if self.bwd_typed => &k.bwdu_typed,
-            (true, true) => &k.bwdu,
+            (true, true) => &k.bwdu_typed,
             (true, false) => &k.bwdu_identity,
         };
         let gpart = layer.gpart.ensure(&self.stream, g.slots() * 4)?;
@@ -1222,7 +1147,6 @@ impl CudaBackend {
             dscales: zeros_f32(s)?,
             gnorm: zeros_f32(s)?,
             colsum: st.alloc_zeros::<f64>(h * 3).ctx("allocating layer memory")?,
-            counter: st.alloc_zeros::<u32>(1).ctx("allocating layer memory")?,
             part: Scratch::default(),
             gpart: Scratch::default(),
             ppart: Scratch::default(),
@@ -1320,11 +1244,10 @@ impl CudaBackend {
         let cfg = self.pick(op, x.dtype, (x.rows, layer.h, layer.c), &mut |cfg| {
             // The whole call (main kernel and merge) is timed, so fewer, larger row groups win
             // where the merge costs more than they do; it merges into a scratch accumulator.
-            let fuse = self.fuses(layer, cfg, x.rows)?;
             std::mem::swap(&mut layer.acc, &mut layer.tune_acc);
             let ms = self.time_avg(Self::tune_reps(bytes), &mut || {
-                let g = self.launch_fwd_main(layer, x, y, *cfg, fuse)?;
-                if fuse { Ok(()) } else { self.launch_fwd_merge(layer, x.dtype, &g) }
+                let g = self.launch_fwd_main(layer, x, y, *cfg)?;
+                self.launch_fwd_merge(layer, x.dtype, &g)
             });
             std::mem::swap(&mut layer.acc, &mut layer.tune_acc);
             ms
@@ -1332,8 +1255,7 @@ impl CudaBackend {
         Self::check_cfg(&cfg, x.dtype, layer.h, self.uses_uniform(layer, &cfg))?;
         // Compile / load and size the scratch before any capture.
         self.kernels(x.dtype, cfg.vec)?;
-        let fuse = self.fuses(layer, &cfg, x.rows)?;
-        let g = self.fwd_geometry(layer, cfg, x.rows, fuse)?;
+        let g = self.fwd_geometry(layer, cfg, x.rows)?;
         layer.part.ensure(&self.stream, g.slots() * PARTIAL_BYTES)?;
         let dtype = x.dtype;
         let key = GraphKey {
@@ -1346,8 +1268,8 @@ impl CudaBackend {
             dead_eps_bits: layer.dead_eps.to_bits(),
         };
         let mut run = |layer: &mut CudaLayer| {
-            self.launch_fwd_main(layer, x, y, cfg, fuse)?;
-            if fuse { Ok(()) } else { self.launch_fwd_merge(layer, dtype, &g) }
+            self.launch_fwd_main(layer, x, y, cfg)?;
+            self.launch_fwd_merge(layer, dtype, &g)
         };
         if self.graphs_on(layer) && x.num_bytes() <= GRAPH_MAX_BYTES {
             self.graphed(layer, key, &mut run)
@@ -1771,6 +1693,10 @@ impl Backend for CudaBackend {
             self.stream.memcpy_dtod(&src.buf.slice(..n), &mut dst.buf.slice_mut(..n)).ctx("device-to-device copy")?;
         }
         Ok(())
+    }
+
+    fn prepare(&self, dtypes: &[DType]) -> Result<()> {
+        Ok(self.precompile(dtypes)?)
     }
 
     fn synchronize(&self) -> Result<()> {

@@ -33,6 +33,9 @@ pub enum CudaError {
     /// A size does not fit what the kernels address (e.g. H >= 2^32).
     #[error("unsupported: {0}")]
     Unsupported(String),
+    /// An option (or the environment variable that sets it) has a value it does not take.
+    #[error("invalid CUDA option: {0}")]
+    Options(String),
 }
 
 impl CudaError {
@@ -47,7 +50,7 @@ impl CudaError {
         match self {
             CudaError::Unavailable(_) => BackendErrorKind::Unavailable,
             CudaError::Compile { .. } => BackendErrorKind::Compile,
-            CudaError::Unsupported(_) => BackendErrorKind::Unsupported,
+            CudaError::Unsupported(_) | CudaError::Options(_) => BackendErrorKind::Unsupported,
             CudaError::Driver { code, .. } => {
                 if *code == CuErr::CUDA_ERROR_OUT_OF_MEMORY as u32 {
                     BackendErrorKind::OutOfMemory

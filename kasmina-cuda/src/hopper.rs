@@ -3,20 +3,19 @@
 //!
 //! - [`CudaPath`] picks the family: `Portable`, `Hopper` (forced) or `Auto` (the autotuner
 //!   times both per key, once, and keeps the faster; the choice is cached like every tuned
-//!   configuration). `KASMINA_CUDA_PATH=portable|hopper|auto` sets it for [`CudaBackend::new`]
-//!   (unset: [`CudaPath::DEFAULT`], `Auto`); [`CudaBackend::with_options`] sets it explicitly.
+//!   configuration). [`crate::CudaOptions::path`] sets it (`KASMINA_CUDA_PATH=portable|hopper|auto`
+//!   through [`crate::CudaOptions::from_env`]; default [`CudaPath::DEFAULT`], `Auto`).
 //!   Auto's choice: on the first call of a key (operation names of both families, dtype, B, H;
 //!   see [`path_op`]) it runs one call of each family (each tunes its own launch
 //!   configuration), then times both over the same repetitions and keeps Hopper only when it
 //!   is faster by the margin [`HOPPER_MARGIN`] ([`hopper_wins`]); the pick is cached in memory
 //!   and in the autotune file, so later calls and processes pay nothing. With
-//!   `KASMINA_AUTOTUNE=off` Auto runs the portable kernels. Since it times both, Auto loses to
-//!   portable only by timing noise (within the margin); `KASMINA_CUDA_PATH=portable` keeps
-//!   the portable kernels alone.
+//!   autotuning off Auto runs the portable kernels. Since it times both, Auto loses to
+//!   portable only by timing noise (within the margin); [`CudaPath::Portable`] keeps the
+//!   portable kernels alone.
 //! - Seed-uniform Hopper kernels (`kasmina_hfwdu` / `kasmina_hbwdu`) run where the
 //!   chunk size C is a multiple of 8 (every vector width): the portable seed-uniform kernels'
-//!   per-thread math, CONV neighbours from the shared-memory tiles;
-//!   `KASMINA_HOPPER_UNIFORM=off` keeps the per-column Hopper kernels.
+//!   per-thread math, CONV neighbours from the shared-memory tiles.
 //! - The Hopper kernels run only where TMA can take the tensors; elsewhere the call runs the
 //!   portable kernels, even when `Hopper` is forced (see [`hopper_unsupported_reason`]):
 //!   a device that is not compute capability 9.0, a row of `H` elements that is not a
@@ -26,9 +25,9 @@
 //! - Source: `kernels/kasmina.cu` followed by `kernels/hopper.cu`, compiled by NVRTC for
 //!   `sm_90a` (one module per dtype, vector width 16 bytes), so the numerics are the portable
 //!   path's and the partials are merged by the portable merge kernels of the same module.
-//! - Evidence: [`CudaBackend::hopper_ptx`] returns the PTX (run `ptxas -arch=sm_90a` and
-//!   `cuobjdump -sass` on it: `UTMALDG`, `UTMASTG`, `SYNCS.*`); the env
-//!   `KASMINA_CUDA_DUMP=<dir>` writes it there when the module is built. Measured on an
+//! - Evidence: [`CudaBackend::hopper_cubin`] returns the machine code the backend loads
+//!   (`cuobjdump -sass` on it: `UTMALDG`, `UTMASTG`, `SYNCS.*`) and
+//!   [`CudaBackend::hopper_ptx`] the PTX. Measured on an
 //!   NVIDIA H100 80GB HBM3 (driver 580.159.04, CUDA 13.0 `ptxas`/`cuobjdump`, `bash
 //!   benches/device-run.sh checks`): the f32 and the bf16 module each hold 84 `UTMALDG.2D`,
 //!   10 `UTMASTG.2D`, 160 `SYNCS.PHASECHK.TRANS64.TRYWAIT`, 70 `SYNCS.ARRIVE.TRANS64` and 80
@@ -73,63 +72,30 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute_enum};
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, LaunchConfig, PushKernelArg};
-use cudarc::nvrtc::Ptx;
 use kasmina_core::DType;
 
 use super::{CudaBackend, CudaTensor, PARTIAL_BYTES, PartialLayout};
 use crate::autotune::{KernelConfig, TuneKey, TuneMode, shape_bucket};
+use crate::cache::KernelCache;
 use crate::error::{CudaError, CudaResult, DriverContext};
-use crate::kernels::KERNEL_SOURCE;
+use crate::kernels::{KERNEL_SOURCE, ModuleSpec, dtype_macro};
 use crate::layer::{Acc, CudaLayer};
 use crate::tma::{TensorMap, TensorMapSpec};
 
 /// The Hopper kernels' source (compiled after [`KERNEL_SOURCE`], in one program).
 pub const HOPPER_SOURCE: &str = include_str!("kernels/hopper.cu");
 
-/// Stages of the shared-memory ring (`KASMINA_HOPPER_STAGES` in the source) by default.
+/// Stages of the shared-memory ring (`KASMINA_HOPPER_STAGES` in the source).
 pub const HOPPER_STAGES: u32 = 4;
 
-/// The stages this process uses: env `KASMINA_HOPPER_STAGES` (2 to 8; the barriers' 128 bytes
-/// hold 8 stages), else [`HOPPER_STAGES`]. An experiment knob for the device runs: more
-/// stages keep more bytes in flight per block (stages x box bytes x blocks per SM).
-pub fn hopper_stages() -> u32 {
-    static STAGES: OnceLock<u32> = OnceLock::new();
-    *STAGES.get_or_init(|| {
-        std::env::var("KASMINA_HOPPER_STAGES")
-            .ok()
-            .and_then(|v| v.trim().parse::<u32>().ok())
-            .filter(|n| (2..=8).contains(n))
-            .unwrap_or(HOPPER_STAGES)
-    })
-}
 /// Registers per thread of the active seed-uniform forward (`KASMINA_HOPPER_FWD_REGS` in the
-/// source) by default: 96, so 4 blocks of 5 warps fit an SM.
+/// source): 96, so 4 blocks of 5 warps fit an SM.
 pub const HOPPER_FWD_REGS: u32 = 96;
 
 /// Rows a seed-uniform forward thread loads before processing any (`KASMINA_HOPPER_UNROLL` in
-/// the source) by default: 1, which keeps that kernel within [`HOPPER_FWD_REGS`] without
-/// spills (NVRTC 13.0 + ptxas sm_90a; an unroll of 2 spills 72 bytes in bf16).
+/// the source): 1, which keeps that kernel within [`HOPPER_FWD_REGS`] without spills (NVRTC
+/// 13.0 + ptxas sm_90a; an unroll of 2 spills 72 bytes in bf16).
 pub const HOPPER_UNROLL: u32 = 1;
-
-/// The registers and unroll of the active seed-uniform forward this process compiles:
-/// env `KASMINA_HOPPER_FWD_REGS` (64 to 255) and `KASMINA_HOPPER_UNROLL` (1 to 8), else
-/// [`HOPPER_FWD_REGS`] and [`HOPPER_UNROLL`]. Experiment knobs for the device runs
-/// (`KASMINA_HOPPER_FWD_REGS=128 KASMINA_HOPPER_UNROLL=4` gives fewer blocks per SM, more rows
-/// in flight per thread); they change only speed, never results (same operations in the same
-/// order).
-pub fn hopper_fwd_knobs() -> (u32, u32) {
-    static KNOBS: OnceLock<(u32, u32)> = OnceLock::new();
-    *KNOBS.get_or_init(|| {
-        let var = |name: &str, range: std::ops::RangeInclusive<u32>, default: u32| {
-            std::env::var(name)
-                .ok()
-                .and_then(|v| v.trim().parse::<u32>().ok())
-                .filter(|n| range.contains(n))
-                .unwrap_or(default)
-        };
-        (var("KASMINA_HOPPER_FWD_REGS", 64..=255, HOPPER_FWD_REGS), var("KASMINA_HOPPER_UNROLL", 1..=8, HOPPER_UNROLL))
-    })
-}
 
 /// Threads per block: 4 consumer warps and 1 producer warp.
 pub const HOPPER_THREADS: u32 = 160;
@@ -143,27 +109,14 @@ pub enum CudaPath {
     Portable,
     /// The Hopper kernels where TMA can take the shape (portable elsewhere, see the module docs).
     Hopper,
-    /// Per key, the faster of the two as timed by the autotuner (portable with `KASMINA_AUTOTUNE=off`).
+    /// Per key, the faster of the two as timed by the autotuner (portable with autotuning off).
     Auto,
 }
 
 impl CudaPath {
-    /// The family used when `KASMINA_CUDA_PATH` is unset: `Auto` (it times both families per
-    /// key and keeps the faster, see the module docs), so `kasmina bench --backend cuda` and
-    /// every caller of [`CudaBackend::new`] get the faster family per key.
+    /// The default family: `Auto` (it times both families per key and keeps the faster, see
+    /// the module docs).
     pub const DEFAULT: CudaPath = CudaPath::Auto;
-
-    /// `KASMINA_CUDA_PATH=portable|hopper|auto` (unset: [`Self::DEFAULT`]; unknown: the default,
-    /// with a warning).
-    pub fn from_env() -> Self {
-        match std::env::var("KASMINA_CUDA_PATH") {
-            Ok(v) if !v.is_empty() => Self::parse(&v).unwrap_or_else(|| {
-                tracing::warn!("KASMINA_CUDA_PATH={v} is not portable, hopper or auto; using {}", Self::DEFAULT.name());
-                Self::DEFAULT
-            }),
-            _ => Self::DEFAULT,
-        }
-    }
 
     /// Parses `portable`, `hopper` or `auto` (any case).
     pub fn parse(s: &str) -> Option<Self> {
@@ -247,7 +200,7 @@ impl HopperConfig {
 /// the barriers, the column scratch and 128 bytes to align the base (see `hplan` in the source).
 pub fn smem_bytes(tiles_per_stage: u32, tw: u32, box_rows: u32, dtype: DType) -> u32 {
     let tile = (box_rows * tw * dtype.size_bytes() as u32).div_ceil(128) * 128;
-    128 + 128 + tw * 32 + hopper_stages() * tiles_per_stage * tile
+    128 + 128 + tw * 32 + HOPPER_STAGES * tiles_per_stage * tile
 }
 
 /// The tuner's candidates: boxes of about 4, 8 and 16 KiB, units of 4, 16 and 64 boxes.
@@ -284,43 +237,19 @@ fn full_source() -> &'static str {
     SRC.get_or_init(|| format!("{KERNEL_SOURCE}\n// ---- kernels/hopper.cu\n{HOPPER_SOURCE}"))
 }
 
-fn dtype_macro(dtype: DType) -> &'static str {
-    match dtype {
-        DType::F32 => "DF32",
-        DType::F16 => "DF16",
-        DType::BF16 => "DBF16",
+impl ModuleSpec {
+    /// The Hopper module of `dtype` for `sm_90a` (`kernels/kasmina.cu` then `kernels/hopper.cu`).
+    pub fn hopper(dtype: DType) -> Self {
+        let options = vec![
+            "--std=c++17".into(),
+            format!("-DKASMINA_DT={}", dtype_macro(dtype)),
+            format!("-DKASMINA_V={}", hopper_vec(dtype)),
+            format!("-DKASMINA_HOPPER_STAGES={HOPPER_STAGES}"),
+            format!("-DKASMINA_HOPPER_FWD_REGS={HOPPER_FWD_REGS}"),
+            format!("-DKASMINA_HOPPER_UNROLL={HOPPER_UNROLL}"),
+        ];
+        Self::new(format!("kasmina_hopper_{}.cu", dtype.name()), full_source(), "sm_90a", options)
     }
-}
-
-fn ptx_cache() -> &'static Mutex<HashMap<DType, Ptx>> {
-    static CACHE: OnceLock<Mutex<HashMap<DType, Ptx>>> = OnceLock::new();
-    CACHE.get_or_init(Default::default)
-}
-
-/// Compiles (or takes from the process cache) the Hopper module of `dtype` for `sm_90a`.
-/// Needs only NVRTC (no GPU), so it is tested offline.
-pub fn compile_hopper(dtype: DType) -> CudaResult<Ptx> {
-    if let Some(p) = ptx_cache().lock().unwrap_or_else(|p| p.into_inner()).get(&dtype) {
-        return Ok(p.clone());
-    }
-    let name = format!("kasmina_hopper_{}.cu", dtype.name());
-    let options = vec![
-        "--std=c++17".into(),
-        format!("-DKASMINA_DT={}", dtype_macro(dtype)),
-        format!("-DKASMINA_V={}", hopper_vec(dtype)),
-        format!("-DKASMINA_HOPPER_STAGES={}", hopper_stages()),
-        format!("-DKASMINA_HOPPER_FWD_REGS={}", hopper_fwd_knobs().0),
-        format!("-DKASMINA_HOPPER_UNROLL={}", hopper_fwd_knobs().1),
-    ];
-    let ptx = crate::kernels::nvrtc(full_source(), name, "sm_90a", options)?;
-    if let Some(dir) = std::env::var_os("KASMINA_CUDA_DUMP") {
-        let path = std::path::Path::new(&dir).join(format!("kasmina_hopper_{}.ptx", dtype.name()));
-        if let Err(e) = std::fs::create_dir_all(&dir).and_then(|_| std::fs::write(&path, ptx.to_src())) {
-            tracing::warn!("cannot write {}: {e}", path.display());
-        }
-    }
-    ptx_cache().lock().unwrap_or_else(|p| p.into_inner()).insert(dtype, ptx.clone());
-    Ok(ptx)
 }
 
 /// The functions of one loaded Hopper module.
@@ -348,9 +277,9 @@ pub(crate) struct HopperKernels {
 }
 
 impl HopperKernels {
-    fn load(ctx: &Arc<CudaContext>, dtype: DType) -> CudaResult<Self> {
-        let ptx = compile_hopper(dtype)?;
-        let module = ctx.load_module(ptx).ctx("loading the Hopper kernel module")?;
+    fn load(ctx: &Arc<CudaContext>, dtype: DType, cache: &KernelCache) -> CudaResult<Self> {
+        let image = ModuleSpec::hopper(dtype).image(cache)?;
+        let module = ctx.load_module(image).ctx("loading the Hopper kernel module")?;
         let f = |name: &str| module.load_function(name).ctx(&format!("loading kernel {name}"));
         let optin = ctx
             .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
@@ -433,10 +362,6 @@ pub const HOPPER_MARGIN: f64 = 1.02;
 #[derive(Debug)]
 pub(crate) struct HopperState {
     pub(crate) path: CudaPath,
-    /// Seed-uniform forward kernels where C allows (`KASMINA_HOPPER_UNIFORM=off`: never).
-    uniform: bool,
-    /// Identity seed-uniform kernels store the input stage directly (`KASMINA_HOPPER_DIRECT=off`: never).
-    direct: bool,
     modules: Mutex<HashMap<DType, Arc<HopperKernels>>>,
     /// Per key: the family Auto chose (true: Hopper).
     chosen: Mutex<HashMap<Key, bool>>,
@@ -463,10 +388,6 @@ impl HopperState {
     pub(crate) fn new(path: CudaPath) -> Self {
         Self {
             path,
-            uniform: !std::env::var("KASMINA_HOPPER_UNIFORM")
-                .is_ok_and(|v| matches!(v.to_ascii_lowercase().as_str(), "off" | "0" | "false" | "no")),
-            direct: !std::env::var("KASMINA_HOPPER_DIRECT")
-                .is_ok_and(|v| matches!(v.to_ascii_lowercase().as_str(), "off" | "0" | "false" | "no")),
             modules: Mutex::new(HashMap::new()),
             chosen: Mutex::new(HashMap::new()),
             configs: Mutex::new(HashMap::new()),
@@ -506,14 +427,6 @@ impl HGeo {
 }
 
 impl CudaBackend {
-    /// Opens device `ordinal` with an explicit autotuner and kernel family ([`CudaPath`]);
-    /// [`CudaBackend::new`] reads both from the environment (`KASMINA_CUDA_PATH`).
-    pub fn with_options(ordinal: usize, tuner: crate::autotune::Tuner, path: CudaPath) -> kasmina_core::Result<Self> {
-        let mut b = Self::open(ordinal, tuner)?;
-        b.hopper = std::sync::Arc::new(HopperState::new(path));
-        Ok(b)
-    }
-
     /// The kernel family setting of this backend.
     pub fn path(&self) -> CudaPath {
         self.hopper.path
@@ -530,10 +443,16 @@ impl CudaBackend {
         hopper_unsupported_reason(self.cc, dtype, rows, h)
     }
 
-    /// The PTX of the Hopper module of `dtype` (compiled for `sm_90a`; needs only NVRTC):
-    /// `ptxas -arch=sm_90a` and `cuobjdump -sass` on it show the TMA and mbarrier instructions.
+    /// The PTX of the Hopper module of `dtype` (compiled for `sm_90a`; needs only NVRTC).
     pub fn hopper_ptx(dtype: DType) -> kasmina_core::Result<String> {
-        Ok(compile_hopper(dtype)?.to_src())
+        Ok(ModuleSpec::hopper(dtype).ptx()?)
+    }
+
+    /// The machine code (CUBIN) of the Hopper module of `dtype` as this backend loads it
+    /// (through its kernel cache): `cuobjdump -sass` on it shows the TMA and mbarrier
+    /// instructions (`UTMALDG`, `UTMASTG`, `SYNCS.*`).
+    pub fn hopper_cubin(&self, dtype: DType) -> kasmina_core::Result<Vec<u8>> {
+        Ok(ModuleSpec::hopper(dtype).cubin(&self.kernel_cache)?.as_ref().clone())
     }
 
     /// Registers, local memory and the blocks per SM the driver allows for the Hopper
@@ -577,28 +496,20 @@ impl CudaBackend {
     }
 
     /// Whether the seed-uniform Hopper kernels run `layer` (C a multiple of every vector
-    /// width, 8, and `KASMINA_HOPPER_UNIFORM` not `off`), forward and backward alike.
+    /// width, 8), forward and backward alike.
     fn hopper_uniform(&self, layer: &CudaLayer, _backward: bool) -> bool {
-        self.hopper.uniform && layer.c.is_multiple_of(8)
+        layer.c.is_multiple_of(8)
     }
 
     /// Whether the identity kernels that store the input stage directly run `layer`.
     fn hopper_direct(&self, layer: &CudaLayer, backward: bool) -> bool {
-        self.hopper.direct && self.hopper_uniform(layer, backward) && !layer.any_active()
+        self.hopper_uniform(layer, backward) && !layer.any_active()
     }
 
     fn hopper_op_of(&self, layer: &CudaLayer, backward: bool) -> String {
         let mut op = hopper_op(backward, self.hopper_uniform(layer, backward), layer.any_active());
         if self.hopper_direct(layer, backward) {
             op.push_str("-direct");
-        }
-        if hopper_stages() != HOPPER_STAGES {
-            op = format!("{op}-stages{}", hopper_stages());
-        }
-        // Non-default forward knobs tune (and cache) apart from the default kernel.
-        let (regs, unroll) = hopper_fwd_knobs();
-        if !backward && (regs, unroll) != (HOPPER_FWD_REGS, HOPPER_UNROLL) {
-            op = format!("{op}-regs{regs}-unroll{unroll}");
         }
         op
     }
@@ -608,7 +519,7 @@ impl CudaBackend {
         if let Some(k) = m.get(&dtype) {
             return Ok(k.clone());
         }
-        let k = Arc::new(HopperKernels::load(&self.ctx, dtype)?);
+        let k = Arc::new(HopperKernels::load(&self.ctx, dtype, &self.kernel_cache)?);
         m.insert(dtype, k.clone());
         Ok(k)
     }
@@ -1034,7 +945,7 @@ mod tests {
             return;
         }
         for dtype in DType::ALL {
-            let src = compile_hopper(dtype).unwrap_or_else(|e| panic!("{dtype}: {e}")).to_src();
+            let src = ModuleSpec::hopper(dtype).ptx().unwrap_or_else(|e| panic!("{dtype}: {e}"));
             assert!(src.contains(".target sm_90a"), "{dtype}");
             for k in [
                 "kasmina_hfwd",

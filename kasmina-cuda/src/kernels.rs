@@ -1,19 +1,23 @@
-//! The CUDA C source, its NVRTC compilation and the per-process module cache.
+//! The CUDA C source, its NVRTC compilation and the module caches.
 //!
-//! `kernels/kasmina.cu` is compiled once per (architecture, dtype, vector width)
-//! and process: PTX is kept in a process-wide map, so a second backend on the
-//! same kind of device (or a second layer) does not compile again. Each module
-//! holds the two fused kernels of one dtype and vector width plus the small
-//! merge kernels.
+//! `kernels/kasmina.cu` is compiled to machine code (CUBIN) once per (architecture, dtype,
+//! vector width) and machine: [`ModuleSpec::cubin`] keeps it in a process-wide map (a second
+//! backend or layer does not compile again) and in the disk cache ([`crate::cache`]: a later
+//! process loads it instead of compiling). Each module holds the fused kernels of one dtype
+//! and vector width plus the small merge kernels.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule};
-use cudarc::nvrtc::{CompileError, CompileOptions, Ptx, compile_ptx_with_opts};
+use std::ffi::CString;
+
+use cudarc::nvrtc::Ptx;
+use cudarc::nvrtc::result as nvrtc_result;
 use kasmina_core::DType;
 
 use crate::autotune::DEFAULT_UNROLL;
+use crate::cache::{CacheKey, EntryError, KernelCache};
 use crate::error::{CudaError, CudaResult, DriverContext};
 
 /// The kernel source (SPEC 5 and 7), compiled at run time: the parameter plan's device code
@@ -36,7 +40,8 @@ pub fn widest_vector(dtype: DType, h: usize) -> u32 {
     vector_widths(dtype).iter().copied().find(|v| h.is_multiple_of(*v as usize)).unwrap_or(1)
 }
 
-fn dtype_macro(dtype: DType) -> &'static str {
+/// The source's dtype macro (`-DKASMINA_DT=...`) of `dtype`.
+pub(crate) fn dtype_macro(dtype: DType) -> &'static str {
     match dtype {
         DType::F32 => "DF32",
         DType::F16 => "DF16",
@@ -67,125 +72,244 @@ pub fn arch_name(cc: (i32, i32)) -> &'static str {
     }
 }
 
-type PtxKey = (&'static str, DType, u32);
-
-fn ptx_cache() -> &'static Mutex<HashMap<PtxKey, Ptx>> {
-    static CACHE: OnceLock<Mutex<HashMap<PtxKey, Ptx>>> = OnceLock::new();
-    CACHE.get_or_init(Default::default)
+/// One kernel module to compile: its source, name (which says its dtype and vector width),
+/// target architecture and NVRTC options (every define included).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModuleSpec {
+    /// The module's name in NVRTC's messages and the kernel cache (`kasmina_f32_v4.cu`).
+    pub name: String,
+    source: &'static str,
+    /// The architecture compiled for (`sm_90`).
+    pub arch: &'static str,
+    /// NVRTC options besides the architecture.
+    pub options: Vec<String>,
 }
 
-/// Build switches of the portable module read from the environment, for measuring kernel
-/// variants without a rebuild: `KASMINA_CUDA_STREAMING=on` compiles the seed-uniform forward with
-/// evict-first (`.cs`) activation loads and stores, `KASMINA_CUDA_FWDU_MINB=<n>` sets the active
-/// seed-uniform forward's minimum blocks per SM (its `__launch_bounds__`, 3 by default),
-/// `KASMINA_CUDA_PREFETCH=<n>` has it prefetch into L2 the rows `n` load batches ahead,
-/// `KASMINA_CUDA_STAGES=<n>` (see [`load_stages`]) stages its loads through shared memory,
-/// `KASMINA_CUDA_WS_STAGES=<n>` (see [`ws_load_stages`]) sets the warp-per-seed forward's stages,
-/// `KASMINA_CUDA_ROWS_FIRST=on` orders its blocks row groups first instead of tiles first.
-fn experiment_defines() -> Vec<String> {
-    let mut out = Vec::new();
-    if crate::backend::env_on("KASMINA_CUDA_STREAMING") {
-        out.push("-DKASMINA_CS".to_string());
+impl ModuleSpec {
+    /// A module of `source`.
+    pub(crate) fn new(name: String, source: &'static str, arch: &'static str, options: Vec<String>) -> Self {
+        Self { name, source, arch, options }
     }
-    if let Some(n) = std::env::var("KASMINA_CUDA_PREFETCH").ok().and_then(|v| v.parse::<u32>().ok()) {
-        out.push(format!("-DKASMINA_PF={}", n.clamp(1, 8)));
+
+    /// The portable module of one dtype and vector width (`kernels/plan.cu` and
+    /// `kernels/kasmina.cu`).
+    pub fn portable(arch: &'static str, dtype: DType, vec: u32) -> Self {
+        let options =
+            vec!["--std=c++17".into(), format!("-DKASMINA_DT={}", dtype_macro(dtype)), format!("-DKASMINA_V={vec}")];
+        Self::new(format!("kasmina_{}_v{vec}.cu", dtype.name()), KERNEL_SOURCE, arch, options)
     }
-    let st = load_stages();
-    if st >= 2 {
-        out.push(format!("-DKASMINA_STAGES={st}"));
+
+    /// The parameter-plan module (`kernels/plan.cu`).
+    pub fn plan(arch: &'static str) -> Self {
+        Self::new("kasmina_plan.cu".into(), PLAN_SOURCE, arch, vec!["--std=c++17".into()])
     }
-    out.push(format!("-DKASMINA_WS_STAGES={}", ws_load_stages()));
-    if rows_first() {
-        out.push("-DKASMINA_ROWS_FIRST".to_string());
+
+    /// The source NVRTC compiles.
+    pub fn source(&self) -> &'static str {
+        self.source
     }
-    if let Some(n) = std::env::var("KASMINA_CUDA_FWDU_MINB").ok().and_then(|v| v.parse::<u32>().ok()) {
-        out.push(format!("-DKASMINA_FWDU_MINB={}", n.clamp(1, 8)));
+
+    /// The disk cache key of this compile with the NVRTC and driver of this process.
+    pub fn cache_key(&self) -> CudaResult<CacheKey> {
+        Ok(CacheKey::new(&self.name, self.source, self.arch, &self.options, nvrtc_version()?, driver_version()))
     }
-    out
-}
 
-/// Load stages of the seed-uniform forward (`KASMINA_CUDA_STAGES=<n>`, 2 to 4; 0 when unset or
-/// off): with n stages each thread keeps its 16-byte vectors of n - 1 row batches in flight
-/// through `cp.async` into shared memory while it processes the current one (sm_80 on, 16-byte
-/// vectors and the default unroll only; other launches load directly).
-///
-/// Read once per process, like the PTX cache it shapes: the launches size their shared memory
-/// by the same value the modules were compiled with, and no call reads the environment.
-pub fn load_stages() -> u32 {
-    static STAGES: OnceLock<u32> = OnceLock::new();
-    *STAGES.get_or_init(|| stages_from_env("KASMINA_CUDA_STAGES", 0))
-}
-
-/// A stage count from environment variable `name`: 2 to 4 (larger values give 4), 0 for 0 or 1,
-/// `default` when unset or unreadable.
-fn stages_from_env(name: &str, default: u32) -> u32 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.trim().parse::<u32>().ok())
-        .map_or(default, |n| if n >= 2 { n.min(4) } else { 0 })
-}
-
-/// Load stages of the warp-per-seed forward (`kasmina_fwdu_ws*`, see [`load_stages`]): 3 by
-/// default, `KASMINA_CUDA_WS_STAGES=<n>` (2 to 4) for another count, 0 or 1 for direct loads.
-/// On the H100 the staged loads make the large mixed forward faster than direct loads (most
-/// for bf16, C = 64); the identity forward gains nothing from staging, so
-/// `KASMINA_CUDA_STAGES` stays off by default for the other kernels.
-///
-/// Read once per process (see [`load_stages`]).
-pub fn ws_load_stages() -> u32 {
-    static STAGES: OnceLock<u32> = OnceLock::new();
-    *STAGES.get_or_init(|| stages_from_env("KASMINA_CUDA_WS_STAGES", 3))
-}
-
-/// Whether the seed-uniform forward's blocks go row groups first (`KASMINA_CUDA_ROWS_FIRST=on`,
-/// grid (row groups, tiles)) instead of tiles first (grid (tiles, row groups), the default:
-/// the blocks resident at once then cover whole rows).
-///
-/// Read once per process (see [`load_stages`]).
-pub fn rows_first() -> bool {
-    static ROWS_FIRST: OnceLock<bool> = OnceLock::new();
-    *ROWS_FIRST.get_or_init(|| crate::backend::env_on("KASMINA_CUDA_ROWS_FIRST"))
-}
-
-/// Compiles (or takes from the process cache) the PTX of one module.
-pub fn compile(arch: &'static str, dtype: DType, vec: u32) -> CudaResult<Ptx> {
-    let key = (arch, dtype, vec);
-    if let Some(p) = ptx_cache().lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
-        return Ok(p.clone());
+    /// The module's PTX (a fresh compile, no cache): what the kernels compile to, for reading.
+    pub fn ptx(&self) -> CudaResult<String> {
+        let out = self.compile(false)?;
+        Ok(out.ptx)
     }
-    let options = ["--std=c++17".into(), format!("-DKASMINA_DT={}", dtype_macro(dtype)), format!("-DKASMINA_V={vec}")]
-        .into_iter()
-        .chain(experiment_defines())
-        .collect();
-    let ptx = nvrtc(KERNEL_SOURCE, format!("kasmina_{}_v{vec}.cu", dtype.name()), arch, options)?;
-    ptx_cache().lock().unwrap_or_else(|p| p.into_inner()).insert(key, ptx.clone());
-    Ok(ptx)
+
+    /// The module's machine code (CUBIN) for its architecture: from this process's memory,
+    /// else from the disk `cache` (see [`crate::cache`]), else compiled by NVRTC now and stored
+    /// there for later processes.
+    pub fn cubin(&self, cache: &KernelCache) -> CudaResult<Arc<Vec<u8>>> {
+        // One slot per module: threads that need the same module wait for one compile.
+        let slot = image_memory()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((self.name.clone(), self.arch))
+            .or_default()
+            .clone();
+        let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = slot.as_ref() {
+            return Ok(c.clone());
+        }
+        let cubin = Arc::new(self.load_or_compile(cache)?);
+        *slot = Some(cubin.clone());
+        Ok(cubin)
+    }
+
+    fn load_or_compile(&self, cache: &KernelCache) -> CudaResult<Vec<u8>> {
+        let dir = cache.dir();
+        let key = self.cache_key()?;
+        if let Some(dir) = &dir {
+            match crate::cache::read_entry(dir, &key) {
+                Ok(bytes) => {
+                    tracing::debug!("{} for {}: loaded from the kernel cache {}", self.name, self.arch, dir.display());
+                    return Ok(bytes);
+                }
+                Err(EntryError::Missing) => {}
+                Err(EntryError::Unusable(why)) => tracing::warn!(
+                    "ignoring the kernel cache entry {} ({why}); compiling it again",
+                    dir.join(key.file_name()).display()
+                ),
+            }
+        }
+        let out = self.compile(true)?;
+        let cubin = out.cubin.ok_or_else(|| CudaError::Compile {
+            module: self.name.clone(),
+            log: format!("NVRTC produced no machine code for {}", self.arch),
+        })?;
+        if let Some(dir) = &dir {
+            match crate::cache::write_entry(dir, &key, &cubin) {
+                Ok(path) => tracing::debug!("{} cached at {}", self.name, path.display()),
+                Err(e) => tracing::warn!(
+                    "cannot write the kernel cache in {} ({e}); later processes compile {} again",
+                    dir.display(),
+                    self.name
+                ),
+            }
+        }
+        Ok(cubin)
+    }
+
+    /// The image to load into a context (see [`ModuleSpec::cubin`]).
+    pub(crate) fn image(&self, cache: &KernelCache) -> CudaResult<Ptx> {
+        Ok(Ptx::from_binary(self.cubin(cache)?.as_ref().clone()))
+    }
+
+    /// Compiles with NVRTC; with `cubin`, the machine code too. Reports the compile and its time
+    /// through `tracing` (the command-line program shows them on a terminal).
+    fn compile(&self, cubin: bool) -> CudaResult<Compiled> {
+        nvrtc_present()?;
+        let name = &self.name;
+        let err = |log: String| CudaError::Compile { module: name.clone(), log };
+        let src = CString::new(self.source).map_err(|_| err("the source holds a NUL byte".into()))?;
+        let cname = CString::new(name.as_str()).map_err(|_| err("the name holds a NUL byte".into()))?;
+        let mut options = vec![format!("--gpu-architecture={}", self.arch)];
+        options.extend(self.options.iter().cloned());
+        if options.iter().any(|o| o.contains('\0')) {
+            return Err(err("an option holds a NUL byte".into()));
+        }
+        if cubin {
+            tracing::info!(
+                "compiling {name} for {} (first use on this machine; cached for later processes)",
+                self.arch
+            );
+        }
+        let start = std::time::Instant::now();
+        let prog = nvrtc_result::create_program(&src, Some(&cname)).map_err(|e| err(e.to_string()))?;
+        let prog = Program(prog);
+        // SAFETY: `prog` was created above and is destroyed only by `Program`'s drop; the
+        // options hold no NUL byte (checked above).
+        if let Err(e) = unsafe { nvrtc_result::compile_program(prog.0, &options) } {
+            // SAFETY: as above; the log is NUL-terminated text NVRTC wrote.
+            let log = unsafe { nvrtc_result::get_program_log(prog.0) }
+                .map(|l| l.iter().map(|&c| c as u8).take_while(|&c| c != 0).collect::<Vec<u8>>())
+                .map(|l| String::from_utf8_lossy(&l).into_owned())
+                .unwrap_or_default();
+            return Err(err(format!("{e}: {log}")));
+        }
+        // SAFETY: as above, after a successful compile.
+        let ptx = unsafe { nvrtc_result::get_ptx(prog.0) }.map_err(|e| err(e.to_string()))?;
+        let ptx = String::from_utf8_lossy(&ptx.iter().map(|&c| c as u8).take_while(|&c| c != 0).collect::<Vec<u8>>())
+            .into_owned();
+        let cubin = if cubin { Some(prog.cubin().map_err(|e| err(e.to_string()))?) } else { None };
+        if cubin.is_some() {
+            tracing::info!("compiled {name} in {:.1} s", start.elapsed().as_secs_f64());
+        }
+        Ok(Compiled { ptx, cubin })
+    }
 }
 
-/// Compiles `source` (named `name` in NVRTC's messages) for `arch` with `options`; reports the
-/// compile and its time through `tracing` (the command-line program shows them on a terminal).
-pub(crate) fn nvrtc(source: &str, name: String, arch: &'static str, options: Vec<String>) -> CudaResult<Ptx> {
+/// What one NVRTC compile gave.
+struct Compiled {
+    ptx: String,
+    cubin: Option<Vec<u8>>,
+}
+
+/// An NVRTC program, destroyed on drop.
+struct Program(cudarc::nvrtc::sys::nvrtcProgram);
+
+impl Program {
+    /// The compiled program's CUBIN.
+    fn cubin(&self) -> Result<Vec<u8>, cudarc::nvrtc::result::NvrtcError> {
+        let mut size = 0usize;
+        // SAFETY: the program was compiled successfully; the size pointer is valid.
+        unsafe { cudarc::nvrtc::sys::nvrtcGetCUBINSize(self.0, &mut size).result()? };
+        let mut out = vec![0u8; size];
+        // SAFETY: `out` holds the `size` bytes NVRTC reported.
+        unsafe { cudarc::nvrtc::sys::nvrtcGetCUBIN(self.0, out.as_mut_ptr().cast()).result()? };
+        Ok(out)
+    }
+}
+
+impl Drop for Program {
+    fn drop(&mut self) {
+        // SAFETY: the program was created by nvrtcCreateProgram and is destroyed only here.
+        let _ = unsafe { nvrtc_result::destroy_program(self.0) };
+    }
+}
+
+/// Compiled modules of this process (CUBIN) by (module name, architecture); a slot is empty
+/// while its module is being compiled (or after a failed compile).
+type ImageMemory = Mutex<HashMap<(String, &'static str), Arc<Mutex<Option<Arc<Vec<u8>>>>>>>;
+
+fn image_memory() -> &'static ImageMemory {
+    static MEMORY: OnceLock<ImageMemory> = OnceLock::new();
+    MEMORY.get_or_init(Default::default)
+}
+
+fn nvrtc_present() -> CudaResult<()> {
     // SAFETY: only tries to dlopen libnvrtc by its usual names; nothing is called yet.
-    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
-        return Err(CudaError::Unavailable(
+    if unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        Ok(())
+    } else {
+        Err(CudaError::Unavailable(
             "NVRTC (libnvrtc.so) was not found: install the CUDA toolkit's NVRTC or add its lib folder \
              (e.g. /usr/local/cuda/lib64) to LD_LIBRARY_PATH"
                 .into(),
-        ));
+        ))
     }
-    let opts = CompileOptions { arch: Some(arch), options, name: Some(name.clone()), ..Default::default() };
-    tracing::info!("compiling {name} for {arch} (first use in this process)");
-    let start = std::time::Instant::now();
-    let ptx = compile_ptx_with_opts(source, opts).map_err(|e| CudaError::Compile {
-        module: name.clone(),
-        log: match e {
-            CompileError::CompileError { log, .. } => log.to_string_lossy().into_owned(),
-            other => other.to_string(),
-        },
-    })?;
-    tracing::info!("compiled {name} in {:.1} s", start.elapsed().as_secs_f64());
-    Ok(ptx)
 }
+
+/// NVRTC's (major, minor) version.
+pub fn nvrtc_version() -> CudaResult<(i32, i32)> {
+    nvrtc_present()?;
+    static VERSION: OnceLock<(i32, i32)> = OnceLock::new();
+    if let Some(v) = VERSION.get() {
+        return Ok(*v);
+    }
+    let (mut major, mut minor) = (0, 0);
+    // SAFETY: NVRTC is loaded (checked above); both pointers are valid.
+    unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut major, &mut minor) }
+        .result()
+        .map_err(|e| CudaError::Unavailable(format!("NVRTC does not report its version: {e}")))?;
+    Ok(*VERSION.get_or_init(|| (major, minor)))
+}
+
+/// The CUDA driver's version (`cuDriverGetVersion`, e.g. 13000), None without a driver.
+pub fn driver_version() -> Option<i32> {
+    static VERSION: OnceLock<Option<i32>> = OnceLock::new();
+    *VERSION.get_or_init(|| {
+        // SAFETY: only tries to dlopen libcuda by its usual names.
+        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+            return None;
+        }
+        let mut v = 0;
+        // SAFETY: the driver library is loaded; the pointer is valid. cuDriverGetVersion
+        // needs no cuInit.
+        let r = unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut v) };
+        (r == cudarc::driver::sys::CUresult::CUDA_SUCCESS).then_some(v)
+    })
+}
+
+/// Load stages of the warp-per-seed forward (`kasmina_fwdu_ws*`, `KASMINA_WS_STAGES` in the
+/// source): each thread keeps its 16-byte vectors of two more row batches in flight through
+/// `cp.async` into shared memory (sm_80 on, 16-byte vectors and the default unroll; other
+/// launches load directly).
+pub const WS_LOAD_STAGES: u32 = 3;
 
 /// The parameter-plan kernel (`kernels/plan.cu`), loaded into one context.
 #[derive(Debug)]
@@ -198,9 +322,9 @@ pub(crate) struct PlanKernel {
 
 impl PlanKernel {
     /// Compiles `kernels/plan.cu` for `arch` and loads it into `ctx`.
-    pub(crate) fn load(ctx: &Arc<CudaContext>, arch: &'static str) -> CudaResult<Self> {
-        let ptx = nvrtc(PLAN_SOURCE, "kasmina_plan.cu".into(), arch, vec!["--std=c++17".into()])?;
-        let module = ctx.load_module(ptx).ctx("loading the plan module")?;
+    pub(crate) fn load(ctx: &Arc<CudaContext>, arch: &'static str, cache: &KernelCache) -> CudaResult<Self> {
+        let image = ModuleSpec::plan(arch).image(cache)?;
+        let module = ctx.load_module(image).ctx("loading the plan module")?;
         let plan = module.load_function("kasmina_plan").ctx("loading kernel kasmina_plan")?;
         Ok(Self { _module: module, plan })
     }
@@ -223,26 +347,15 @@ pub struct Kernels {
     pub fwdu: CudaFunction,
     /// Seed-uniform identity forward.
     pub fwdu_identity: CudaFunction,
-    /// Seed-uniform forward that also merges the statistics (small calls).
-    pub fwdu_fused: CudaFunction,
-    /// Seed-uniform identity forward that also merges the statistics (small calls).
-    pub fwdu_identity_fused: CudaFunction,
     /// Seed-uniform forward with 8 rows in flight per thread (`KernelConfig::unroll == 8`).
     pub fwdu_u8: CudaFunction,
     /// Seed-uniform identity forward with 8 rows in flight per thread.
     pub fwdu_identity_u8: CudaFunction,
-    /// `fwdu_u8` that also merges the statistics (small calls).
-    pub fwdu_u8_fused: CudaFunction,
     /// Active seed-uniform forward with one seed per warp (C / V a power of two below 32).
     pub fwdu_ws: CudaFunction,
     /// `fwdu_ws` with 8 rows in flight per thread.
     pub fwdu_u8_ws: CudaFunction,
-    /// `fwdu_identity_u8` that also merges the statistics (small calls).
-    pub fwdu_identity_u8_fused: CudaFunction,
-    /// Seed-uniform backward.
-    pub bwdu: CudaFunction,
-    /// Seed-uniform backward with one branch per blueprint type on finite rows
-    /// (the default; `KASMINA_CUDA_BWD_TYPED=off` takes `bwdu`; same bits).
+    /// Seed-uniform backward (active seeds) with one branch per blueprint type on finite rows.
     pub bwdu_typed: CudaFunction,
     /// Seed-uniform identity backward.
     pub bwdu_identity: CudaFunction,
@@ -261,10 +374,17 @@ pub struct Kernels {
 }
 
 impl Kernels {
-    /// Compiles (or reuses the PTX of) and loads one module into `ctx`.
-    pub fn load(ctx: &Arc<CudaContext>, arch: &'static str, dtype: DType, vec: u32) -> CudaResult<Self> {
-        let ptx = compile(arch, dtype, vec)?;
-        let module = ctx.load_module(ptx).ctx("loading the kernel module")?;
+    /// Loads one module into `ctx` (compiled, or taken from memory or the disk `cache`, see
+    /// [`ModuleSpec::cubin`]).
+    pub fn load(
+        ctx: &Arc<CudaContext>,
+        arch: &'static str,
+        dtype: DType,
+        vec: u32,
+        cache: &KernelCache,
+    ) -> CudaResult<Self> {
+        let image = ModuleSpec::portable(arch, dtype, vec).image(cache)?;
+        let module = ctx.load_module(image).ctx("loading the kernel module")?;
         let f = |name: &str| module.load_function(name).ctx(&format!("loading kernel {name}"));
         let k = Self {
             fwd: f("kasmina_fwd")?,
@@ -273,15 +393,10 @@ impl Kernels {
             bwd_identity: f("kasmina_bwd_identity")?,
             fwdu: f("kasmina_fwdu")?,
             fwdu_identity: f("kasmina_fwdu_identity")?,
-            fwdu_fused: f("kasmina_fwdu_fused")?,
-            fwdu_identity_fused: f("kasmina_fwdu_identity_fused")?,
             fwdu_u8: f("kasmina_fwdu_u8")?,
             fwdu_identity_u8: f("kasmina_fwdu_identity_u8")?,
-            fwdu_u8_fused: f("kasmina_fwdu_u8_fused")?,
-            fwdu_identity_u8_fused: f("kasmina_fwdu_identity_u8_fused")?,
             fwdu_ws: f("kasmina_fwdu_ws")?,
             fwdu_u8_ws: f("kasmina_fwdu_u8_ws")?,
-            bwdu: f("kasmina_bwdu")?,
             bwdu_identity: f("kasmina_bwdu_identity")?,
             bwdu_typed: f("kasmina_bwdu_typed")?,
             fwd_merge: f("kasmina_fwd_merge")?,
@@ -292,23 +407,13 @@ impl Kernels {
             bwd_finalize: f("kasmina_bwd_finalize")?,
             _module: module,
         };
-        // Staged loads may need more than the default 48 KiB of dynamic shared memory.
-        let raise = |funcs: &[&CudaFunction], st: u32| -> CudaResult<()> {
-            if st < 2 {
-                return Ok(());
-            }
-            let bytes = stage_layout_bytes(UNIFORM_MAX_THREADS, st);
-            for func in funcs {
-                func.set_attribute(
-                    cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                    bytes as i32,
-                )
-                .ctx("raising the shared memory limit")?;
-            }
-            Ok(())
-        };
-        raise(&[&k.fwdu, &k.fwdu_identity, &k.fwdu_fused, &k.fwdu_identity_fused], load_stages())?;
-        raise(&[&k.fwdu_ws], ws_load_stages())?;
+        // Staged loads need more than the default 48 KiB of dynamic shared memory.
+        k.fwdu_ws
+            .set_attribute(
+                cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                stage_layout_bytes(UNIFORM_MAX_THREADS, WS_LOAD_STAGES) as i32,
+            )
+            .ctx("raising the shared memory limit")?;
         Ok(k)
     }
 }
@@ -318,13 +423,11 @@ pub(crate) const PARTIAL_BYTES: u32 = 32;
 /// Most threads per block of the seed-uniform kernels (their launch bounds).
 pub(crate) const UNIFORM_MAX_THREADS: u32 = 256;
 
-/// Dynamic shared memory of a seed-uniform forward launch of `threads` threads that stages its
-/// loads (see [`load_stages`]; [`ws_load_stages`] for the warp-per-seed kernels, `ws`): the
-/// per-thread partials, then the stage slots. `None` when the launch loads directly (no stages,
-/// vectors other than 16 bytes, unroll 8, before sm_80).
-pub(crate) fn staged_shared_bytes(threads: u32, vec_bytes: u32, unroll: u32, cc: (i32, i32), ws: bool) -> Option<u32> {
-    let st = if ws { ws_load_stages() } else { load_stages() };
-    (st >= 2 && vec_bytes == 16 && unroll == DEFAULT_UNROLL && cc.0 >= 8).then(|| stage_layout_bytes(threads, st))
+/// Dynamic shared memory of a warp-per-seed forward launch of `threads` threads that stages
+/// its loads ([`WS_LOAD_STAGES`]): the per-thread partials, then the stage slots. `None` when
+/// the launch loads directly (vectors other than 16 bytes, unroll 8, before sm_80).
+pub(crate) fn staged_shared_bytes(threads: u32, vec_bytes: u32, unroll: u32, cc: (i32, i32)) -> Option<u32> {
+    (vec_bytes == 16 && unroll == DEFAULT_UNROLL && cc.0 >= 8).then(|| stage_layout_bytes(threads, WS_LOAD_STAGES))
 }
 
 /// Shared memory of `threads` threads with `st` load stages: one partial per thread, then `st`
@@ -355,30 +458,33 @@ mod tests {
         assert_eq!(arch_name((11, 7)), "sm_117");
     }
 
+    fn nvrtc_here() -> bool {
+        // SAFETY: only tries to dlopen libnvrtc by its usual names.
+        let here = unsafe { cudarc::nvrtc::sys::is_culib_present() };
+        if !here {
+            eprintln!("skipped: libnvrtc not found");
+        }
+        here
+    }
+
     /// Compiles every module with NVRTC when the library is present (no GPU needed).
     #[test]
     fn every_module_compiles_with_nvrtc_when_present() {
-        // SAFETY: only tries to dlopen libnvrtc by its usual names.
-        if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
-            eprintln!("skipped: libnvrtc not found");
+        if !nvrtc_here() {
             return;
         }
         for dtype in DType::ALL {
             for &v in vector_widths(dtype) {
-                let ptx = compile("sm_80", dtype, v).unwrap_or_else(|e| panic!("{dtype} v{v}: {e}"));
-                let src = ptx.to_src();
+                let src = ModuleSpec::portable("sm_80", dtype, v).ptx().unwrap_or_else(|e| panic!("{dtype} v{v}: {e}"));
                 for k in [
                     "kasmina_fwd",
                     "kasmina_bwd",
                     "kasmina_fwdu",
                     "kasmina_fwdu_identity",
-                    "kasmina_fwdu_fused",
-                    "kasmina_fwdu_identity_fused",
                     "kasmina_fwdu_u8",
                     "kasmina_fwdu_identity_u8",
                     "kasmina_fwdu_ws",
                     "kasmina_fwdu_u8_ws",
-                    "kasmina_bwdu",
                     "kasmina_bwdu_identity",
                     "kasmina_bwdu_typed",
                     "kasmina_fwd_merge",
@@ -393,8 +499,44 @@ mod tests {
                 }
             }
         }
-        let plan = nvrtc(PLAN_SOURCE, "kasmina_plan.cu".into(), "sm_80", vec!["--std=c++17".into()])
-            .unwrap_or_else(|e| panic!("plan: {e}"));
-        assert!(plan.to_src().contains(".entry kasmina_plan("), "the plan module lacks kasmina_plan");
+        let plan = ModuleSpec::plan("sm_80").ptx().unwrap_or_else(|e| panic!("plan: {e}"));
+        assert!(plan.contains(".entry kasmina_plan("), "the plan module lacks kasmina_plan");
+    }
+
+    /// The disk cache end to end with NVRTC (no GPU): a compile stores an entry, a new process
+    /// (here: the process map emptied) loads it instead of compiling, and a corrupt entry is
+    /// compiled again and replaced.
+    #[test]
+    fn compiled_modules_go_through_the_disk_cache() {
+        if !nvrtc_here() {
+            return;
+        }
+        let dir = tempfile::tempdir().expect("temp dir");
+        let cache = KernelCache::Dir(dir.path().join("kernels"));
+        // An architecture no other test of this process compiles the plan module for.
+        let spec = ModuleSpec::plan("sm_86");
+        let forget =
+            || image_memory().lock().unwrap_or_else(|p| p.into_inner()).remove(&(spec.name.clone(), spec.arch));
+        let first = spec.cubin(&cache).expect("compile");
+        assert!(first.starts_with(b"\x7fELF"), "a CUBIN is an ELF image");
+        let entry = dir.path().join("kernels").join(spec.cache_key().expect("key").file_name());
+        let stored = std::fs::read(&entry).expect("the compile wrote its entry");
+        // From the disk: the same bytes, and the entry is not rewritten.
+        forget();
+        let t0 = std::fs::metadata(&entry).and_then(|m| m.modified()).expect("mtime");
+        assert_eq!(spec.cubin(&cache).expect("cached"), first);
+        assert_eq!(std::fs::metadata(&entry).and_then(|m| m.modified()).expect("mtime"), t0);
+        // A damaged entry is ignored, compiled again and replaced by a whole one.
+        let mut bad = stored.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        std::fs::write(&entry, &bad).expect("damage");
+        forget();
+        assert_eq!(spec.cubin(&cache).expect("rebuilt"), first);
+        assert_eq!(std::fs::read(&entry).expect("entry"), stored);
+        // Off: nothing is written.
+        let off = ModuleSpec::plan("sm_87");
+        off.cubin(&KernelCache::Off).expect("compile without a cache");
+        assert_eq!(std::fs::read_dir(dir.path().join("kernels")).expect("list").count(), 1);
     }
 }

@@ -167,8 +167,6 @@ pub struct CudaLayer {
     pub(crate) gnorm: CudaSlice<f32>,
     /// `[H, 3]` per-column sums of the backward partials.
     pub(crate) colsum: CudaSlice<f64>,
-    /// One u32: blocks of a fused forward that have finished (0 between launches).
-    pub(crate) counter: CudaSlice<u32>,
     pub(crate) part: Scratch,
     pub(crate) gpart: Scratch,
     pub(crate) ppart: Scratch,

@@ -3,11 +3,11 @@
 //! `kasmina_cuda::hopper`). Skips, printing why, without a GPU (fails then under
 //! `KASMINA_REQUIRE_GPU=1`) and on devices that are not compute capability 9.0.
 
-use kasmina_cuda::autotune::Tuner;
-use kasmina_cuda::{CudaBackend, CudaPath};
+use kasmina_cuda::{CudaBackend, CudaOptions, CudaPath};
 
 fn make() -> Result<CudaBackend, String> {
-    CudaBackend::with_options(0, Tuner::from_env(), CudaPath::Hopper).map_err(|e| e.to_string())
+    let options = CudaOptions::from_env().map_err(|e| e.to_string())?.with_path(CudaPath::Hopper);
+    CudaBackend::with_options(0, options).map_err(|e| e.to_string())
 }
 
 /// Whether device 0 is a Hopper GPU; prints why not (a missing GPU is left to the suite,

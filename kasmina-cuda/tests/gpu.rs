@@ -13,7 +13,7 @@ use kasmina_core::{
     Backend, BackendErrorKind, BlueprintType, DType, DeviceTensor, Error, LayerConfig, LayerState, LifecycleState,
     StabilityMode, StateChange,
 };
-use kasmina_cuda::autotune::{TuneMode, Tuner};
+use kasmina_cuda::{AutotuneCache, CudaOptions};
 use kasmina_cuda::{CudaBackend, CudaPath};
 
 mod common;
@@ -21,7 +21,8 @@ use common::*;
 
 /// The backend, or None (printing why) when this machine has no usable GPU.
 fn backend_or_skip(name: &str) -> Option<CudaBackend> {
-    match CudaBackend::new(0) {
+    let options = CudaOptions::from_env().expect("valid KASMINA_* settings");
+    match CudaBackend::with_options(0, options) {
         Ok(b) => {
             println!("{name}: device {} ({})", b.info().id(), b.info().name);
             Some(b)
@@ -352,7 +353,11 @@ fn autotune_winner_is_reused_by_a_second_backend_through_the_cache_file() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("autotune.json");
         let run = || {
-            let be = CudaBackend::with_options(0, Tuner::new(Some(file.clone()), TuneMode::On), path).unwrap();
+            let be = CudaBackend::with_options(
+                0,
+                CudaOptions::default().with_autotune_cache(AutotuneCache::File(file.clone())).with_path(path),
+            )
+            .unwrap();
             let st = LayerState::new(LayerConfig::new(1024, 8).unwrap()).unwrap();
             let mut layer = be.create_layer(&st).unwrap();
             let x = be.alloc(256, 1024, DType::F32).unwrap();

@@ -10,15 +10,15 @@
 use kasmina_conformance::reference;
 use kasmina_core::backend::HostTensorData;
 use kasmina_core::{Backend, DType, LayerConfig, LayerState, StabilityMode, StateChange};
-use kasmina_cuda::autotune::{TuneMode, Tuner};
 use kasmina_cuda::tma::{TensorMapSpec, TmaError};
-use kasmina_cuda::{CudaBackend, CudaPath};
+use kasmina_cuda::{AutotuneCache, CudaBackend, CudaOptions, CudaPath, TuneMode};
 
 mod common;
 use common::*;
 
 fn backend(name: &str, path: CudaPath) -> Option<CudaBackend> {
-    match CudaBackend::with_options(0, Tuner::from_env(), path) {
+    let options = CudaOptions::from_env().expect("valid KASMINA_* settings").with_path(path);
+    match CudaBackend::with_options(0, options) {
         Ok(b) => Some(b),
         Err(e) => {
             assert!(!require_gpu(), "{name}: KASMINA_REQUIRE_GPU=1 but the CUDA backend is unavailable: {e}");
@@ -263,7 +263,14 @@ fn hopper_results_are_deterministic_and_fall_back_where_tma_cannot() {
 #[test]
 fn tensor_maps_are_encoded_once_per_tensor() {
     let Some(_) = hopper_backend("tensor_maps_are_encoded_once_per_tensor", CudaPath::Hopper) else { return };
-    let be = CudaBackend::with_options(0, Tuner::new(None, TuneMode::Off), CudaPath::Hopper).unwrap();
+    let be = CudaBackend::with_options(
+        0,
+        CudaOptions::default()
+            .with_autotune(TuneMode::Off)
+            .with_autotune_cache(AutotuneCache::Off)
+            .with_path(CudaPath::Hopper),
+    )
+    .unwrap();
     let (b, h, s) = (256, 1024, 8);
     let mut rng = Rng(11);
     let st = mixed_state(h, s, StabilityMode::Off, &mut rng);
@@ -309,7 +316,11 @@ fn auto_times_dormant_and_mixed_layers_apart() {
     let dormant = LayerState::new(LayerConfig::new(h, s).unwrap()).unwrap();
     let mixed = mixed_state(h, s, StabilityMode::Off, &mut rng);
     let run = || {
-        let be = CudaBackend::with_options(0, Tuner::new(Some(path.clone()), TuneMode::On), CudaPath::Auto).unwrap();
+        let be = CudaBackend::with_options(
+            0,
+            CudaOptions::default().with_autotune_cache(AutotuneCache::File(path.clone())).with_path(CudaPath::Auto),
+        )
+        .unwrap();
         let mut families = Vec::new();
         for st in [&dormant, &mixed] {
             let mut layer = be.create_layer(st).unwrap();
@@ -350,7 +361,6 @@ fn path_comparison_report() {
     let Some(hb) = hopper_backend("path_comparison_report", CudaPath::Hopper) else { return };
     let pb = backend("portable", CudaPath::Portable).unwrap();
     let ab = backend("auto", CudaPath::Auto).unwrap();
-    let _ = TuneMode::On;
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]

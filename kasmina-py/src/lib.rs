@@ -24,7 +24,7 @@ use kasmina_core::{
 };
 use kasmina_core::{EpochSignals, TransitionEvent};
 use kasmina_cpu::CpuBackend;
-use kasmina_cuda::CudaBackend;
+use kasmina_cuda::{CudaBackend, CudaOptions};
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
@@ -93,7 +93,7 @@ fn cuda_backend(ordinal: usize) -> Result<CudaBackend, CoreError> {
     if let Some(b) = map.get(&ordinal) {
         return Ok(b.clone());
     }
-    let b = CudaBackend::new(ordinal)?;
+    let b = CudaBackend::with_options(ordinal, CudaOptions::from_env()?)?;
     map.insert(ordinal, b.clone());
     Ok(b)
 }

@@ -16,6 +16,10 @@ use crate::error::Result;
 
 /// A [`KasminaLayer`] on one of the backends compiled into this build.
 #[non_exhaustive]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "a process holds a handful of layers, each moved rarely; boxing would add an indirection to every call"
+)]
 pub enum BackendLayer {
     /// On the CPU backend.
     #[cfg(feature = "cpu")]

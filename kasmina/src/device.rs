@@ -264,11 +264,13 @@ fn cuda_indices() -> Result<Vec<usize>> {
     Err(BackendKind::Cuda.not_compiled())
 }
 
-/// Opens CUDA device `device.index`.
+/// Opens CUDA device `device.index` with the options the environment sets
+/// ([`kasmina_cuda::CudaOptions::from_env`]).
 #[cfg(feature = "cuda")]
 #[doc(hidden)]
 pub fn open_cuda(device: DeviceName) -> Result<kasmina_cuda::CudaBackend> {
-    Ok(kasmina_cuda::CudaBackend::new(device.index)?)
+    let options = kasmina_cuda::CudaOptions::from_env()?;
+    Ok(kasmina_cuda::CudaBackend::with_options(device.index, options)?)
 }
 
 /// Runs `body` with `open` bound to a closure `Fn() -> kasmina::Result<B>` that

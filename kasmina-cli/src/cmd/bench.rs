@@ -100,6 +100,9 @@ fn bench_backend<B: Backend>(
         Some(m) => std::slice::from_ref(m),
         None => &[SeedMix::Dormant, SeedMix::Mixed][..],
     };
+    // Compile every kernel module the run needs now, in parallel, instead of one by one inside it.
+    let usable: Vec<DType> = dtypes.iter().copied().filter(|d| backend.supports(*d)).collect();
+    backend.prepare(&usable)?;
     let mut specs = Vec::new();
     for &(b, h, s) in shapes {
         for &dtype in dtypes {
@@ -154,12 +157,13 @@ fn bench_backend<B: Backend>(
 /// `auto>` and the autotuner's pick; a forced family that fell back shows as `hopper>portable`).
 #[cfg(feature = "cuda")]
 fn cuda_paths(device: kasmina::DeviceName, names: &[String], plan: &Plan<'_>) -> kasmina::Result<Vec<BenchRecord>> {
-    use kasmina::cuda::{CudaBackend, CudaPath, autotune::Tuner};
+    use kasmina::cuda::{CudaBackend, CudaOptions, CudaPath};
     let mut out = Vec::new();
     for name in names {
         let path = CudaPath::parse(name)
             .ok_or_else(|| kasmina::Error::Invalid(format!("--cuda-path {name}: expected portable, hopper or auto")))?;
-        let backend = CudaBackend::with_options(device.index, Tuner::from_env(), path)?;
+        let options = CudaOptions::from_env()?.with_path(path);
+        let backend = CudaBackend::with_options(device.index, options)?;
         let mut label = |backward: bool| match (path, backend.last_path(backward)) {
             (p, Some(ran)) if p == ran => p.name().to_string(),
             (p, Some(ran)) => format!("{}>{}", p.name(), ran.name()),

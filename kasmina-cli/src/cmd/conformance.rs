@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use kasmina::{Backend, DeviceName};
+use kasmina::{Backend, DType, DeviceName};
 use kasmina_conformance::{CaseResult, Size};
 
 use super::select::DeviceSelector;
@@ -70,6 +70,10 @@ fn run_on<B: Backend>(
     if let Ok(style) = ProgressStyle::with_template("{spinner} {msg} ({pos} cases, {elapsed})") {
         pb.set_style(style);
     }
+    pb.set_message(format!("preparing {} ({}): kernels for every dtype", info.id(), info.name));
+    pb.enable_steady_tick(std::time::Duration::from_millis(120));
+    let supported: Vec<DType> = DType::ALL.into_iter().filter(|d| backend.supports(*d)).collect();
+    backend.prepare(&supported)?;
     pb.set_message(format!("conformance on {} ({})", info.id(), info.name));
     let rows = kasmina_conformance::run_all(&backend, size, filter, &mut |r| {
         pb.set_message(format!("{}: {}", info.id(), r.case));

@@ -144,37 +144,17 @@ template <class D, int V> struct Pack {
     };
 };
 
-// Streaming loads and stores of the seed-uniform forward's activations (compiled in with
-// -DKASMINA_CS, the host's KASMINA_CUDA_STREAMING=on): .cs marks the lines evict-first, since
-// each byte of X and Y is touched once. Plain accesses otherwise.
+// Loads and stores of the seed-uniform forward's activations.
 template <class R> __device__ __forceinline__ R ld_act(const R* p) { return *p; }
 template <class R> __device__ __forceinline__ void st_act(R* p, const R& v) { *p = v; }
-#ifdef KASMINA_CS
-template <> __device__ __forceinline__ Raw16 ld_act<Raw16>(const Raw16* p) {
-    Raw16 r;
-    asm("ld.global.cs.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(r.a), "=r"(r.b), "=r"(r.c), "=r"(r.d) : "l"(p));
-    return r;
-}
-template <> __device__ __forceinline__ void st_act<Raw16>(Raw16* p, const Raw16& v) {
-    asm volatile("st.global.cs.v4.u32 [%0], {%1, %2, %3, %4};" ::"l"(p), "r"(v.a), "r"(v.b), "r"(v.c), "r"(v.d)
-                 : "memory");
-}
-#endif
 
-// Staged loads of the seed-uniform forward (-DKASMINA_STAGES=<n>, n >= 2; the host's
-// KASMINA_CUDA_STAGES=<n>): each thread copies its 16-byte vectors of the next n - 1 row
-// batches into its own slots of shared memory with cp.async (sm_80 on), so those bytes stay
-// in flight while it processes the current batch, without registers to hold them. A thread
-// only reads slots it filled itself (after cp.async.wait_group), so no barrier is needed;
-// a slot is refilled one batch after it was read (its values are then consumed).
-// The warp-per-seed kernels take their own count, -DKASMINA_WS_STAGES=<n> (the host's
-// KASMINA_CUDA_WS_STAGES, 3 by default: there it measured faster on the H100).
-#ifndef KASMINA_STAGES
-#define KASMINA_STAGES 0
-#endif
-#ifndef KASMINA_WS_STAGES
-#define KASMINA_WS_STAGES 0
-#endif
+// Staged loads of the warp-per-seed forward: each thread copies its 16-byte vectors of the
+// next WS_STAGES - 1 row batches into its own slots of shared memory with cp.async (sm_80 on),
+// so those bytes stay in flight while it processes the current batch, without registers to
+// hold them. A thread only reads slots it filled itself (after cp.async.wait_group), so no
+// barrier is needed; a slot is refilled one batch after it was read (its values are then
+// consumed). The host sizes the launch's shared memory for these stages (WS_LOAD_STAGES).
+constexpr int WS_STAGES = 3;
 template <class R> struct Stageable { static const bool ON = false; };
 #if __CUDA_ARCH__ >= 800
 template <> struct Stageable<Raw16> { static const bool ON = true; };
@@ -595,24 +575,6 @@ __device__ __forceinline__ void fwd_impl(const typename D::R* __restrict__ x, ty
     }
 }
 
-// A partial read through L2 (ld.global.cg): the fused merge reads partials other blocks
-// of the same launch wrote, which this SM's L1 must not serve.
-__device__ __forceinline__ Partial load_partial_cg(const Partial* p) {
-    u32 a, b, c, d, e, f, g, h;
-    asm volatile("ld.global.cg.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(a), "=r"(b), "=r"(c), "=r"(d) : "l"(p));
-    asm volatile("ld.global.cg.v4.u32 {%0, %1, %2, %3}, [%4+16];" : "=r"(e), "=r"(f), "=r"(g), "=r"(h) : "l"(p));
-    Partial r;
-    r.K = __uint_as_float(a);
-    r.d = __uint_as_float(b);
-    r.m2 = __uint_as_float(c);
-    r.mn = __uint_as_float(d);
-    r.mx = __uint_as_float(e);
-    r.n = f;
-    r.dead = g;
-    r.nf = h;
-    return r;
-}
-
 // Merges statistics `m` into accumulator `a` (f64, Chan's formula).
 __device__ __forceinline__ void acc_merge(Acc& a, const M64& m) {
     M64 prev;
@@ -640,22 +602,6 @@ __device__ __forceinline__ void acc_add(Acc* __restrict__ acc, u32 seed, const M
     acc[seed] = a;
 }
 
-// One thread merges every partial of `seed` in f64, in order (the fused merge of small
-// calls, where a seed has few partials), reading them through L2.
-__device__ __forceinline__ void merge_seed_serial(const Partial* __restrict__ part, u64 n_rg, u32 n_tiles, u32 segs,
-                                                  u32 TW, u32 C, u32 seed, Acc* __restrict__ acc) {
-    const u64 t0 = ((u64)seed * C) / TW;
-    const u64 t1 = ((u64)(seed + 1) * C - 1) / TW;
-    M64 m = m64_empty();
-    for (u64 rg = 0; rg < n_rg; rg++) {
-        for (u64 t = t0; t <= t1; t++) {
-            const u64 k = seed - (t * TW) / C;
-            m = m64_merge(m, m64_of(load_partial_cg(part + (rg * n_tiles + t) * segs + k)));
-        }
-    }
-    acc_add(acc, seed, m);
-}
-
 // The first offset of a warp's shuffle tree when only lanes below `items` hold data: levels
 // whose partners are all empty merge with m64_empty (an exact no-op for the lanes that
 // reach lane 0), so skipping them gives the same bits with fewer dependent f64 merges.
@@ -663,32 +609,6 @@ __device__ __forceinline__ int tree_top(u64 items) {
     int top = 16;
     while (top > 0 && (u64)top >= items) top >>= 1;
     return top;
-}
-
-// One warp merges every partial of `seed` in f64 (the fused merge of small calls): lane l
-// merges items l, l + 32, l + 64, ... in order (read through L2), then a fixed shuffle tree;
-// lane 0 adds the result to the accumulator. The order is kasmina_fwd_merge's with a block
-// of 32 threads, so both give the same bits there, and the latency is about one load and
-// five merges instead of one load and merge per item. One load at a time keeps the
-// registers of the kernels this is inlined into low.
-__device__ __forceinline__ void merge_seed_warp(const Partial* __restrict__ part, u64 n_rg, u32 n_tiles, u32 segs,
-                                                u32 TW, u32 C, u32 seed, u32 lane, Acc* __restrict__ acc) {
-    const u32 t0 = (u32)(((u64)seed * C) / TW);
-    const u32 t1 = (u32)(((u64)(seed + 1) * C - 1) / TW);
-    const u32 nt = t1 - t0 + 1;
-    const u64 items = n_rg * nt;
-    M64 m = m64_empty();
-    for (u64 it = lane; it < items; it += 32) {
-        const u64 rg = it / nt;
-        const u32 t = t0 + (u32)(it - rg * nt);
-        const u32 k = seed - (u32)(((u64)t * TW) / C);
-        m = m64_merge(m, m64_of(load_partial_cg(part + (rg * n_tiles + t) * segs + k)));
-    }
-    for (int off = tree_top(items); off > 0; off >>= 1) {
-        M64 o = m64_shfl_down(m, off);
-        m = m64_merge(m, o);
-    }
-    if (lane == 0) acc_add(acc, seed, m);
 }
 
 // One block per seed (blockDim.x a multiple of 32, at most 1024): each thread merges a
@@ -1692,30 +1612,22 @@ __device__ __forceinline__ bool ws_applies(u32 C, u32 V) {
 // lane l its columns (l % G) * V.. of rows r0 + l / G, + 32 / G, ... of the row group, so no warp
 // mixes seeds (one blueprint branch per warp instead of one per seed it spans). The tile is
 // T / 32 seeds wide and every warp writes one partial per row group.
-template <class D, int V, bool ACT, bool FUSE, int UR = UNROLL, bool WS = false>
+template <class D, int V, bool ACT, int UR = UNROLL, bool WS = false>
 __device__ __forceinline__ void fwdu_impl(const typename D::R* __restrict__ x, typename D::R* __restrict__ y, u64 B,
                                           u32 H, u32 C, u32 R, float dead_eps, const SeedConst* __restrict__ sc,
                                           const ColCoef* __restrict__ colc, const float* __restrict__ coef,
-                                          Partial* __restrict__ part, u32 segs, Acc* __restrict__ acc,
-                                          u32* __restrict__ counter, u32 S) {
+                                          Partial* __restrict__ part, u32 segs) {
     typedef Pack<D, V> P;
     extern __shared__ Partial sh_thr[];
     const u32 T = blockDim.x;
     const u32 lane = threadIdx.x % 32;
     const u32 TW = WS ? (T / 32) * C : T * V;
     // Tiles fastest: grid (n_tiles, row groups, row groups / 65535), so the blocks resident at
-    // once cover whole rows of X and Y (on the H100 the big bf16 mixed forward went from 0.84 to
-    // 0.89 of copy against row groups fastest, which -DKASMINA_ROWS_FIRST, the host's
-    // KASMINA_CUDA_ROWS_FIRST=on, restores for measurements: grid (n_rg, n_tiles)). Blocks past
-    // the last row group (the z split's remainder) return at once, before any barrier.
-#ifdef KASMINA_ROWS_FIRST
-    const u32 tile = blockIdx.y, n_tiles = gridDim.y;
-    const u64 rg = blockIdx.x;
-#else
+    // once cover whole rows of X and Y (faster than row groups fastest for the large mixed
+    // forward). Blocks past the last row group (the z split's remainder) return at once, before
+    // any barrier.
     const u32 tile = blockIdx.x, n_tiles = gridDim.x;
     const u64 rg = blockIdx.y + (u64)blockIdx.z * gridDim.y;
-#endif
-    auto n_rg_of = [&]() -> u32 { return (u32)((B + R - 1) / R); };
     const u32 c0 = tile * TW;
     // WS: G threads per row of the seed, RL rows per step (G * RL = 32); else one row per step.
     const u32 G = WS ? C / V : 1;
@@ -1764,7 +1676,7 @@ __device__ __forceinline__ void fwdu_impl(const typename D::R* __restrict__ x, t
     typedef Pack<D, 2> P2;
 
     // Staged loads (see Stageable): ST slots of UR vectors per thread after the T partials.
-    constexpr int NST = WS ? KASMINA_WS_STAGES : KASMINA_STAGES;
+    constexpr int NST = WS ? WS_STAGES : 0;
     constexpr int ST = (Stageable<typename P::Raw>::ON && UR == UNROLL && NST >= 2) ? NST : 1;
     typename P::Raw* stg = reinterpret_cast<typename P::Raw*>(sh_thr + T);
     // Element offset of the thread's vector in its row k (rows r0 + sub + k * RL), kept as a base
@@ -1813,15 +1725,6 @@ __device__ __forceinline__ void fwdu_impl(const typename D::R* __restrict__ x, t
                     if (cpre) nb[u].raw = *reinterpret_cast<const typename P2::Raw*>(x + off - 2);
                 }
             }
-#ifdef KASMINA_PF
-            // L2 prefetch of the rows KASMINA_PF batches ahead (-DKASMINA_PF=<n>, the host's
-            // KASMINA_CUDA_PREFETCH=<n>): more bytes in flight without more registers.
-#pragma unroll
-            for (int u = 0; u < UR; u++) {
-                const u32 ra = i + KASMINA_PF * UR + u;
-                if (ra < nrows) asm volatile("prefetch.global.L2 [%0];" ::"l"(x + off0 + (u64)ra * rstep));
-            }
-#endif
             if (i == 0) {
 #pragma unroll
                 for (int l = V - 1; l >= 0; l--) {
@@ -1967,27 +1870,6 @@ __device__ __forceinline__ void fwdu_impl(const typename D::R* __restrict__ x, t
             if (lane == 0) part[(rg * n_tiles + tile) * (u64)segs + kk] = pacc;
         }
     }
-
-    // Fused merge (small calls, FUSE and a counter): the last block to finish merges every
-    // partial into the accumulators, in the fixed order of merge_seed_warp, and re-arms the
-    // counter for the next launch. A null counter (uniform over the launch) skips it.
-    if (FUSE && counter != nullptr) {
-        __shared__ u32 is_last;
-        __threadfence();
-        __syncthreads();
-        if (threadIdx.x == 0) {
-            const u32 total = n_rg_of() * n_tiles;
-            is_last = atomicAdd(counter, 1u) == total - 1 ? 1u : 0u;
-        }
-        __syncthreads();
-        if (is_last) {
-            __threadfence();
-            // One warp per seed (T is a multiple of 32).
-            for (u32 sd = threadIdx.x / 32; sd < S; sd += T / 32)
-                merge_seed_warp(part, n_rg_of(), n_tiles, segs, TW, C, sd, lane, acc);
-            if (threadIdx.x == 0) *counter = 0u;
-        }
-    }
 }
 
 // Whether every element of a pack is finite.
@@ -1999,7 +1881,7 @@ __device__ __forceinline__ bool pack_finite(const Pack<D, V>& p) {
     return ok;
 }
 
-// TYPED (`KASMINA_CUDA_BWD_TYPED=on`): rows whose x and g are all finite, of a seed that
+// TYPED (the active kernel, kasmina_bwdu_typed): rows whose x and g are all finite, of a seed that
 // does not clamp, take one branch per blueprint type with only that type's operations
 // (the same operations, in the same order, as the general per-element code below, so
 // the same bits); other rows take the general code.
@@ -2323,63 +2205,42 @@ extern "C" __global__ void kasmina_bwd_seed(const KASMINA_DT::R* x, const KASMIN
     bwd_seed_impl<KASMINA_DT, KASMINA_V>(x, g, dx, B, H, C, sc, colc, coef, dweights, dscales, gnorm, acc_g2);
 }
 
-// Seed-uniform variants (C % V == 0), see fwdu_impl / bwdu_impl. The *_fused forwards
-// also merge the statistics into the accumulators (last block; `counter` is 0 between
-// launches); the others leave that to kasmina_fwd_merge and ignore `acc` and `counter`.
-#define KASMINA_FWDU(NAME, BOUNDS, ACT, FUSE)                                                                   \
+// Seed-uniform variants (C % V == 0), see fwdu_impl / bwdu_impl; kasmina_fwd_merge then adds
+// their partials to the accumulators.
+#define KASMINA_FWDU(NAME, BOUNDS, ACT)                                                                         \
     extern "C" __global__ void __launch_bounds__ BOUNDS NAME(                                                  \
         const KASMINA_DT::R* x, KASMINA_DT::R* y, u64 B, u32 H, u32 C, u32 R, float dead_eps,                 \
-        const SeedConst* sc, const ColCoef* colc, const float* coef, Partial* part, u32 segs, Acc* acc,        \
-        u32* counter, u32 S) {                                                                                 \
-        fwdu_impl<KASMINA_DT, KASMINA_V, ACT, FUSE>(x, y, B, H, C, R, dead_eps, sc, colc, coef, part, segs, acc, \
-                                                    counter, S);                                               \
+        const SeedConst* sc, const ColCoef* colc, const float* coef, Partial* part, u32 segs) {                \
+        fwdu_impl<KASMINA_DT, KASMINA_V, ACT>(x, y, B, H, C, R, dead_eps, sc, colc, coef, part, segs);         \
     }
-#ifndef KASMINA_FWDU_MINB
-#define KASMINA_FWDU_MINB 3
-#endif
-KASMINA_FWDU(kasmina_fwdu, (256, KASMINA_FWDU_MINB), true, false)
-KASMINA_FWDU(kasmina_fwdu_identity, (256), false, false)
-KASMINA_FWDU(kasmina_fwdu_fused, (256, 3), true, true)
-KASMINA_FWDU(kasmina_fwdu_identity_fused, (256), false, true)
+KASMINA_FWDU(kasmina_fwdu, (256, 3), true)
+KASMINA_FWDU(kasmina_fwdu_identity, (256), false)
 
 // The active seed-uniform forward with one seed per warp (fwdu_impl's WS; the host launches it
 // when ws_applies(C, V), with tiles of blockDim.x / 32 seeds and that many partial segments).
 #define KASMINA_FWDU_WS(NAME, BOUNDS, UR)                                                                       \
     extern "C" __global__ void __launch_bounds__ BOUNDS NAME(                                                  \
         const KASMINA_DT::R* x, KASMINA_DT::R* y, u64 B, u32 H, u32 C, u32 R, float dead_eps,                 \
-        const SeedConst* sc, const ColCoef* colc, const float* coef, Partial* part, u32 segs, Acc* acc,        \
-        u32* counter, u32 S) {                                                                                 \
-        fwdu_impl<KASMINA_DT, KASMINA_V, true, false, UR, true>(x, y, B, H, C, R, dead_eps, sc, colc, coef,   \
-                                                              part, segs, acc, counter, S);                   \
+        const SeedConst* sc, const ColCoef* colc, const float* coef, Partial* part, u32 segs) {                \
+        fwdu_impl<KASMINA_DT, KASMINA_V, true, UR, true>(x, y, B, H, C, R, dead_eps, sc, colc, coef, part,     \
+                                                         segs);                                                \
     }
-KASMINA_FWDU_WS(kasmina_fwdu_ws, (256, KASMINA_FWDU_MINB), UNROLL)
+KASMINA_FWDU_WS(kasmina_fwdu_ws, (256, 3), UNROLL)
 KASMINA_FWDU_WS(kasmina_fwdu_u8_ws, (256, 2), 8)
 
 // The seed-uniform forward with 8 rows in flight per thread (an autotuner candidate,
 // `KernelConfig::unroll == 8`): twice the loads outstanding, so the active variant gets
-// two blocks of 256 per SM worth of registers instead of three. The *_u8_fused ones also
-// merge the statistics in their last block (small calls), like kasmina_fwdu_fused.
-#define KASMINA_FWDU8(NAME, BOUNDS, ACT, FUSE)                                                                    \
+// two blocks of 256 per SM worth of registers instead of three.
+#define KASMINA_FWDU8(NAME, BOUNDS, ACT)                                                                        \
     extern "C" __global__ void __launch_bounds__ BOUNDS NAME(                                                  \
         const KASMINA_DT::R* x, KASMINA_DT::R* y, u64 B, u32 H, u32 C, u32 R, float dead_eps,                 \
-        const SeedConst* sc, const ColCoef* colc, const float* coef, Partial* part, u32 segs, Acc* acc,        \
-        u32* counter, u32 S) {                                                                                 \
-        fwdu_impl<KASMINA_DT, KASMINA_V, ACT, FUSE, 8>(x, y, B, H, C, R, dead_eps, sc, colc, coef, part, segs, \
-                                                        acc, counter, S);                                      \
+        const SeedConst* sc, const ColCoef* colc, const float* coef, Partial* part, u32 segs) {                \
+        fwdu_impl<KASMINA_DT, KASMINA_V, ACT, 8>(x, y, B, H, C, R, dead_eps, sc, colc, coef, part, segs);      \
     }
-KASMINA_FWDU8(kasmina_fwdu_u8, (256, 2), true, false)
-KASMINA_FWDU8(kasmina_fwdu_identity_u8, (256), false, false)
-KASMINA_FWDU8(kasmina_fwdu_u8_fused, (256, 2), true, true)
-KASMINA_FWDU8(kasmina_fwdu_identity_u8_fused, (256), false, true)
+KASMINA_FWDU8(kasmina_fwdu_u8, (256, 2), true)
+KASMINA_FWDU8(kasmina_fwdu_identity_u8, (256), false)
 
-extern "C" __global__ void __launch_bounds__(256, 2) kasmina_bwdu(const KASMINA_DT::R* x, const KASMINA_DT::R* g,
-                                                             KASMINA_DT::R* dx, u64 B, u32 H, u32 C, u32 R,
-                                                             const SeedConst* sc, const ColCoef* colc,
-                                                             const float* coef, float* gpart, float* ppart,
-                                                             u32 segs) {
-    bwdu_impl<KASMINA_DT, KASMINA_V, true>(x, g, dx, B, H, C, R, sc, colc, coef, gpart, ppart, segs);
-}
-
+// The active seed-uniform backward: TYPED rows (see bwdu_impl).
 extern "C" __global__ void __launch_bounds__(256, 2) kasmina_bwdu_typed(const KASMINA_DT::R* x,
                                                                    const KASMINA_DT::R* g, KASMINA_DT::R* dx,
                                                                    u64 B, u32 H, u32 C, u32 R,
