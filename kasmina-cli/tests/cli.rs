@@ -631,3 +631,18 @@ fn bench_takes_explicit_shapes_and_rejects_bad_ones() {
     }
     assert!(!bad.exists());
 }
+
+/// A layer larger than the memory a process may have is a clear error (exit 2), not an abort:
+/// under a 2 GiB address-space limit, `state new` of 2^30 weights (4 GiB).
+#[cfg(target_os = "linux")]
+#[test]
+fn state_new_beyond_the_memory_limit_is_an_error_not_an_abort() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("big.safetensors");
+    let script =
+        format!("ulimit -v 2097152 && exec \"$0\" state new --hidden 1073741824 --seeds 1 \"{}\"", out.display());
+    let o = Command::new("sh").args(["-c", &script, env!("CARGO_BIN_EXE_kasmina")]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2), "stderr: {}", stderr(&o));
+    assert!(stderr(&o).contains("not enough memory") && stderr(&o).contains("weights"), "{}", stderr(&o));
+    assert!(!out.exists(), "nothing is written");
+}

@@ -67,6 +67,25 @@ pub enum Error {
         /// What was wrong.
         message: String,
     },
+    /// Host memory for a size that came from input could not be allocated (or the size does
+    /// not fit the address space); nothing was changed.
+    #[error("not enough memory: {what} needs {bytes} bytes")]
+    OutOfMemory {
+        /// What needed the memory.
+        what: String,
+        /// How many bytes it needed.
+        bytes: u128,
+    },
+}
+
+/// A vector of `n` copies of `value`, allocated fallibly: a size too large for the address
+/// space or for the memory available is an [`Error::OutOfMemory`] naming `what`, never an abort.
+pub fn try_filled<T: Clone>(n: usize, value: T, what: &str) -> Result<Vec<T>> {
+    let oom = || Error::OutOfMemory { what: what.to_string(), bytes: n as u128 * std::mem::size_of::<T>() as u128 };
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| oom())?;
+    v.resize(n, value);
+    Ok(v)
 }
 
 /// A configuration error (SPEC 1): the message says what to change.

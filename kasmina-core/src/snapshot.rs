@@ -2,13 +2,17 @@
 //! the schema version, sizes, epoch, CRC-32 and config; atomic writes; strict,
 //! typed verification on load.
 //!
-//! Beyond the SPEC's keys, the writer adds `kasmina.metadata_crc32`, a CRC-32
-//! over the other `kasmina.*` metadata entries, because the config JSON is not
-//! covered by the state checksum: without it a flipped digit in the config
-//! could load as a different, valid config. Snapshots without that key (from
-//! other writers) still load. Unknown metadata keys are rejected, so a flipped
-//! bit in a key name cannot hide an entry.
+//! `kasmina.metadata_crc32`, a CRC-32 over the other `kasmina.*` metadata entries,
+//! protects the config JSON, which the state checksum does not cover: it is
+//! required whenever `kasmina.config` is present, and the config must name exactly
+//! the fields of [`LayerConfig`] (none unknown, none missing), so no flipped byte
+//! loads as a different, valid config. A snapshot without a config (another
+//! writer's) loads with the default config. Unknown `kasmina.*` keys are rejected,
+//! so a flipped bit in a key name cannot hide an entry; keys outside the namespace
+//! belong to other tools and are kept in [`LayerState::metadata`], written back as
+//! they were.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::Path;
@@ -35,9 +39,14 @@ const KEY_CONFIG: &str = "kasmina.config";
 const KEY_META_CRC: &str = "kasmina.metadata_crc32";
 const KNOWN_KEYS: [&str; 7] = [KEY_SCHEMA, KEY_H, KEY_S, KEY_EPOCH, KEY_CRC, KEY_CONFIG, KEY_META_CRC];
 
+/// The namespace of the snapshot's own metadata keys.
+pub const KASMINA_PREFIX: &str = "kasmina.";
+
+/// CRC-32 of the lines `key=value\n` of every `kasmina.*` entry but the metadata CRC itself, in
+/// byte order of the keys (SPEC 2.2).
 fn metadata_crc(meta: &BTreeMap<String, String>) -> u32 {
     let mut h = crc32fast::Hasher::new();
-    for (k, v) in meta.iter().filter(|(k, _)| k.as_str() != KEY_META_CRC) {
+    for (k, v) in meta.iter().filter(|(k, _)| k.starts_with(KASMINA_PREFIX) && k.as_str() != KEY_META_CRC) {
         h.update(k.as_bytes());
         h.update(b"=");
         h.update(v.as_bytes());
@@ -45,6 +54,9 @@ fn metadata_crc(meta: &BTreeMap<String, String>) -> u32 {
     }
     h.finalize()
 }
+
+/// One tensor to write: name, dtype, shape and little-endian bytes (borrowed where possible).
+type TensorBytes<'a> = (&'static str, Dtype, Vec<usize>, Cow<'a, [u8]>);
 
 /// The snapshot bytes of a state (a complete safetensors file).
 pub fn to_bytes(state: &LayerState) -> Result<Vec<u8>> {
@@ -55,19 +67,24 @@ pub fn to_bytes(state: &LayerState) -> Result<Vec<u8>> {
     let le16 = |v: &[u16]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
     let le32 = |v: &[u32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
     let lef = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    // The weights, the one large array, go in without a copy where memory is little-endian.
+    #[cfg(target_endian = "little")]
+    let weights: Cow<'_, [u8]> = Cow::Borrowed(bytemuck::cast_slice(&state.params.weights));
+    #[cfg(not(target_endian = "little"))]
+    let weights: Cow<'_, [u8]> = Cow::Owned(lef(&state.params.weights));
     let c = state.config.chunk_size();
-    let tensors: Vec<(&str, Dtype, Vec<usize>, Vec<u8>)> = vec![
-        ("lifecycle", Dtype::U8, vec![n], raw.lifecycle.clone()),
-        ("blueprint_id", Dtype::U16, vec![n], le16(&s.blueprint_id)),
-        ("blueprint_type", Dtype::U8, vec![n], raw.blueprint_type.clone()),
-        ("grafting_strategy", Dtype::U8, vec![n], raw.grafting_strategy.clone()),
-        ("alpha", Dtype::F32, vec![n], lef(&s.alpha)),
-        ("epochs_in_state", Dtype::U16, vec![n], le16(&s.epochs_in_state)),
-        ("last_update_epoch", Dtype::U32, vec![n], le32(&s.last_update_epoch)),
-        ("clamp_mean", Dtype::F32, vec![n], lef(&s.clamp_mean)),
-        ("clamp_std", Dtype::F32, vec![n], lef(&s.clamp_std)),
-        ("weights", Dtype::F32, vec![n, c], lef(&state.params.weights)),
-        ("scales", Dtype::F32, vec![n], lef(&state.params.scales)),
+    let tensors: Vec<TensorBytes<'_>> = vec![
+        ("lifecycle", Dtype::U8, vec![n], raw.lifecycle.clone().into()),
+        ("blueprint_id", Dtype::U16, vec![n], le16(&s.blueprint_id).into()),
+        ("blueprint_type", Dtype::U8, vec![n], raw.blueprint_type.clone().into()),
+        ("grafting_strategy", Dtype::U8, vec![n], raw.grafting_strategy.clone().into()),
+        ("alpha", Dtype::F32, vec![n], lef(&s.alpha).into()),
+        ("epochs_in_state", Dtype::U16, vec![n], le16(&s.epochs_in_state).into()),
+        ("last_update_epoch", Dtype::U32, vec![n], le32(&s.last_update_epoch).into()),
+        ("clamp_mean", Dtype::F32, vec![n], lef(&s.clamp_mean).into()),
+        ("clamp_std", Dtype::F32, vec![n], lef(&s.clamp_std).into()),
+        ("weights", Dtype::F32, vec![n, c], weights),
+        ("scales", Dtype::F32, vec![n], lef(&state.params.scales).into()),
     ];
     let mut views = Vec::with_capacity(tensors.len());
     for (name, dtype, shape, data) in &tensors {
@@ -83,6 +100,7 @@ pub fn to_bytes(state: &LayerState) -> Result<Vec<u8>> {
     meta.insert(KEY_CRC.to_string(), format!("{:08x}", checksum::checksum(state)));
     meta.insert(KEY_CONFIG.to_string(), config);
     meta.insert(KEY_META_CRC.to_string(), format!("{:08x}", metadata_crc(&meta)));
+    meta.extend(state.metadata.iter().map(|(k, v)| (k.clone(), v.clone())));
     let meta: HashMap<String, String> = meta.into_iter().collect();
     let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| SnapshotError::Format(e.to_string()))?;
     Ok(canonical_header(bytes)?)
@@ -103,10 +121,13 @@ fn canonical_header(bytes: Vec<u8>) -> std::result::Result<Vec<u8>, SnapshotErro
     while (8 + json.len()) % 8 != 0 {
         json.push(b' ');
     }
-    let mut out = Vec::with_capacity(8 + json.len() + bytes.len() - 8 - n);
-    out.extend_from_slice(&(json.len() as u64).to_le_bytes());
-    out.extend_from_slice(&json);
-    out.extend_from_slice(&bytes[8 + n..]);
+    // In place: the header keeps its length in practice (same entries, reordered), so the tensor
+    // data is not copied a second time.
+    let mut out = bytes;
+    let mut head = Vec::with_capacity(8 + json.len());
+    head.extend_from_slice(&(json.len() as u64).to_le_bytes());
+    head.extend_from_slice(&json);
+    out.splice(..8 + n, head);
     Ok(out)
 }
 
@@ -234,7 +255,9 @@ struct Tensors<'a> {
 }
 
 impl Tensors<'_> {
-    fn get(&self, name: &str, dtype: Dtype, shape: &[usize]) -> std::result::Result<Vec<u8>, SnapshotError> {
+    /// The bytes of tensor `name`, borrowed from the file (no copy: a loaded state then costs its
+    /// own size on top of the file's bytes, not twice that).
+    fn get(&self, name: &str, dtype: Dtype, shape: &[usize]) -> std::result::Result<&[u8], SnapshotError> {
         let err = |message: String| SnapshotError::Tensor { name: name.to_string(), message };
         let t = self.st.tensor(name).map_err(|_| err("missing".into()))?;
         if t.dtype() != dtype {
@@ -243,27 +266,36 @@ impl Tensors<'_> {
         if t.shape() != shape {
             return Err(err(format!("shape {:?}, expected {:?}", t.shape(), shape)));
         }
-        Ok(t.data().to_vec())
+        Ok(t.data())
     }
 
-    fn f32s(&self, name: &str, shape: &[usize]) -> std::result::Result<Vec<f32>, SnapshotError> {
-        Ok(self
-            .get(name, Dtype::F32, shape)?
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect())
+    /// Tensor `name` as values of `N` little-endian bytes, decoded by `from`, in a vector
+    /// allocated fallibly.
+    fn values<T: Copy + Default, const N: usize>(
+        &self,
+        name: &str,
+        dtype: Dtype,
+        shape: &[usize],
+        from: impl Fn([u8; N]) -> T,
+    ) -> Result<Vec<T>> {
+        let bytes = self.get(name, dtype, shape)?;
+        let mut out = crate::error::try_filled(bytes.len() / N, T::default(), &format!("tensor '{name}'"))?;
+        for (d, b) in out.iter_mut().zip(bytes.chunks_exact(N)) {
+            *d = from(b.try_into().unwrap_or([0; N]));
+        }
+        Ok(out)
     }
 
-    fn u16s(&self, name: &str, n: usize) -> std::result::Result<Vec<u16>, SnapshotError> {
-        Ok(self.get(name, Dtype::U16, &[n])?.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect())
+    fn f32s(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        self.values(name, Dtype::F32, shape, f32::from_le_bytes)
     }
 
-    fn u32s(&self, name: &str, n: usize) -> std::result::Result<Vec<u32>, SnapshotError> {
-        Ok(self
-            .get(name, Dtype::U32, &[n])?
-            .chunks_exact(4)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect())
+    fn u16s(&self, name: &str, n: usize) -> Result<Vec<u16>> {
+        self.values(name, Dtype::U16, &[n], u16::from_le_bytes)
+    }
+
+    fn u32s(&self, name: &str, n: usize) -> Result<Vec<u32>> {
+        self.values(name, Dtype::U32, &[n], u32::from_le_bytes)
     }
 
     fn enums<T>(
@@ -273,9 +305,9 @@ impl Tensors<'_> {
         f: impl Fn(u8) -> crate::Result<T>,
     ) -> std::result::Result<Vec<T>, SnapshotError> {
         self.get(name, Dtype::U8, &[n])?
-            .into_iter()
+            .iter()
             .enumerate()
-            .map(|(i, v)| f(v).map_err(|e| SnapshotError::InvalidState(format!("{name}[{i}]: {e}"))))
+            .map(|(i, &v)| f(v).map_err(|e| SnapshotError::InvalidState(format!("{name}[{i}]: {e}"))))
             .collect()
     }
 }
@@ -288,8 +320,23 @@ pub fn from_bytes(bytes: &[u8]) -> Result<LayerState> {
         safetensors::SafeTensors::read_metadata(bytes).map_err(|e| SnapshotError::Format(e.to_string()))?;
     let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| SnapshotError::Format(e.to_string()))?;
     let meta = header.metadata().clone().ok_or_else(|| meta_err("no __metadata__ (not a Kasmina snapshot)"))?;
-    if let Some(k) = meta.keys().find(|k| !KNOWN_KEYS.contains(&k.as_str())) {
+    // The version first: a newer writer's keys and rules are not this reader's to judge.
+    let version = parse_u64(&meta, KEY_SCHEMA)?;
+    if version > SCHEMA_VERSION as u64 {
+        return Err(SnapshotError::NewerSchema { found: version, supported: SCHEMA_VERSION }.into());
+    }
+    if version < OLDEST_SCHEMA_VERSION as u64 {
+        return Err(SnapshotError::UnsupportedSchema { found: version, oldest: OLDEST_SCHEMA_VERSION }.into());
+    }
+    if let Some(k) = meta.keys().find(|k| k.starts_with(KASMINA_PREFIX) && !KNOWN_KEYS.contains(&k.as_str())) {
         return Err(meta_err(format!("unknown key '{k}' (corrupt, or written by a newer kasmina)")).into());
+    }
+    if meta.contains_key(KEY_CONFIG) && !meta.contains_key(KEY_META_CRC) {
+        return Err(meta_err(format!(
+            "'{KEY_CONFIG}' without '{KEY_META_CRC}': the config would be unprotected (SPEC 2.2 requires the \
+             metadata checksum with a config)"
+        ))
+        .into());
     }
     if meta.contains_key(KEY_META_CRC) {
         let recorded = parse_hex32(&meta, KEY_META_CRC)?;
@@ -302,13 +349,8 @@ pub fn from_bytes(bytes: &[u8]) -> Result<LayerState> {
             .into());
         }
     }
-    let version = parse_u64(&meta, KEY_SCHEMA)?;
-    if version > SCHEMA_VERSION as u64 {
-        return Err(SnapshotError::NewerSchema { found: version, supported: SCHEMA_VERSION }.into());
-    }
-    if version < OLDEST_SCHEMA_VERSION as u64 {
-        return Err(SnapshotError::UnsupportedSchema { found: version, oldest: OLDEST_SCHEMA_VERSION }.into());
-    }
+    let foreign: BTreeMap<String, String> =
+        meta.iter().filter(|(k, _)| !k.starts_with(KASMINA_PREFIX)).map(|(k, v)| (k.clone(), v.clone())).collect();
     // Migration chain: each step lifts version v to v + 1. Empty while 1 is the only version.
     let h = parse_u64(&meta, KEY_H)? as usize;
     let n = parse_u64(&meta, KEY_S)? as usize;
@@ -316,8 +358,7 @@ pub fn from_bytes(bytes: &[u8]) -> Result<LayerState> {
         u32::try_from(parse_u64(&meta, KEY_EPOCH)?).map_err(|_| meta_err("'kasmina.epoch' does not fit u32"))?;
     let recorded = parse_hex32(&meta, KEY_CRC)?;
     let mut config = match meta.get(KEY_CONFIG) {
-        Some(c) => serde_json::from_str::<LayerConfig>(c)
-            .map_err(|e| meta_err(format!("'kasmina.config' is not a valid config: {e}")))?,
+        Some(c) => strict_config(c)?,
         None => LayerConfig::default(),
     };
     if meta.contains_key(KEY_CONFIG) && (config.hidden_dim != h || config.num_seeds != n) {
@@ -362,13 +403,37 @@ pub fn from_bytes(bytes: &[u8]) -> Result<LayerState> {
     };
     let params =
         BlueprintParams { chunk_size: c, weights: t.f32s("weights", &[n, c])?, scales: t.f32s("scales", &[n])? };
-    let state = LayerState { config, epoch, seeds, params };
+    let state = LayerState { config, epoch, seeds, params, metadata: foreign };
     let computed = checksum::checksum(&state);
     if computed != recorded {
         return Err(SnapshotError::Checksum { recorded, computed }.into());
     }
     state.validate().map_err(|e| SnapshotError::InvalidState(e.to_string()))?;
     Ok(state)
+}
+
+/// Parses `kasmina.config`: a JSON object with exactly the fields of [`LayerConfig`] (nested
+/// objects too); an unknown or a missing field is an error naming it (SPEC 2.2), never a
+/// default.
+fn strict_config(json: &str) -> std::result::Result<LayerConfig, SnapshotError> {
+    let bad = |m: String| meta_err(format!("'{KEY_CONFIG}' is not a valid config: {m}"));
+    let given: serde_json::Value = serde_json::from_str(json).map_err(|e| bad(e.to_string()))?;
+    let config: LayerConfig = serde_json::from_value(given.clone()).map_err(|e| bad(e.to_string()))?;
+    let full = serde_json::to_value(config).map_err(|e| bad(e.to_string()))?;
+    same_fields("", &given, &full).map_err(bad)?;
+    Ok(config)
+}
+
+/// Whether `given` names exactly the object fields `full` has, at every depth (`path`: where).
+fn same_fields(path: &str, given: &serde_json::Value, full: &serde_json::Value) -> std::result::Result<(), String> {
+    let (Some(g), Some(f)) = (given.as_object(), full.as_object()) else { return Ok(()) };
+    if let Some(k) = g.keys().find(|k| !f.contains_key(*k)) {
+        return Err(format!("unknown field '{path}{k}'"));
+    }
+    if let Some(k) = f.keys().find(|k| !g.contains_key(*k)) {
+        return Err(format!("missing field '{path}{k}'"));
+    }
+    g.iter().try_for_each(|(k, v)| same_fields(&format!("{path}{k}."), v, &f[k]))
 }
 
 #[cfg(test)]
@@ -480,6 +545,20 @@ mod tests {
         assert_eq!(back.config, LayerConfig::new(4, 2).unwrap());
     }
 
+    /// `bytes` with its metadata changed by `edit`; the metadata CRC is recomputed when `reseal`
+    /// (a writer that follows SPEC 2.2), else left as it was.
+    fn with_metadata(bytes: &[u8], reseal: bool, edit: impl FnOnce(&mut BTreeMap<String, String>)) -> Vec<u8> {
+        let s = safetensors::SafeTensors::deserialize(bytes).unwrap();
+        let (_, header) = safetensors::SafeTensors::read_metadata(bytes).unwrap();
+        let mut meta: BTreeMap<String, String> = header.metadata().clone().unwrap().into_iter().collect();
+        edit(&mut meta);
+        if reseal && meta.contains_key(KEY_META_CRC) {
+            let crc = format!("{:08x}", metadata_crc(&meta));
+            meta.insert(KEY_META_CRC.to_string(), crc);
+        }
+        safetensors::serialize(s.tensors(), Some(meta.into_iter().collect())).unwrap()
+    }
+
     #[test]
     fn unknown_enum_value_is_rejected() {
         let mut st = sample();
@@ -487,8 +566,7 @@ mod tests {
         let bytes = to_bytes(&st).unwrap();
         let s = safetensors::SafeTensors::deserialize(&bytes).unwrap();
         let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
-        let mut meta = header.metadata().clone().unwrap();
-        meta.remove("kasmina.metadata_crc32");
+        let meta = header.metadata().clone().unwrap();
         let mut tensors: Vec<(String, TensorView)> = s.tensors();
         let bad = [11u8, 1];
         let pos = tensors.iter().position(|(n, _)| n == "lifecycle").unwrap();
@@ -496,6 +574,96 @@ mod tests {
         let out = safetensors::serialize(tensors, Some(meta)).unwrap();
         let e = from_bytes(&out).unwrap_err();
         assert!(matches!(e, Error::Snapshot(SnapshotError::InvalidState(_))), "{e}");
+    }
+
+    #[test]
+    fn a_config_needs_the_metadata_checksum() {
+        let bytes = to_bytes(&sample()).unwrap();
+        let bare = with_metadata(&bytes, false, |m| {
+            m.remove(KEY_META_CRC);
+        });
+        let e = from_bytes(&bare).unwrap_err().to_string();
+        assert!(e.contains("kasmina.metadata_crc32") && e.contains("kasmina.config"), "{e}");
+        // Every single-bit flip inside the config of a snapshot that carries the checksum is
+        // refused, so none can turn strict mode off or change a value.
+        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+        let config = header.metadata().clone().unwrap()[KEY_CONFIG].clone();
+        let mut accepted = Vec::new();
+        for i in 0..config.len() * 8 {
+            let mut b = config.clone().into_bytes();
+            b[i / 8] ^= 1 << (i % 8);
+            let Ok(flipped) = String::from_utf8(b) else { continue };
+            let out = with_metadata(&bytes, false, |m| {
+                m.insert(KEY_CONFIG.to_string(), flipped.clone());
+            });
+            if let Ok(st) = from_bytes(&out) {
+                accepted.push((i, st.config));
+            }
+        }
+        assert!(accepted.is_empty(), "flips accepted: {accepted:?}");
+    }
+
+    #[test]
+    fn unknown_or_missing_config_fields_are_errors() {
+        let bytes = to_bytes(&sample()).unwrap();
+        type Edit<'a> = &'a dyn Fn(&mut serde_json::Value);
+        let edit = |f: Edit<'_>| {
+            with_metadata(&bytes, true, |m| {
+                let mut v: serde_json::Value = serde_json::from_str(&m[KEY_CONFIG]).unwrap();
+                f(&mut v);
+                m.insert(KEY_CONFIG.to_string(), v.to_string());
+            })
+        };
+        let cases: [(&str, Edit<'_>); 4] = [
+            ("unknown field 'strict_mode'", &|v| {
+                v["strict_mode"] = serde_json::json!(false);
+            }),
+            ("missing field 'embargo_epochs'", &|v| {
+                v.as_object_mut().unwrap().remove("embargo_epochs");
+            }),
+            ("missing field 'grafting.ramp_epochs'", &|v| {
+                v["grafting"].as_object_mut().unwrap().remove("ramp_epochs");
+            }),
+            ("unknown field 'stability.kk'", &|v| {
+                v["stability"]["kk"] = serde_json::json!(1.0);
+            }),
+        ];
+        for (want, f) in cases {
+            let e = from_bytes(&edit(f)).unwrap_err().to_string();
+            assert!(e.contains(want), "{want}: {e}");
+        }
+        // Resealed but unchanged: still loads (the helper itself is sound).
+        assert_eq!(from_bytes(&edit(&|_| {})).unwrap(), sample());
+    }
+
+    #[test]
+    fn other_tools_metadata_is_kept_and_the_namespace_is_checked() {
+        let bytes = to_bytes(&sample()).unwrap();
+        let tagged = with_metadata(&bytes, true, |m| {
+            m.insert("trainer.run".into(), "r17".into());
+            m.insert("format".into(), "pt".into());
+        });
+        let st = from_bytes(&tagged).unwrap();
+        assert_eq!(st.metadata.get("trainer.run").map(String::as_str), Some("r17"));
+        assert_eq!(st.metadata.get("format").map(String::as_str), Some("pt"));
+        // Written again (a lifecycle change in between): kept as it was.
+        let mut st2 = st.clone();
+        st2.epoch += 1;
+        let again = from_bytes(&to_bytes(&st2).unwrap()).unwrap();
+        assert_eq!(again.metadata, st.metadata);
+        assert_eq!(again.epoch, st.epoch + 1);
+        // An unknown key in the snapshot's own namespace is an error, before or after sealing.
+        for reseal in [false, true] {
+            let odd = with_metadata(&bytes, reseal, |m| {
+                m.insert("kasmina.strict".into(), "0".into());
+            });
+            let e = from_bytes(&odd).unwrap_err().to_string();
+            assert!(e.contains("unknown key 'kasmina.strict'"), "{e}");
+        }
+        // A state cannot carry a key of that namespace as another tool's.
+        let mut bad = sample();
+        bad.metadata.insert("kasmina.config".into(), "{}".into());
+        assert!(to_bytes(&bad).is_err());
     }
 
     #[test]

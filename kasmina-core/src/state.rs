@@ -2,10 +2,12 @@
 //! machine over it (SPEC 3, 6). Every mutation here is all-or-nothing: an
 //! error leaves the state as it was.
 
+use std::collections::BTreeMap;
+
 use crate::backend::Accumulators;
 use crate::blueprint::{BlueprintType, GraftingStrategy};
 use crate::config::{LayerConfig, StabilityMode};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, try_filled};
 use crate::grafting::{self, EpochSignals};
 use crate::lifecycle::{self, LifecycleState, TransitionEvent, TransitionReason};
 use crate::{CLAMP_UNSET, SCHEMA_VERSION};
@@ -61,7 +63,24 @@ impl PartialEq for BlueprintParams {
 }
 
 impl SeedStates {
-    /// `num_seeds` dormant seeds.
+    /// `num_seeds` dormant seeds, allocated fallibly ([`crate::error::try_filled`]).
+    pub fn try_dormant(num_seeds: usize) -> Result<Self> {
+        let f = |what: &str| format!("{what} of {num_seeds} seeds");
+        Ok(Self {
+            lifecycle: try_filled(num_seeds, LifecycleState::Dormant, &f("lifecycle"))?,
+            blueprint_id: try_filled(num_seeds, 0, &f("blueprint_id"))?,
+            blueprint_type: try_filled(num_seeds, BlueprintType::Residual, &f("blueprint_type"))?,
+            grafting_strategy: try_filled(num_seeds, GraftingStrategy::FixedRamp, &f("grafting_strategy"))?,
+            alpha: try_filled(num_seeds, 0.0, &f("alpha"))?,
+            epochs_in_state: try_filled(num_seeds, 0, &f("epochs_in_state"))?,
+            last_update_epoch: try_filled(num_seeds, 0, &f("last_update_epoch"))?,
+            clamp_mean: try_filled(num_seeds, CLAMP_UNSET, &f("clamp_mean"))?,
+            clamp_std: try_filled(num_seeds, CLAMP_UNSET, &f("clamp_std"))?,
+        })
+    }
+
+    /// `num_seeds` dormant seeds (aborts if the memory cannot be had: [`SeedStates::try_dormant`]
+    /// reports that as an error instead).
     pub fn dormant(num_seeds: usize) -> Self {
         Self {
             lifecycle: vec![LifecycleState::Dormant; num_seeds],
@@ -105,7 +124,21 @@ pub struct BlueprintParams {
 }
 
 impl BlueprintParams {
-    /// Fresh parameters: weights 0, scale 1.
+    /// Fresh parameters, weights 0 and scale 1, allocated fallibly ([`crate::error::try_filled`]).
+    pub fn try_fresh(num_seeds: usize, chunk_size: usize) -> Result<Self> {
+        let n = num_seeds.checked_mul(chunk_size).ok_or_else(|| Error::OutOfMemory {
+            what: format!("weights [{num_seeds}, {chunk_size}]"),
+            bytes: num_seeds as u128 * chunk_size as u128 * 4,
+        })?;
+        Ok(Self {
+            chunk_size,
+            weights: try_filled(n, 0.0, &format!("weights [{num_seeds}, {chunk_size}]"))?,
+            scales: try_filled(num_seeds, 1.0, &format!("scales [{num_seeds}]"))?,
+        })
+    }
+
+    /// Fresh parameters: weights 0, scale 1 (aborts if the memory cannot be had:
+    /// [`BlueprintParams::try_fresh`] reports that as an error instead).
     pub fn fresh(num_seeds: usize, chunk_size: usize) -> Self {
         Self { chunk_size, weights: vec![0.0; num_seeds * chunk_size], scales: vec![1.0; num_seeds] }
     }
@@ -138,17 +171,22 @@ pub struct LayerState {
     pub seeds: SeedStates,
     /// Per-seed blueprint parameters.
     pub params: BlueprintParams,
+    /// Snapshot metadata of other tools (keys outside the `kasmina.` namespace, SPEC 2.2): read
+    /// from a snapshot and written back as it is, never interpreted. Not covered by the checksum.
+    pub metadata: BTreeMap<String, String>,
 }
 
 impl LayerState {
-    /// A new layer of dormant seeds at epoch 0.
+    /// A new layer of dormant seeds at epoch 0. Its memory is allocated fallibly: a layer
+    /// too large for this machine is an [`Error::OutOfMemory`], never an abort.
     pub fn new(config: LayerConfig) -> Result<Self> {
         config.validate()?;
         Ok(Self {
             config,
             epoch: 0,
-            seeds: SeedStates::dormant(config.num_seeds),
-            params: BlueprintParams::fresh(config.num_seeds, config.chunk_size()),
+            seeds: SeedStates::try_dormant(config.num_seeds)?,
+            params: BlueprintParams::try_fresh(config.num_seeds, config.chunk_size())?,
+            metadata: BTreeMap::new(),
         })
     }
 
@@ -163,7 +201,8 @@ impl LayerState {
     }
 
     /// Checks that every array has the right length and every value its range:
-    /// lengths match `S` and `S * C`, alpha is in [0, 1].
+    /// lengths match `S` and `S * C`, alpha is in [0, 1], no other tool's metadata key is in
+    /// the `kasmina.` namespace.
     pub fn validate(&self) -> Result<()> {
         self.config.validate()?;
         let s = self.config.num_seeds;
@@ -197,6 +236,12 @@ impl LayerState {
             return Err(Error::InvalidValue {
                 what: format!("alpha of seed {i}"),
                 message: format!("{} is not in [0, 1]", st.alpha[i]),
+            });
+        }
+        if let Some(k) = self.metadata.keys().find(|k| k.starts_with(crate::snapshot::KASMINA_PREFIX)) {
+            return Err(Error::InvalidValue {
+                what: format!("metadata key '{k}'"),
+                message: "the kasmina. namespace belongs to the snapshot itself (SPEC 2.2)".into(),
             });
         }
         Ok(())
@@ -567,5 +612,27 @@ mod tests {
         let mut st = layer(2);
         st.seeds.clamp_std.push(0.0);
         assert!(st.validate().is_err());
+    }
+
+    #[test]
+    fn a_layer_too_large_for_memory_is_an_error_not_an_abort() {
+        // Sizes beyond the address space: errors naming what and how much, never an abort.
+        match BlueprintParams::try_fresh(usize::MAX / 2, 4) {
+            Err(Error::OutOfMemory { what, bytes }) => {
+                assert!(what.contains("weights"), "{what}");
+                assert_eq!(bytes, (usize::MAX / 2) as u128 * 16);
+            }
+            other => panic!("expected OutOfMemory, got {other:?}"),
+        }
+        match SeedStates::try_dormant(usize::MAX) {
+            Err(Error::OutOfMemory { what, .. }) => assert!(what.contains("lifecycle"), "{what}"),
+            other => panic!("expected OutOfMemory, got {other:?}"),
+        }
+        let e = crate::error::try_filled(usize::MAX, 0u64, "probe").unwrap_err();
+        assert!(e.to_string().contains("probe needs"), "{e}");
+        assert_eq!(crate::error::try_filled(3, 7u16, "small").unwrap(), vec![7, 7, 7]);
+        // The fallible constructors build what the infallible ones do.
+        assert_eq!(SeedStates::try_dormant(5).unwrap(), SeedStates::dormant(5));
+        assert_eq!(BlueprintParams::try_fresh(3, 4).unwrap(), BlueprintParams::fresh(3, 4));
     }
 }

@@ -108,6 +108,7 @@ fn py_err(e: CoreError) -> PyErr {
         CoreError::Config(_) => "ConfigError",
         CoreError::Transition(_) => "TransitionError",
         CoreError::Snapshot(_) => "SnapshotError",
+        CoreError::OutOfMemory { .. } => "OutOfMemoryError",
         CoreError::Backend(b) if b.kind == kasmina_core::BackendErrorKind::Unavailable => "DeviceUnavailableError",
         CoreError::Backend(_) => "BackendError",
         _ => "InvalidArgumentError",
@@ -910,8 +911,25 @@ fn cuda_device_count() -> usize {
 }
 
 /// The native module.
+/// Shows the native layer's diagnostics on stderr, as the `kasmina` command does: warnings (a
+/// damaged cache entry, an unwritable cache folder) and each first-use CUDA kernel compile with
+/// its time, the seconds a new machine waits before its first forward. `KASMINA_LOG` (a
+/// `tracing` filter such as `warn` or `error`) overrides it.
+fn init_diagnostics() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("KASMINA_LOG").unwrap_or_else(|_| EnvFilter::new("warn,kasmina_cuda=info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .without_time()
+        .try_init();
+}
+
 #[pymodule]
 fn _kasmina(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    init_diagnostics();
     m.add_class::<Layer>()?;
     m.add_class::<Report>()?;
     m.add_class::<SeedReport>()?;

@@ -26,6 +26,7 @@ from .errors import (
     DeviceUnavailableError,
     InvalidArgumentError,
     KasminaError,
+    OutOfMemoryError,
     SnapshotError,
     TransitionError,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "LayerConfig",
     "LayerStateView",
     "LifecycleState",
+    "OutOfMemoryError",
     "Report",
     "SeedReport",
     "SeedSignal",

@@ -13,6 +13,7 @@ __all__ = [
     "DeviceUnavailableError",
     "InvalidArgumentError",
     "KasminaError",
+    "OutOfMemoryError",
     "SnapshotError",
     "TransitionError",
 ]
@@ -36,6 +37,10 @@ class TransitionError(KasminaError, ValueError):
 
 class SnapshotError(KasminaError, OSError):
     """A snapshot could not be read or written, or failed verification (truncated, corrupt, newer)."""
+
+
+class OutOfMemoryError(KasminaError, MemoryError):
+    """Host memory for a size that came from input (a layer's parameters, a snapshot's tensors) could not be had."""
 
 
 class BackendError(KasminaError, RuntimeError):
