@@ -152,6 +152,48 @@ __device__ __forceinline__ unsigned char* htile(const HPlan& p, u32 TW, u32 idx)
 
 // ---------------------------------------------------------------- forward
 
+// Initializes the ring's barriers (thread 0: each stage's "full" barrier waits for the producer's
+// one arrival and its bytes, its "empty" barrier for the HCW consumer warps), then syncs the block.
+__device__ __forceinline__ void hring_init(const HPlan& pl) {
+    if (threadIdx.x == 0) {
+        for (int s = 0; s < HST; s++) {
+            mbar_init(smem_addr(pl.full(s)), 1);
+            mbar_init(smem_addr(pl.empty(s)), HCW);
+        }
+        mbar_fence_init();
+    }
+    __syncthreads();
+}
+
+// The producer (one thread of the producer warp): walks the same (unit, chunk) sequence as the
+// consumers and, for each chunk of BR rows of a TW-column tile, waits until its stage s is free,
+// then loads it from tensor map `a` into slot s and, when `b` is given, from `b` into slot
+// HST + s, both completing on the stage's "full" barrier.
+__device__ __forceinline__ void hproduce(const HPlan& pl, const KTensorMap* a, const KTensorMap* b, u64 B, u32 R,
+                                         u32 BR, u32 TW, u32 esize, u32 n_tiles, u64 n_units) {
+    tma_prefetch(a);
+    if (b != nullptr) tma_prefetch(b);
+    const u32 bytes = BR * TW * esize;
+    u64 it = 0;
+    for (u64 u = blockIdx.x; u < n_units; u += gridDim.x) {
+        const u32 tile = (u32)(u % n_tiles);
+        const u64 rg = u / n_tiles;
+        const u64 r0 = rg * (u64)R;
+        const u64 rend = (r0 + R < B) ? r0 + R : B;
+        const u32 nch = (u32)((rend - r0 + BR - 1) / BR);
+        for (u32 ch = 0; ch < nch; ch++, it++) {
+            const int s = (int)(it % HST);
+            const u32 ph = (u32)((it / HST) & 1);
+            mbar_wait(smem_addr(pl.empty(s)), ph ^ 1u);
+            const u32 fb = smem_addr(pl.full(s));
+            mbar_arrive_expect_tx(fb, b != nullptr ? 2 * bytes : bytes);
+            const int col = (int)(tile * TW), row = (int)(r0 + (u64)ch * BR);
+            tma_load_2d(smem_addr(htile(pl, TW, s)), a, col, row, fb);
+            if (b != nullptr) tma_load_2d(smem_addr(htile(pl, TW, HST + s)), b, col, row, fb);
+        }
+    }
+}
+
 template <class D, int V, bool ACT>
 __device__ __forceinline__ void hfwd_impl(const KTensorMap* tmx, const KTensorMap* tmy, const typename D::R* __restrict__ x,
                                           u64 B, u32 H, u32 C, u32 R, u32 BR, u32 TW, float dead_eps,
@@ -164,37 +206,10 @@ __device__ __forceinline__ void hfwd_impl(const KTensorMap* tmx, const KTensorMa
     const u32 esize = (u32)sizeof(RT);
     const HPlan pl = hplan(hsm, TW, BR, esize);
     const u32 warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    if (threadIdx.x == 0) {
-        for (int s = 0; s < HST; s++) {
-            mbar_init(smem_addr(pl.full(s)), 1);
-            mbar_init(smem_addr(pl.empty(s)), HCW);
-        }
-        mbar_fence_init();
-    }
-    __syncthreads();
+    hring_init(pl);
 
     if (warp == HCW) {
-        // Producer: one thread walks the same (unit, chunk) sequence as the consumers.
-        if (lane == 0) {
-            tma_prefetch(tmx);
-            const u32 bytes = BR * TW * esize;
-            u64 it = 0;
-            for (u64 u = blockIdx.x; u < n_units; u += gridDim.x) {
-                const u32 tile = (u32)(u % n_tiles);
-                const u64 rg = u / n_tiles;
-                const u64 r0 = rg * (u64)R;
-                const u64 rend = (r0 + R < B) ? r0 + R : B;
-                const u32 nch = (u32)((rend - r0 + BR - 1) / BR);
-                for (u32 ch = 0; ch < nch; ch++, it++) {
-                    const int s = (int)(it % HST);
-                    const u32 ph = (u32)((it / HST) & 1);
-                    mbar_wait(smem_addr(pl.empty(s)), ph ^ 1u);
-                    const u32 fb = smem_addr(pl.full(s));
-                    mbar_arrive_expect_tx(fb, bytes);
-                    tma_load_2d(smem_addr(htile(pl, TW, s)), tmx, (int)(tile * TW), (int)(r0 + (u64)ch * BR), fb);
-                }
-            }
-        }
+        if (lane == 0) hproduce(pl, tmx, nullptr, B, R, BR, TW, esize, n_tiles, n_units);
         return;
     }
 
@@ -393,39 +408,10 @@ __device__ __forceinline__ void hbwd_impl(const KTensorMap* tmx, const KTensorMa
     const HPlan pl = hplan(hsm, TW, BR, esize);
     const u32 warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     // Tiles: [0, HST) G, [HST, 2 HST) X, [2 HST, 3 HST) dX staging.
-    if (threadIdx.x == 0) {
-        for (int s = 0; s < HST; s++) {
-            mbar_init(smem_addr(pl.full(s)), 1);
-            mbar_init(smem_addr(pl.empty(s)), HCW);
-        }
-        mbar_fence_init();
-    }
-    __syncthreads();
+    hring_init(pl);
 
     if (warp == HCW) {
-        if (lane == 0) {
-            tma_prefetch(tmg);
-            if (load_x) tma_prefetch(tmx);
-            const u32 bytes = BR * TW * esize;
-            u64 it = 0;
-            for (u64 u = blockIdx.x; u < n_units; u += gridDim.x) {
-                const u32 tile = (u32)(u % n_tiles);
-                const u64 rg = u / n_tiles;
-                const u64 r0 = rg * (u64)R;
-                const u64 rend = (r0 + R < B) ? r0 + R : B;
-                const u32 nch = (u32)((rend - r0 + BR - 1) / BR);
-                for (u32 ch = 0; ch < nch; ch++, it++) {
-                    const int s = (int)(it % HST);
-                    const u32 ph = (u32)((it / HST) & 1);
-                    mbar_wait(smem_addr(pl.empty(s)), ph ^ 1u);
-                    const u32 fb = smem_addr(pl.full(s));
-                    mbar_arrive_expect_tx(fb, load_x ? 2 * bytes : bytes);
-                    const int col = (int)(tile * TW), row = (int)(r0 + (u64)ch * BR);
-                    tma_load_2d(smem_addr(htile(pl, TW, s)), tmg, col, row, fb);
-                    if (load_x) tma_load_2d(smem_addr(htile(pl, TW, HST + s)), tmx, col, row, fb);
-                }
-            }
-        }
+        if (lane == 0) hproduce(pl, tmg, load_x ? tmx : nullptr, B, R, BR, TW, esize, n_tiles, n_units);
         return;
     }
 
@@ -630,36 +616,10 @@ __device__ __forceinline__ void hfwdu_impl(const KTensorMap* tmx, const KTensorM
     const u32 esize = (u32)sizeof(RT);
     const HPlan pl = hplan(hsm, TW, BR, esize);
     const u32 warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    if (threadIdx.x == 0) {
-        for (int s = 0; s < HST; s++) {
-            mbar_init(smem_addr(pl.full(s)), 1);
-            mbar_init(smem_addr(pl.empty(s)), HCW);
-        }
-        mbar_fence_init();
-    }
-    __syncthreads();
+    hring_init(pl);
 
     if (warp == HCW) {
-        if (lane == 0) {
-            tma_prefetch(tmx);
-            const u32 bytes = BR * TW * esize;
-            u64 it = 0;
-            for (u64 u = blockIdx.x; u < n_units; u += gridDim.x) {
-                const u32 tile = (u32)(u % n_tiles);
-                const u64 rg = u / n_tiles;
-                const u64 r0 = rg * (u64)R;
-                const u64 rend = (r0 + R < B) ? r0 + R : B;
-                const u32 nch = (u32)((rend - r0 + BR - 1) / BR);
-                for (u32 ch = 0; ch < nch; ch++, it++) {
-                    const int s = (int)(it % HST);
-                    const u32 ph = (u32)((it / HST) & 1);
-                    mbar_wait(smem_addr(pl.empty(s)), ph ^ 1u);
-                    const u32 fb = smem_addr(pl.full(s));
-                    mbar_arrive_expect_tx(fb, bytes);
-                    tma_load_2d(smem_addr(htile(pl, TW, s)), tmx, (int)(tile * TW), (int)(r0 + (u64)ch * BR), fb);
-                }
-            }
-        }
+        if (lane == 0) hproduce(pl, tmx, nullptr, B, R, BR, TW, esize, n_tiles, n_units);
         return;
     }
 
@@ -895,39 +855,10 @@ __device__ __forceinline__ void hbwdu_impl(const KTensorMap* tmx, const KTensorM
     const HPlan pl = hplan(hsm, TW, BR, esize);
     const u32 warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     // Tiles: [0, HST) G, [HST, 2 HST) X, [2 HST, 3 HST) dX staging.
-    if (threadIdx.x == 0) {
-        for (int s = 0; s < HST; s++) {
-            mbar_init(smem_addr(pl.full(s)), 1);
-            mbar_init(smem_addr(pl.empty(s)), HCW);
-        }
-        mbar_fence_init();
-    }
-    __syncthreads();
+    hring_init(pl);
 
     if (warp == HCW) {
-        if (lane == 0) {
-            tma_prefetch(tmg);
-            if (ACT) tma_prefetch(tmx);
-            const u32 bytes = BR * TW * esize;
-            u64 it = 0;
-            for (u64 u = blockIdx.x; u < n_units; u += gridDim.x) {
-                const u32 tile = (u32)(u % n_tiles);
-                const u64 rg = u / n_tiles;
-                const u64 r0 = rg * (u64)R;
-                const u64 rend = (r0 + R < B) ? r0 + R : B;
-                const u32 nch = (u32)((rend - r0 + BR - 1) / BR);
-                for (u32 ch = 0; ch < nch; ch++, it++) {
-                    const int s = (int)(it % HST);
-                    const u32 ph = (u32)((it / HST) & 1);
-                    mbar_wait(smem_addr(pl.empty(s)), ph ^ 1u);
-                    const u32 fb = smem_addr(pl.full(s));
-                    mbar_arrive_expect_tx(fb, ACT ? 2 * bytes : bytes);
-                    const int col = (int)(tile * TW), row = (int)(r0 + (u64)ch * BR);
-                    tma_load_2d(smem_addr(htile(pl, TW, s)), tmg, col, row, fb);
-                    if (ACT) tma_load_2d(smem_addr(htile(pl, TW, HST + s)), tmx, col, row, fb);
-                }
-            }
-        }
+        if (lane == 0) hproduce(pl, tmg, ACT ? tmx : nullptr, B, R, BR, TW, esize, n_tiles, n_units);
         return;
     }
 
