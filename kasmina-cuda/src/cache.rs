@@ -113,7 +113,7 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// An entry's bytes: [`MAGIC`], the key's length (u32 LE) and text, the payload's length
+/// An entry's bytes: the magic `KSMCUBN1`, the key's length (u32 LE) and text, the payload's length
 /// (u64 LE) and SHA-256, then the payload.
 pub fn encode_entry(key: &CacheKey, payload: &[u8]) -> Vec<u8> {
     let k = key.text.as_bytes();

@@ -26,46 +26,22 @@
 //!   `sm_90a` (one module per dtype, vector width 16 bytes), so the numerics are the portable
 //!   path's and the partials are merged by the portable merge kernels of the same module.
 //! - Evidence: [`CudaBackend::hopper_cubin`] returns the machine code the backend loads
-//!   (`cuobjdump -sass` on it: `UTMALDG`, `UTMASTG`, `SYNCS.*`) and
-//!   [`CudaBackend::hopper_ptx`] the PTX. Measured on an
-//!   NVIDIA H100 80GB HBM3 (driver 580.159.04, CUDA 13.0 `ptxas`/`cuobjdump`, `bash
-//!   benches/device-run.sh checks`): the f32 and the bf16 module each hold 84 `UTMALDG.2D`,
-//!   10 `UTMASTG.2D`, 160 `SYNCS.PHASECHK.TRANS64.TRYWAIT`, 70 `SYNCS.ARRIVE.TRANS64` and 80
-//!   `SYNCS.EXCH.64`; `compute-sanitizer` memcheck (0 errors), racecheck (0 hazards) and
-//!   synccheck (0 errors) on `tests/hopper_gpu.rs`'s reference test (2 shapes, f32 and bf16,
-//!   strict mode, dormant and mixed layers, `KASMINA_HOPPER_QUICK=1`); the whole conformance
-//!   suite with the path forced (`tests/conformance_hopper.rs`) passes, 10 of 10 groups.
+//!   (`cuobjdump -sass` on it shows `UTMALDG`, `UTMASTG` and `SYNCS.*`) and
+//!   [`CudaBackend::hopper_ptx`] the PTX; the instruction counts, compute-sanitizer runs and
+//!   tests with the family forced are in `benches/RESULTS.md`.
 //! - Per call, the tensor maps (by address, shape and box) and the blocks per SM (by kernel and
 //!   shared memory) are looked up, not recomputed: a map is a pure function of its key, so a
 //!   cached one is right by construction.
 //!
 //! # Where each family wins
 //!
-//! NVIDIA H100 80GB HBM3, B = 16384, H = S x C near 8192 (`bash benches/device-run.sh cuda`:
-//! `kasmina bench --backend cuda --cuda-path portable,hopper,auto --shape B,H,S`). Hopper
-//! time over portable time (below 1: Hopper faster); the full table with ratios to the
-//! device copy and Auto's picks is in `benches/RESULTS.md`.
-//!
-//! | C | dtype | dormant fwd | dormant bwd | mixed fwd | mixed bwd |
-//! |---:|---|---:|---:|---:|---:|
-//! | 16 | f32 | 1.06 | 0.99 | 1.07 | 1.31 |
-//! | 16 | bf16 | 1.01 | **0.85** | 1.56 | 1.50 |
-//! | 48 | f32 | 1.02 | 0.99 | 1.14 | 1.41 |
-//! | 48 | bf16 | 1.08 | 1.06 | 1.40 | 1.47 |
-//! | 64 | f32 | 1.02 | 0.99 | 1.09 | 1.35 |
-//! | 64 | bf16 | 1.00 | **0.95** | 1.15 | 1.43 |
-//! | 512 | f32 | 1.01 | 0.99 | 1.35 | 1.42 |
-//! | 512 | bf16 | 1.10 | **0.97** | 1.28 | 1.48 |
-//! | 4096 | bf16 | 1.02 | **0.94** | (all seeds dormant at S = 2) | |
-//!
-//! - Hopper wins the bf16 backward of dormant layers (TMA streams G, and the direct identity
-//!   kernel stores the loaded stage itself); f32 dormant backward is a tie. Dormant forwards
-//!   are 0-10% slower than portable.
-//! - Layers with active seeds: the consumer warps are bound by per-element instruction latency
-//!   with few warps per SM (3-4 blocks of 4 consumer warps), worst for 16-bit types and small C
-//!   (more seed types, more divergence per warp); the portable seed-uniform kernels stay ahead.
-//! - Small calls (B = 32): portable, whose launches are captured in CUDA graphs.
-//! - Auto times both once per key and keeps Hopper only when it wins by [`HOPPER_MARGIN`].
+//! `benches/RESULTS.md` has the tables (portable, Hopper and Auto over the chunk size, by card).
+//! In short: Hopper can win dormant layers in 16-bit types (TMA streams the tiles, and the
+//! direct identity kernels store the loaded stage itself); with active seeds its consumer warps
+//! are bound by per-element instruction latency at few warps per SM (3-4 blocks of 4 consumer
+//! warps), worst for 16-bit types and small C, and the portable seed-uniform kernels stay
+//! ahead. Small calls run the portable kernels, whose launches are captured in CUDA graphs.
+//! Auto times both once per key and keeps Hopper only when it wins by [`HOPPER_MARGIN`].
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
