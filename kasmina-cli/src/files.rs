@@ -24,36 +24,54 @@ pub struct Matrix {
 }
 
 impl Matrix {
-    /// The values rounded to `dtype` (round to nearest even; f32 is exact for f16 and bf16 inputs).
-    pub fn to_dtype(&self, dtype: DType) -> HostTensorData {
-        match (&self.data, dtype) {
-            (d, t) if d.view().dtype() == t => d.clone(),
-            (d, t) => HostTensorData::from_f32(t, &d.to_f32()),
-        }
+    /// The values rounded to `dtype` (round to nearest even; f32 is exact for f16 and bf16
+    /// inputs), reusing the matrix's memory when it already holds `dtype`.
+    pub fn into_dtype(self, dtype: DType) -> HostTensorData {
+        if self.data.view().dtype() == dtype { self.data } else { HostTensorData::from_f32(dtype, &self.data.to_f32()) }
     }
 }
+
+/// The first bytes of an NPY file that hold its header (magic, version, length field, header).
+const NPY_PREAMBLE: usize = 12;
 
 /// Reads an NPY file of floats (`f2`, `f4` or `f8`, either byte order, C or
 /// Fortran order) holding a `[rows, width]` matrix, or a vector of `width`
 /// values (one row). Any other shape, dtype or a truncated file is an error
 /// naming the file and what was wrong.
+///
+/// The header is read and checked first (shape, dtype, and that the file holds exactly the
+/// bytes the shape declares), then the values are read from the file straight into the
+/// matrix: the memory used is the matrix's (f64 files: their f32 rounding) plus a constant.
 pub fn read_npy_matrix(path: &Path, width: usize) -> Result<Matrix> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    use std::io::{Read, Seek};
     let bad = |m: String| Error::bad_input(path, m);
+    let io = |e: std::io::Error| Error::io(path, e);
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let file_len = file.metadata().map_err(io)?.len();
+    // The header: its length field says how much more to read (at most 4 GiB by the format).
+    let mut head = vec![0u8; NPY_PREAMBLE.min(file_len as usize)];
+    file.read_exact(&mut head).map_err(io)?;
+    if let Some((_, end)) = npy_header_range_len(&head) {
+        if end as u64 > file_len || end < NPY_PREAMBLE {
+            return Err(bad("not a valid NPY file: its header length does not fit the file".into()));
+        }
+        head.resize(end, 0);
+        file.read_exact(&mut head[NPY_PREAMBLE..]).map_err(io)?;
+    }
     // The NPY reader multiplies the declared shape without checking: refuse a shape whose
     // element count overflows before it sees the header.
-    if let Some(shape) = npy_declared_shape(&bytes)
+    if let Some(shape) = npy_declared_shape(&head)
         && shape.iter().try_fold(1u64, |n, d| n.checked_mul(*d)).is_none()
     {
         return Err(bad(format!("shape {shape:?} overflows the size of any file")));
     }
-    let npy = npyz::NpyFile::new(&bytes[..]).map_err(|e| bad(format!("not a valid NPY file: {e}")))?;
-    let shape = npy
+    let header = npyz::NpyFile::new(&head[..]).map_err(|e| bad(format!("not a valid NPY file: {e}")))?;
+    let shape = header
         .shape()
         .iter()
         .map(|d| usize::try_from(*d))
         .collect::<std::result::Result<Vec<usize>, _>>()
-        .map_err(|_| bad(format!("shape {:?} does not fit this machine's sizes", npy.shape())))?;
+        .map_err(|_| bad(format!("shape {:?} does not fit this machine's sizes", header.shape())))?;
     let (rows, cols) = match shape.as_slice() {
         [r, c] => (*r, *c),
         [c] => (1, *c),
@@ -64,8 +82,8 @@ pub fn read_npy_matrix(path: &Path, width: usize) -> Result<Matrix> {
             "expected width {width} (the state's hidden_dim), got shape {shape:?}: the last axis must be {width}"
         )));
     }
-    let fortran = npy.order() == npyz::Order::Fortran && rows > 1;
-    let size = match npy.dtype() {
+    let fortran = header.order() == npyz::Order::Fortran && rows > 1;
+    let size = match header.dtype() {
         npyz::DType::Plain(ts) if ts.type_char() == TypeChar::Float => ts.size_field(),
         other => {
             return Err(bad(format!("unsupported dtype {}: expected floats (f2, f4 or f8)", other.descr())));
@@ -78,42 +96,70 @@ pub fn read_npy_matrix(path: &Path, width: usize) -> Result<Matrix> {
         .checked_mul(cols)
         .and_then(|n| n.checked_mul(size as usize))
         .ok_or_else(|| bad(format!("shape {shape:?} of {size}-byte floats overflows the size of any file")))?;
-    let (_, data_start) = npy_header_range(&bytes).ok_or_else(|| bad("not a valid NPY header".into()))?;
-    let have = bytes.len() - data_start;
-    if need != have {
+    let have = file_len - head.len() as u64;
+    if need as u64 != have {
         return Err(bad(format!(
             "shape {shape:?} of {size}-byte floats needs {need} data bytes, the file holds {have}"
         )));
     }
-    let read_err = |e: std::io::Error| bad(format!("cannot read the data ({e}); is the file truncated?"));
+    file.rewind().map_err(io)?;
+    let npy =
+        npyz::NpyFile::new(std::io::BufReader::new(file)).map_err(|e| bad(format!("not a valid NPY file: {e}")))?;
+    let n = rows * cols;
     let data = match size {
-        2 => HostTensorData::F16(npy.into_vec::<f16>().map_err(read_err)?),
-        4 => HostTensorData::F32(npy.into_vec::<f32>().map_err(read_err)?),
-        8 => HostTensorData::F32(npy.into_vec::<f64>().map_err(read_err)?.into_iter().map(|v| v as f32).collect()),
+        2 => HostTensorData::F16(read_values::<f16, f16>(npy, n, |v| v, path)?),
+        4 => HostTensorData::F32(read_values::<f32, f32>(npy, n, |v| v, path)?),
+        8 => HostTensorData::F32(read_values::<f64, f32>(npy, n, |v| v as f32, path)?),
         n => return Err(bad(format!("unsupported float size of {n} bytes: expected f2, f4 or f8"))),
     };
     let data = if fortran { transpose(data, rows, cols) } else { data };
     Ok(Matrix { rows, cols, data })
 }
 
-/// Where an NPY file's header text starts and where its data starts: after the magic, the
-/// version and the header-length field (2 bytes in version 1, 4 in versions 2 and 3), then the
-/// header. `None` when `bytes` is too short for what it declares.
-fn npy_header_range(bytes: &[u8]) -> Option<(usize, usize)> {
+/// The `n` values of an NPY file's data, each converted by `conv`, into a vector allocated
+/// fallibly (its size came from the file).
+fn read_values<T: npyz::Deserialize, U: Copy + Default>(
+    npy: npyz::NpyFile<impl std::io::Read>,
+    n: usize,
+    conv: impl Fn(T) -> U,
+    path: &Path,
+) -> Result<Vec<U>> {
+    let read_err =
+        |e: std::io::Error| Error::bad_input(path, format!("cannot read the data ({e}); is the file truncated?"));
+    let mut out = kasmina_core::error::try_filled(n, U::default(), &format!("the values of {}", path.display()))?;
+    let mut filled = 0;
+    let values =
+        npy.data::<T>().map_err(|e| Error::bad_input(path, format!("cannot read its values as floats: {e}")))?;
+    for (slot, v) in out.iter_mut().zip(values) {
+        *slot = conv(v.map_err(read_err)?);
+        filled += 1;
+    }
+    if filled != n {
+        return Err(Error::bad_input(path, format!("holds {filled} values, its shape declares {n}")));
+    }
+    Ok(out)
+}
+
+/// Where an NPY file's header text starts and ends, from its first [`NPY_PREAMBLE`] bytes
+/// (the length field: 2 bytes in version 1, 4 in versions 2 and 3). `None` when they are
+/// too few or not an NPY preamble.
+fn npy_header_range_len(bytes: &[u8]) -> Option<(usize, usize)> {
+    if bytes.get(..6)? != b"\x93NUMPY" {
+        return None;
+    }
     let (start, len) = if *bytes.get(6)? == 1 {
         (10, usize::from(u16::from_le_bytes([*bytes.get(8)?, *bytes.get(9)?])))
     } else {
         let len = u32::from_le_bytes([*bytes.get(8)?, *bytes.get(9)?, *bytes.get(10)?, *bytes.get(11)?]);
         (12, usize::try_from(len).ok()?)
     };
-    let end = start + len;
-    (end <= bytes.len()).then_some((start, end))
+    Some((start, start.checked_add(len)?))
 }
 
 /// The `shape` tuple an NPY header declares, when it can be read (the NPY reader reports what
 /// is malformed otherwise).
 fn npy_declared_shape(bytes: &[u8]) -> Option<Vec<u64>> {
-    let (start, end) = npy_header_range(bytes)?;
+    let (start, end) = npy_header_range_len(bytes)?;
     let header = std::str::from_utf8(bytes.get(start..end)?).ok()?;
     let after = &header[header.find("'shape'")? + "'shape'".len()..];
     let open = after.find('(')?;
@@ -285,5 +331,33 @@ mod tests {
             .unwrap();
         let m = read_npy_matrix(&p, 8).unwrap();
         assert_eq!((m.rows, m.cols, m.data.view().len()), (2, 8, 16));
+    }
+
+    #[test]
+    fn headers_that_do_not_fit_the_file_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.npy");
+        let good = npy_with("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 8), }", &[0u8; 64]);
+        // Shorter than the preamble, a header length past the end, a header length shorter than
+        // the preamble itself, and every truncation: errors, never a panic.
+        let mut past = good.clone();
+        past[8..10].copy_from_slice(&u16::MAX.to_le_bytes());
+        let mut short = good.clone();
+        short[8..10].copy_from_slice(&1u16.to_le_bytes());
+        for (bytes, what) in [(good[..5].to_vec(), "5 bytes"), (past, "length past the end"), (short, "length 1")] {
+            std::fs::write(&p, &bytes).unwrap();
+            let e = read_npy_matrix(&p, 8).unwrap_err().to_string();
+            assert!(e.contains("NPY") || e.contains("needs"), "{what}: {e}");
+        }
+        for cut in 0..good.len() {
+            std::fs::write(&p, &good[..cut]).unwrap();
+            assert!(read_npy_matrix(&p, 8).is_err(), "truncated to {cut} bytes");
+        }
+        // f64 and Fortran-order files read straight from the file come out row-major f32.
+        let v: Vec<f64> = (0..6).map(|i| i as f64 * 0.5).collect();
+        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        std::fs::write(&p, npy_with("{'descr': '<f8', 'fortran_order': True, 'shape': (2, 3), }", &bytes)).unwrap();
+        let m = read_npy_matrix(&p, 3).unwrap();
+        assert_eq!(m.data, HostTensorData::F32(vec![0.0, 1.0, 2.0, 0.5, 1.5, 2.5]));
     }
 }

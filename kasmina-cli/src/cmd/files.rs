@@ -93,19 +93,44 @@ fn open_layer<B: Backend>(
     Ok(KasminaLayer::from_state(backend, state)?)
 }
 
-/// The forward pass's outputs, computed on `open`'s device.
+/// `data` (`[rows, h]`) copied to a tensor of `backend`, then dropped: the host copy does not
+/// outlive the device one.
+fn upload<B: Backend>(backend: &B, data: HostTensorData, rows: usize, h: usize) -> kasmina::Result<B::Tensor> {
+    let mut t = backend.alloc(rows, h, data.view().dtype())?;
+    backend.write(&mut t, data.view())?;
+    Ok(t)
+}
+
+/// `t` (`[rows, h]` of `dtype`) read back to the host, then dropped.
+fn download<B: Backend>(
+    backend: &B,
+    t: B::Tensor,
+    dtype: DType,
+    rows: usize,
+    h: usize,
+) -> kasmina::Result<HostTensorData> {
+    let mut out = HostTensorData::zeros(dtype, rows * h);
+    backend.read(&t, out.view_mut())?;
+    Ok(out)
+}
+
+/// The forward pass's outputs, computed on `open`'s device. Each array is dropped as soon as it
+/// has been used, so a large input costs about its own size and the output's in memory.
 fn forward_on<B: Backend>(
     open: impl Fn() -> kasmina::Result<B>,
     state: LayerState,
-    x: &HostTensorData,
+    x: HostTensorData,
     rows: usize,
     want_telemetry: bool,
 ) -> kasmina::Result<(HostTensorData, Option<String>)> {
     let dtype = x.view().dtype();
     let h = state.config.hidden_dim;
     let mut layer = open_layer(open, state, dtype)?;
-    let mut y = HostTensorData::zeros(dtype, rows * h);
-    layer.forward_host(x.view(), y.view_mut())?;
+    let xt = upload(layer.backend(), x, rows, h)?;
+    let mut yt = layer.backend().alloc(rows, h, dtype)?;
+    layer.forward(&xt, &mut yt)?;
+    drop(xt);
+    let y = download(layer.backend(), yt, dtype, rows, h)?;
     let telemetry = if want_telemetry { Some(layer.telemetry()?.to_json()) } else { None };
     Ok((y, telemetry))
 }
@@ -149,31 +174,39 @@ pub fn forward(a: ForwardArgs) -> CmdResult {
     let h = state.config.hidden_dim;
     let m = files::read_npy_matrix(&a.input, h)?;
     let dtype = a.dtype.unwrap_or_else(|| default_dtype(&m));
-    let x = m.to_dtype(dtype);
+    let rows = m.rows;
+    let x = m.into_dtype(dtype);
     let (y, telemetry): (HostTensorData, Option<String>) =
-        kasmina::with_backend!(a.device, |open| forward_on(open, state, &x, m.rows, a.telemetry.is_some()))?;
-    let y_bytes = files::npy_bytes(&y, m.rows, h)?;
+        kasmina::with_backend!(a.device, |open| forward_on(open, state, x, rows, a.telemetry.is_some()))?;
+    let y_bytes = files::npy_bytes(&y, rows, h)?;
+    drop(y);
     let mut out: Vec<(&Path, &[u8])> = vec![(&a.output, &y_bytes)];
     if let (Some(path), Some(json)) = (&a.telemetry, &telemetry) {
         out.push((path, json.as_bytes()));
     }
     files::write_all_atomic(&out)?;
-    eprintln!("forward: {} rows x {h} ({dtype}) on {} -> {}", m.rows, a.device, a.output.display());
+    eprintln!("forward: {rows} rows x {h} ({dtype}) on {} -> {}", a.device, a.output.display());
     Ok(())
 }
 
+/// The backward pass's outputs, computed on `open`'s device (arrays dropped as soon as used,
+/// as in `forward_on`).
 fn backward_on<B: Backend>(
     open: impl Fn() -> kasmina::Result<B>,
     state: LayerState,
-    x: &HostTensorData,
-    g: &HostTensorData,
+    x: HostTensorData,
+    g: HostTensorData,
     rows: usize,
 ) -> kasmina::Result<(HostTensorData, kasmina::ParamGrads)> {
     let dtype = x.view().dtype();
     let h = state.config.hidden_dim;
     let mut layer = open_layer(open, state, dtype)?;
-    let mut dx = HostTensorData::zeros(dtype, rows * h);
-    let grads = layer.backward_host(x.view(), g.view(), dx.view_mut())?;
+    let xt = upload(layer.backend(), x, rows, h)?;
+    let gt = upload(layer.backend(), g, rows, h)?;
+    let mut dxt = layer.backend().alloc(rows, h, dtype)?;
+    let grads = layer.backward(&xt, &gt, &mut dxt)?;
+    drop((xt, gt));
+    let dx = download(layer.backend(), dxt, dtype, rows, h)?;
     Ok((dx, grads))
 }
 
@@ -200,15 +233,16 @@ pub fn backward(a: BackwardArgs) -> CmdResult {
         .into());
     }
     let dtype = a.dtype.unwrap_or_else(|| default_dtype(&mx));
-    let (x, g) = (mx.to_dtype(dtype), mg.to_dtype(dtype));
+    let rows = mx.rows;
+    let (x, g) = (mx.into_dtype(dtype), mg.into_dtype(dtype));
     let (dx, grads): (HostTensorData, kasmina::ParamGrads) =
-        kasmina::with_backend!(a.device, |open| backward_on(open, state, &x, &g, mx.rows))?;
-    let dx_bytes = files::npy_bytes(&dx, mx.rows, h)?;
+        kasmina::with_backend!(a.device, |open| backward_on(open, state, x, g, rows))?;
+    let dx_bytes = files::npy_bytes(&dx, rows, h)?;
+    drop(dx);
     let pg_bytes = files::param_grads_bytes(&grads, s, c)?;
     files::write_all_atomic(&[(&a.dx, &dx_bytes), (&a.param_grads, &pg_bytes)])?;
     eprintln!(
-        "backward: {} rows x {h} ({dtype}) on {} -> {}, {}",
-        mx.rows,
+        "backward: {rows} rows x {h} ({dtype}) on {} -> {}, {}",
         a.device,
         a.dx.display(),
         a.param_grads.display()
