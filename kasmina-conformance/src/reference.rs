@@ -52,6 +52,10 @@ pub struct BackwardRef {
     pub dweights: Vec<f64>,
     /// `dL/dscales[S]`, summed over rows.
     pub dscales: Vec<f64>,
+    /// The sum of the magnitudes of the terms each `dscales` entry adds up (the same formula on
+    /// `|x|`, `|g|`, `|w|`, `|s|`): the scale of the rounding error an f32 sum of them carries,
+    /// which cancellation can make far larger than the sum itself.
+    pub dscales_abs: Vec<f64>,
     /// `Σ g²` over each seed's chunk in every row (every seed, whatever its state).
     pub grad_sq: Vec<f64>,
 }
@@ -212,8 +216,13 @@ pub fn backward_with(state: &LayerState, params: &Params64, x: &[f64], g: &[f64]
     let n = state.num_seeds();
     assert_eq!(g.len(), rows * h, "reference backward: g must hold rows * H values");
     let fwd = forward_with(state, params, x, rows);
-    let mut out =
-        BackwardRef { dx: g.to_vec(), dweights: vec![0.0; n * c], dscales: vec![0.0; n], grad_sq: vec![0.0; n] };
+    let mut out = BackwardRef {
+        dx: g.to_vec(),
+        dweights: vec![0.0; n * c],
+        dscales: vec![0.0; n],
+        dscales_abs: vec![0.0; n],
+        grad_sq: vec![0.0; n],
+    };
     for seed in 0..n {
         let mode = seed_mode(state, seed);
         let a = mode.alpha();
@@ -235,6 +244,9 @@ pub fn backward_with(state: &LayerState, params: &Params64, x: &[f64], g: &[f64]
                 out.dweights[seed * c + j] += a * dw[j];
             }
             out.dscales[seed] += a * ds;
+            let abs = |v: &[f64]| v.iter().map(|e| e.abs()).collect::<Vec<f64>>();
+            let (_, _, ds_abs) = blueprint_grads(kind, &abs(w), s.abs(), &abs(xs), &abs(&ge));
+            out.dscales_abs[seed] += a * ds_abs;
         }
     }
     out

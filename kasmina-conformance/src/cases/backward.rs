@@ -44,7 +44,7 @@ pub(crate) fn run<B: Backend>(ctx: &mut Ctx<'_, B>) {
                 let mut chk = Check::new(format!("{group}/{}/{}", sp.lifecycle, sp.kind), Some(dtype));
                 let mut sel = vec![false; specs.len()];
                 sel[s] = true;
-                check_backward(&mut chk, &st, &sel, rows, &g, &dx, &grads, &bref);
+                check_backward(&mut chk, &st, &sel, rows, &data::to_f64(&x), &g, &dx, &grads, &bref);
                 checks.push(chk);
             }
             let mut chk = Check::new(format!("{group}/accumulated_grad_sq"), Some(dtype));

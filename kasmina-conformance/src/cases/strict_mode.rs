@@ -86,7 +86,7 @@ fn forward_backward<B: Backend>(
     zero_ambiguous(&st, &x64, &fref, &mut g);
     let (dx, grads) = run_backward(&mut l, &x, &g, rows)?;
     let bref = reference::backward(&st, &x64, &data::to_f64(&g), rows);
-    check_backward(chk, &st, &all_seeds(&st), rows, &g, &dx, &grads, &bref);
+    check_backward(chk, &st, &all_seeds(&st), rows, &x64, &g, &dx, &grads, &bref);
     Ok(())
 }
 
@@ -122,6 +122,6 @@ fn after_end_epoch<B: Backend>(
     zero_ambiguous(&st2, &x64, &fref, &mut g);
     let (dx, grads) = run_backward(&mut l, &x2, &g, rows)?;
     let bref = reference::backward(&st2, &x64, &data::to_f64(&g), rows);
-    check_backward(chk, &st2, &all_seeds(&st2), rows, &g, &dx, &grads, &bref);
+    check_backward(chk, &st2, &all_seeds(&st2), rows, &x64, &g, &dx, &grads, &bref);
     Ok(())
 }
