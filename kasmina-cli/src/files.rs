@@ -51,19 +51,25 @@ pub fn read_npy_matrix(path: &Path, width: usize) -> Result<Matrix> {
     // The header: its length field says how much more to read (at most 4 GiB by the format).
     let mut head = vec![0u8; NPY_PREAMBLE.min(file_len as usize)];
     file.read_exact(&mut head).map_err(io)?;
-    if let Some((_, end)) = npy_header_range_len(&head) {
-        if end as u64 > file_len || end < NPY_PREAMBLE {
-            return Err(bad("not a valid NPY file: its header length does not fit the file".into()));
-        }
-        head.resize(end, 0);
-        file.read_exact(&mut head[NPY_PREAMBLE..]).map_err(io)?;
+    let Some((start, end)) = npy_header_range_len(&head) else {
+        return Err(bad("not a valid NPY file: no NPY preamble".into()));
+    };
+    if end as u64 > file_len || end < NPY_PREAMBLE || end - start > NPY_MAX_HEADER {
+        return Err(bad(format!(
+            "not a valid NPY file: a header of {} bytes does not fit the file or the {NPY_MAX_HEADER}-byte limit",
+            end.saturating_sub(start)
+        )));
     }
-    // The NPY reader multiplies the declared shape without checking: refuse a shape whose
-    // element count overflows before it sees the header.
-    if let Some(shape) = npy_declared_shape(&head)
-        && shape.iter().try_fold(1u64, |n, d| n.checked_mul(*d)).is_none()
-    {
-        return Err(bad(format!("shape {shape:?} overflows the size of any file")));
+    head.resize(end, 0);
+    file.read_exact(&mut head[NPY_PREAMBLE..]).map_err(io)?;
+    // The header is checked against NumPy's own format before the NPY reader sees it: its
+    // general Python-literal parser takes exponential time on some crafted headers, and it
+    // multiplies the declared shape without checking for overflow.
+    let text =
+        std::str::from_utf8(&head[start..end]).map_err(|_| bad("not a valid NPY file: header is not text".into()))?;
+    let declared = parse_npy_header(text).map_err(|e| bad(format!("not a valid NPY file: {e}")))?;
+    if declared.shape.iter().try_fold(1u64, |n, d| n.checked_mul(*d)).is_none() {
+        return Err(bad(format!("shape {:?} overflows the size of any file", declared.shape)));
     }
     let header = npyz::NpyFile::new(&head[..]).map_err(|e| bad(format!("not a valid NPY file: {e}")))?;
     let shape = header
@@ -82,11 +88,11 @@ pub fn read_npy_matrix(path: &Path, width: usize) -> Result<Matrix> {
             "expected width {width} (the state's hidden_dim), got shape {shape:?}: the last axis must be {width}"
         )));
     }
-    let fortran = header.order() == npyz::Order::Fortran && rows > 1;
+    let fortran = declared.fortran && rows > 1;
     let size = match header.dtype() {
         npyz::DType::Plain(ts) if ts.type_char() == TypeChar::Float => ts.size_field(),
-        other => {
-            return Err(bad(format!("unsupported dtype {}: expected floats (f2, f4 or f8)", other.descr())));
+        _ => {
+            return Err(bad(format!("unsupported dtype {}: expected floats (f2, f4 or f8)", declared.descr)));
         }
     };
     // The data must be exactly what the shape declares, checked before anything is allocated:
@@ -156,20 +162,128 @@ fn npy_header_range_len(bytes: &[u8]) -> Option<(usize, usize)> {
     Some((start, start.checked_add(len)?))
 }
 
-/// The `shape` tuple an NPY header declares, when it can be read (the NPY reader reports what
-/// is malformed otherwise).
-fn npy_declared_shape(bytes: &[u8]) -> Option<Vec<u64>> {
-    let (start, end) = npy_header_range_len(bytes)?;
-    let header = std::str::from_utf8(bytes.get(start..end)?).ok()?;
-    let after = &header[header.find("'shape'")? + "'shape'".len()..];
-    let open = after.find('(')?;
-    let close = open + after[open..].find(')')?;
-    after[open + 1..close]
-        .split(',')
-        .map(str::trim)
-        .filter(|d| !d.is_empty())
-        .map(|d| d.trim_end_matches('L').parse::<u64>().ok())
-        .collect()
+/// The longest NPY header read (NumPy's own `max_header_size` default): a float matrix needs
+/// well under 200 bytes.
+const NPY_MAX_HEADER: usize = 10_000;
+
+/// The fields of an NPY header, as NumPy writes them.
+#[derive(Debug, Clone, PartialEq)]
+struct NpyHeader {
+    descr: String,
+    fortran: bool,
+    shape: Vec<u64>,
+}
+
+/// Parses an NPY header dict the way NumPy writes it: the keys `descr` (a string),
+/// `fortran_order` (`True` or `False`) and `shape` (a tuple of integers), each once, in any
+/// order, either quote style, free whitespace, an optional trailing comma. Anything else is an
+/// error saying what was found; the parse is linear in the header's length.
+fn parse_npy_header(text: &str) -> std::result::Result<NpyHeader, String> {
+    let mut p = HeaderCursor { s: text.as_bytes(), i: 0 };
+    p.expect(b'{')?;
+    let (mut descr, mut fortran, mut shape) = (None, None, None);
+    while !p.eat(b'}') {
+        let key = p.string()?;
+        p.expect(b':')?;
+        match key.as_str() {
+            "descr" if descr.is_none() => descr = Some(p.string()?),
+            "fortran_order" if fortran.is_none() => fortran = Some(p.boolean()?),
+            "shape" if shape.is_none() => shape = Some(p.tuple()?),
+            k => return Err(format!("unexpected or repeated key '{k}' in the header")),
+        }
+        if !p.eat(b',') {
+            p.expect(b'}')?;
+            break;
+        }
+    }
+    p.ws();
+    if p.i != p.s.len() {
+        return Err(format!("unexpected text after the header's dict at byte {}", p.i));
+    }
+    Ok(NpyHeader {
+        descr: descr.ok_or("the header has no 'descr'")?,
+        fortran: fortran.ok_or("the header has no 'fortran_order'")?,
+        shape: shape.ok_or("the header has no 'shape'")?,
+    })
+}
+
+/// A position in an NPY header's text; every read skips the whitespace before it.
+struct HeaderCursor<'a> {
+    s: &'a [u8],
+    i: usize,
+}
+
+impl HeaderCursor<'_> {
+    fn ws(&mut self) {
+        while self.s.get(self.i).is_some_and(|c| c.is_ascii_whitespace()) {
+            self.i += 1;
+        }
+    }
+
+    fn eat(&mut self, c: u8) -> bool {
+        self.ws();
+        let hit = self.s.get(self.i) == Some(&c);
+        if hit {
+            self.i += 1;
+        }
+        hit
+    }
+
+    fn expect(&mut self, c: u8) -> std::result::Result<(), String> {
+        if self.eat(c) { Ok(()) } else { Err(format!("expected '{}' at byte {} of the header", c as char, self.i)) }
+    }
+
+    /// A quoted string without escapes (NumPy's keys and dtype strings need none).
+    fn string(&mut self) -> std::result::Result<String, String> {
+        self.ws();
+        let q = *self
+            .s
+            .get(self.i)
+            .filter(|q| **q == b'\'' || **q == b'"')
+            .ok_or_else(|| format!("expected a quoted string at byte {} of the header", self.i))?;
+        let start = self.i + 1;
+        let len = self.s[start..].iter().position(|c| *c == q).ok_or("an unterminated string in the header")?;
+        self.i = start + len + 1;
+        String::from_utf8(self.s[start..start + len].to_vec()).map_err(|_| "a string in the header is not text".into())
+    }
+
+    fn boolean(&mut self) -> std::result::Result<bool, String> {
+        self.ws();
+        for (word, v) in [(&b"True"[..], true), (&b"False"[..], false)] {
+            if self.s[self.i..].starts_with(word) {
+                self.i += word.len();
+                return Ok(v);
+            }
+        }
+        Err(format!("expected True or False at byte {} of the header", self.i))
+    }
+
+    /// `(d0, d1, ...)` of non-negative integers (a trailing `L` of Python 2 allowed).
+    fn tuple(&mut self) -> std::result::Result<Vec<u64>, String> {
+        self.expect(b'(')?;
+        let mut dims = Vec::new();
+        while !self.eat(b')') {
+            self.ws();
+            let start = self.i;
+            while self.s.get(self.i).is_some_and(u8::is_ascii_digit) {
+                self.i += 1;
+            }
+            let digits = std::str::from_utf8(&self.s[start..self.i]).unwrap_or_default();
+            let d = digits.parse::<u64>().map_err(|_| format!("expected a dimension at byte {start} of the header"))?;
+            if self.s.get(self.i) == Some(&b'L') {
+                self.i += 1;
+            }
+            dims.push(d);
+            if dims.len() > 32 {
+                return Err("a shape of more than 32 dimensions".into());
+            }
+            if !self.eat(b',') {
+                self.expect(b')')?;
+                break;
+            }
+        }
+        Ok(dims)
+    }
 }
 
 /// Column-major `[rows, cols]` to row-major.
@@ -359,5 +473,52 @@ mod tests {
         std::fs::write(&p, npy_with("{'descr': '<f8', 'fortran_order': True, 'shape': (2, 3), }", &bytes)).unwrap();
         let m = read_npy_matrix(&p, 3).unwrap();
         assert_eq!(m.data, HostTensorData::F32(vec![0.0, 1.0, 2.0, 0.5, 1.5, 2.5]));
+    }
+
+    #[test]
+    fn npy_headers_parse_as_numpy_writes_them_and_nothing_else() {
+        let h = |descr: &str, fortran: bool, shape: &[u64]| NpyHeader {
+            descr: descr.into(),
+            fortran,
+            shape: shape.to_vec(),
+        };
+        for (text, want) in [
+            ("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 8), }", h("<f4", false, &[2, 8])),
+            ("{\"shape\":(3,),\"descr\":\">f8\",\"fortran_order\":True}   \n", h(">f8", true, &[3])),
+            ("{'descr': '<f2', 'fortran_order': False, 'shape': (), }", h("<f2", false, &[])),
+            ("{'descr': '<f4', 'fortran_order': False, 'shape': (4L, 5L)}", h("<f4", false, &[4, 5])),
+        ] {
+            assert_eq!(parse_npy_header(text), Ok(want), "{text}");
+        }
+        for text in [
+            "",
+            "{",
+            "{'descr': '<f4', 'fortran_order': False}",
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 8), 'extra': 1}",
+            "{'descr': '<f4', 'descr': '<f4', 'fortran_order': False, 'shape': (2,)}",
+            "{'descr': '<f4', 'fortran_order': 0, 'shape': (2,)}",
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (2, -8)}",
+            "{'descr': '<f4', 'fortran_order': False, 'shape': ((2,),)}",
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (2+1,)}",
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (2,)} trailing",
+            "{'descr': '<f4, 'fortran_order': False, 'shape': (2,)}",
+        ] {
+            assert!(parse_npy_header(text).is_err(), "accepted {text:?}");
+        }
+        // Deep nesting is refused (a tuple holds integers only).
+        let deep =
+            format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {}1{} }}", "(".repeat(5000), ")".repeat(5000));
+        assert!(parse_npy_header(&deep).is_err());
+    }
+
+    /// Found by `scripts/fuzz.sh` (target `npy`): a header of nested braces on which the NPY
+    /// reader's general Python-literal parser never finished. Refused by the header check.
+    #[test]
+    fn a_header_of_nested_braces_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.npy");
+        std::fs::write(&p, include_bytes!("../tests/data/npy-header-nested-braces.npy")).unwrap();
+        let e = read_npy_matrix(&p, 8).unwrap_err().to_string();
+        assert!(e.contains("not a valid NPY file"), "{e}");
     }
 }
