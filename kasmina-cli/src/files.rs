@@ -71,13 +71,17 @@ pub fn read_npy_matrix(path: &Path, width: usize) -> Result<Matrix> {
     if declared.shape.iter().try_fold(1u64, |n, d| n.checked_mul(*d)).is_none() {
         return Err(bad(format!("shape {:?} overflows the size of any file", declared.shape)));
     }
-    let header = npyz::NpyFile::new(&head[..]).map_err(|e| bad(format!("not a valid NPY file: {e}")))?;
-    let shape = header
-        .shape()
+    // The NPY reader, over the whole file, parses the (now checked) header once more for the
+    // dtype and then streams the values.
+    file.rewind().map_err(io)?;
+    let npy =
+        npyz::NpyFile::new(std::io::BufReader::new(file)).map_err(|e| bad(format!("not a valid NPY file: {e}")))?;
+    let shape = declared
+        .shape
         .iter()
         .map(|d| usize::try_from(*d))
         .collect::<std::result::Result<Vec<usize>, _>>()
-        .map_err(|_| bad(format!("shape {:?} does not fit this machine's sizes", header.shape())))?;
+        .map_err(|_| bad(format!("shape {:?} does not fit this machine's sizes", declared.shape)))?;
     let (rows, cols) = match shape.as_slice() {
         [r, c] => (*r, *c),
         [c] => (1, *c),
@@ -89,7 +93,7 @@ pub fn read_npy_matrix(path: &Path, width: usize) -> Result<Matrix> {
         )));
     }
     let fortran = declared.fortran && rows > 1;
-    let size = match header.dtype() {
+    let size = match npy.dtype() {
         npyz::DType::Plain(ts) if ts.type_char() == TypeChar::Float => ts.size_field(),
         _ => {
             return Err(bad(format!("unsupported dtype {}: expected floats (f2, f4 or f8)", declared.descr)));
@@ -108,9 +112,6 @@ pub fn read_npy_matrix(path: &Path, width: usize) -> Result<Matrix> {
             "shape {shape:?} of {size}-byte floats needs {need} data bytes, the file holds {have}"
         )));
     }
-    file.rewind().map_err(io)?;
-    let npy =
-        npyz::NpyFile::new(std::io::BufReader::new(file)).map_err(|e| bad(format!("not a valid NPY file: {e}")))?;
     let n = rows * cols;
     let data = match size {
         2 => HostTensorData::F16(read_values::<f16, f16>(npy, n, |v| v, path)?),
