@@ -206,6 +206,18 @@ const fn rows_per_visit(elem_bytes: usize) -> (usize, usize) {
     (fwd, ROWS_PER_VISIT)
 }
 
+/// Forward rows per visit of a seed for chunks of `c` elements: at least
+/// [`rows_per_visit`]'s, and enough rows for [`VISIT_ELEMS`] elements, so short
+/// chunks load and store their telemetry registers once per that many elements.
+fn fwd_rows_per_visit(elem_bytes: usize, c: usize) -> usize {
+    rows_per_visit(elem_bytes).0.max(VISIT_ELEMS / c.max(1)).min(MAX_ROWS_PER_VISIT)
+}
+
+/// Elements of one seed a forward visit covers at least (see [`fwd_rows_per_visit`]).
+const VISIT_ELEMS: usize = 256;
+/// The most rows of one visit.
+const MAX_ROWS_PER_VISIT: usize = 64;
+
 /// Default rows processed per visit of a seed.
 const ROWS_PER_VISIT: usize = 4;
 /// Forward rows per visit for 16-bit dtypes: the same bytes per visit as f32
@@ -743,12 +755,13 @@ unsafe fn bwd_fused<S: Simd, D: Dt, const NT: bool, const K: u8>(
 /// of its chunk in each row (bit for bit, NaN payloads kept) and the
 /// telemetry of the same loaded vectors, in one pass.
 ///
-/// The whole `2 W` steps of every row go through the fast path
-/// ([`Dt::copy_load2_mag`], [`TeleRegs::step_sums`]) and are settled once for
+/// The whole vectors of every row go through the fast path (pairs by
+/// [`Dt::copy_load2_mag`], a last single vector by [`Dt::copy_load`] with its
+/// own magnitude trackers; [`TeleRegs::step_sums`]) and are settled once for
 /// the visit: if a NaN/Inf went by, the visit is redone exactly from the
 /// registers at its start (rows in the same order); dead elements are counted
 /// by a second, cache-resident pass only when the visit had any. What is left
-/// of each row (`c` not a multiple of `2 W`) is added exactly.
+/// of each row (`c` not a multiple of `W`) is added exactly.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn ident_visit<S: Simd, D: Dt, const NT: bool>(
@@ -766,7 +779,12 @@ unsafe fn ident_visit<S: Simd, D: Dt, const NT: bool>(
     inf: S::V,
 ) {
     let step = 2 * S::W;
-    let main = c / step * step;
+    let pairs = c / step * step;
+    // Whole vectors: the pairs, then at most one single vector.
+    let main = c / S::W * S::W;
+    // `bits(|x|)` trackers of the single vectors (the pair trackers of
+    // `copy_load2_mag` have a dtype-specific form).
+    let (mut single_max, mut single_min) = (s.isplat(0), s.isplat(ABS_BITS_MAX));
     let saved = *tr;
     let mut k = s.splat(tp.k);
     // A second set of sums for the second vector of each step: two short
@@ -795,7 +813,7 @@ unsafe fn ident_visit<S: Simd, D: Dt, const NT: bool>(
             // Two steps per iteration: besides the shorter loop, the two stores of an
             // iteration are not one strided run, which keeps LLVM from turning the
             // copy into a `memcpy` call per row when the stores are not streamed.
-            while j + 2 * step <= main {
+            while j + 2 * step <= pairs {
                 let (am, an) = (&mut tr.abs_max, &mut tr.abs_min);
                 let (v0, v1) = D::copy_load2_mag::<S, NT>(s, xp.add(j), yp.add(j), am, an);
                 let (v2, v3) = D::copy_load2_mag::<S, NT>(s, xp.add(j + step), yp.add(j + step), am, an);
@@ -805,10 +823,17 @@ unsafe fn ident_visit<S: Simd, D: Dt, const NT: bool>(
                 b.step_sums(s, v3, k);
                 j += 2 * step;
             }
-            if j < main {
+            if j < pairs {
                 let (v0, v1) = D::copy_load2_mag::<S, NT>(s, xp.add(j), yp.add(j), &mut tr.abs_max, &mut tr.abs_min);
                 tr.step_sums(s, v0, k);
                 b.step_sums(s, v1, k);
+            }
+            if pairs < main {
+                let v = D::copy_load::<S, NT>(s, xp.add(pairs), yp.add(pairs));
+                let a = s.abs(v);
+                single_max = s.imax_bits(single_max, a);
+                single_min = s.imin_bits(single_min, a);
+                tr.step_sums(s, v, k);
             }
             ident_rest::<S, D>(s, tr, xp, Some(yp), main, c, k, de, inf);
         }
@@ -817,7 +842,7 @@ unsafe fn ident_visit<S: Simd, D: Dt, const NT: bool>(
         tr.min = s.min(tr.min, b.min);
         tr.max = s.max(tr.max, b.max);
         let (amax, amin) = D::mag_fold(s, tr.abs_max, tr.abs_min);
-        if s.iany_ge(amax, INF_BITS) {
+        if s.iany_ge(amax, INF_BITS) || s.iany_ge(single_max, INF_BITS) {
             // Rare: a NaN or Inf went by. Redo the visit exactly from its start. The rows
             // before the one that set K (if any) have no finite element, so whichever K
             // they are redone with adds nothing from them.
@@ -835,7 +860,7 @@ unsafe fn ident_visit<S: Simd, D: Dt, const NT: bool>(
         } else {
             tp.fast_count += (main * rows.len()) as u64;
             // Some lane's smallest magnitude is below dead_eps (bits compare like magnitudes).
-            if s.iany_lt(amin, db) {
+            if s.iany_lt(amin, db) || s.iany_lt(single_min, db) {
                 for r in rows {
                     let xp = x.add(r * h + col);
                     let mut j = 0;
@@ -1002,7 +1027,7 @@ pub(crate) unsafe fn forward_block<S: Simd, D: Dt, const NT: bool>(
     let de = s.splat(plan.dead_eps);
     let db = dead_bits(plan.dead_eps);
     let xb = sc.xb.as_mut_ptr();
-    let rpv = rows_per_visit(size_of::<D::Raw>()).0;
+    let rpv = fwd_rows_per_visit(size_of::<D::Raw>(), c);
     let mut r0 = 0;
     while r0 < rows {
         // A few rows per visit of a seed: its telemetry registers are loaded

@@ -4,9 +4,12 @@
 The host is under-sized in kind: `Linear(64, 256) -> Linear(256, 128) -> Linear(128, 10)` with no
 nonlinearity, a linear classifier however wide. A `KasminaLayer` sits between each pair of its
 layers (16 seeds over the 256 columns, 8 over the 128), and one `kasmina.controller.Controller`
-per layer grows MLP seeds (a per-unit ReLU of learned slope) where the gradient pressure is
-highest whenever the held-out loss stalls, grafts them with the PERFORMANCE_LINKED strategy on the
-loss improvement, and fossilizes or culls them from the held-out loss.
+per layer grows MLP seeds (a per-unit ReLU of learned slope, started near the identity on
+positive inputs with a little noise) whenever the held-out loss stalls: a cohort of the four
+dormant seeds under the most gradient pressure at a time, grafted with the PERFORMANCE_LINKED
+strategy on the loss improvement. In EVALUATING each seed is kept (fossilized) when the held-out
+loss is lower with it than with its chunk bypassed, and culled otherwise; a culled seed may grow
+again after its embargo. The pixels are standardized with the training split's statistics.
 
 For each random seed it trains, on the same split and the same initialisation:
 
@@ -64,7 +67,10 @@ def split(seed: int) -> Split:
     y = torch.tensor(y)
     xtr, xte, ytr, yte = train_test_split(x, y, test_size=0.2, random_state=seed, stratify=y)
     xtr, xva, ytr, yva = train_test_split(xtr, ytr, test_size=0.15, random_state=seed, stratify=ytr)
-    return Split(xtr, ytr, xva, yva, xte, yte)
+    # Standardized with the training rows' statistics (the border pixels that are always 0 stay
+    # near 0 through the 0.1 added to the deviation).
+    mu, sd = xtr.mean(0), xtr.std(0) + 0.1
+    return Split((xtr - mu) / sd, ytr, (xva - mu) / sd, yva, (xte - mu) / sd, yte)
 
 
 def host(kind: str, widths: tuple[int, ...] = WIDTHS) -> torch.nn.Sequential:
@@ -126,7 +132,25 @@ class Run:
 
 def train(model: torch.nn.Sequential, data: Split, epochs: int, seed: int, germinate: bool) -> Run:
     layers = [m for m in model if isinstance(m, KasminaLayer)]
-    controllers = [Controller(layer, max_seeds=6, patience=3, min_improvement=0.02) for layer in layers]
+
+    def held_out() -> float:
+        with torch.no_grad():
+            return torch.nn.functional.cross_entropy(model(data.x_val), data.y_val).item()
+
+    controllers = [
+        Controller(
+            layer,
+            max_seeds=layer.num_seeds,
+            patience=2,
+            min_improvement=0.05,
+            init_noise=0.3,
+            generator=torch.Generator().manual_seed(seed),
+            cohort=4,
+            held_out=held_out,
+            retry_culled=True,
+        )
+        for layer in layers
+    ]
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     gen = torch.Generator().manual_seed(seed)
     run = Run(test_acc=0.0)
@@ -300,8 +324,9 @@ def main(argv: list[str] | None = None) -> dict:
             f"{time.strftime('%Y-%m-%d')}, commit {commit()}, torch {torch.__version__}, {cpu_name()} "
             f"({torch.get_num_threads()} threads), {secs:.0f} s. Host: `Linear(64, 256) -> Linear(256, 128) -> "
             "Linear(128, 10)`, no nonlinearity, a `KasminaLayer` between each pair of layers (16 and 8 seeds); "
-            f"Adam (lr 1e-3), batches of 64, {args.epochs} epochs; test accuracy on a stratified 20% split, "
-            "the controllers judging by a 15% validation split of the rest."
+            f"standardized pixels; Adam (lr 1e-3), batches of 64, {args.epochs} epochs; test accuracy on a "
+            "stratified 20% split, the controllers judging by a 15% validation split of the rest (held-out loss, "
+            "and each seed's ablation in EVALUATING); cohorts of 4 MLP seeds, PERFORMANCE_LINKED."
         ),
         "",
         "| network | test accuracy, mean ± std (%) | per seed (%) |",
@@ -334,9 +359,11 @@ def main(argv: list[str] | None = None) -> dict:
         (
             f"Reading: the static ReLU network is {100 * headroom:+.2f} points from the linear host, which "
             "bounds what a per-unit nonlinearity (the MLP blueprint) can add to this host on this data; the "
-            f"dormant layers cost {(with_layers - bare) / 2:.0f} µs each per training step (their forward and "
-            "backward through a Python autograd function, the optimizer's work on their two parameters), "
-            "against a step that is itself mostly fixed per-operation cost at this size."
+            f"dormant layers cost {(with_layers - bare) / 2:.0f} µs each per training step: the module call, a "
+            "clone of the activation, the native forward that gathers its statistics and a gradient hook that "
+            "gathers Σ g² (a layer whose seeds are all dormant leaves its parameters out of the graph, so the "
+            "optimizer skips them), each a few microseconds of Python and dispatcher work, against a step that "
+            "is itself mostly fixed per-operation cost at this size."
         ),
         "",
         (

@@ -22,7 +22,7 @@ use kasmina_core::{
     Backend, BlueprintType, DType, Error as CoreError, GraftingStrategy, HostData, HostDataMut, KasminaLayer,
     LayerConfig, LayerState, LifecycleState, SeedSignal, TelemetryReport, snapshot,
 };
-use kasmina_core::{EpochSignals, TransitionEvent};
+use kasmina_core::{EpochSignals, ForwardMode, TransitionEvent};
 use kasmina_cpu::CpuBackend;
 use kasmina_cuda::{CudaBackend, CudaOptions};
 use pyo3::exceptions::PyRuntimeError;
@@ -695,6 +695,13 @@ impl Layer {
         let grads = Some((dweights, dscales));
         let call = Call { rows, dtype, inputs: vec![x, g], outputs: vec![dx], grads, weights, scales, stream };
         py.detach(|| call.run(&mut self.inner())).py()
+    }
+
+    /// Whether every seed is an identity seed now (SPEC 5.1: the forward is `y = x` bit for
+    /// bit, the backward `dx = g` with zero parameter gradients).
+    fn identity(&self) -> bool {
+        let inner = self.inner();
+        on_layer!(&inner.engine, l => l.state().seeds.lifecycle.iter().all(|s| s.forward_mode() == ForwardMode::Identity))
     }
 
     /// Makes the host state's parameters those at host addresses `weights` (`S * C` f32)

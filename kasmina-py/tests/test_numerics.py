@@ -190,3 +190,50 @@ def test_optimizer_updates_reach_the_next_forward(device: str) -> None:
         want = reference.forward(x.double().cpu(), reference.plan_of(layer))
         with torch.no_grad():
             assert rel_l2(layer(x), want) <= 1e-5
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
+def test_dormant_layer_in_training_is_the_identity_with_its_telemetry(device: str, dtype: torch.dtype) -> None:
+    # Every seed dormant: y = x bit for bit (a new tensor), dx = g bit for bit, the statistics
+    # of x and Σ g² gathered, and no parameter gradient (none at all on the CPU, whose layer
+    # leaves its parameters out of the graph while every seed is an identity).
+    layer = kasmina.KasminaLayer(96, 6, device=device, dtype=dtype)
+    x = random_input(2 * 3 * 11, 96, dtype, device, seed=21).reshape(2, 33, 96)
+    x[0, 4, 7] = float("nan")
+    x = x.requires_grad_(True)
+    g = random_input(66, 96, dtype, device, seed=22).reshape(2, 33, 96)
+    y = layer(x)
+    bits = torch.int32 if dtype == torch.float32 else torch.int16
+    assert y.shape == x.shape and y.data_ptr() != x.data_ptr()
+    assert torch.equal(y.detach().view(bits), x.detach().view(bits))
+    y.backward(g)
+    assert x.grad is not None and torch.equal(x.grad.view(bits), g.view(bits))
+    for p in (layer.weight, layer.scale):
+        assert p.grad is None or torch.count_nonzero(p.grad) == 0
+    if device == "cpu":
+        assert layer.weight.grad is None and layer.scale.grad is None
+    r = layer.end_epoch()
+    rows = x.detach().reshape(-1, 96).cpu()
+    m = reference.moments(rows, 6, layer.config.dead_eps)
+    gsq = (g.double().cpu().reshape(-1, 6, 16) ** 2).sum(dim=(0, 2))
+    for i in range(6):
+        assert r[i].count == int(m.count[i]) and r[i].nonfinite == int(m.nonfinite[i])
+        assert r[i].variance == pytest.approx(float(m.variance[i]), rel=1e-4)
+        assert r[i].grad_norm == pytest.approx(math.sqrt(float(gsq[i])), rel=1e-5)
+    assert r[0].nonfinite == 1
+
+
+def test_parameters_take_gradients_again_once_a_seed_is_active(device: str) -> None:
+    layer = kasmina.KasminaLayer(32, 2, device=device)
+    x = random_input(8, 32, torch.float32, device, seed=3).requires_grad_(True)
+    layer(x).sum().backward()
+    layer.germinate(1, 7, BlueprintType.RESIDUAL)
+    layer.transition(1, kasmina.LifecycleState.TRAINING)
+    layer.transition(1, kasmina.LifecycleState.GRAFTING)
+    layer.set_alpha(1, 0.5)
+    layer.zero_grad()
+    layer(x).sum().backward()
+    assert layer.scale.grad is not None and layer.weight.grad is not None
+    # RESIDUAL: dw_j = a * s * Σ_rows g_j = 0.5 * 8 rows for g = 1 (SPEC 7); seed 0 stays at 0.
+    assert torch.equal(layer.weight.grad[0].cpu(), torch.zeros(16))
+    assert torch.allclose(layer.weight.grad[1].cpu(), torch.full((16,), 4.0))

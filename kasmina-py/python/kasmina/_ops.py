@@ -35,6 +35,8 @@ __all__ = [
     "backward_op",
     "forward_impl",
     "forward_op",
+    "identity_forward",
+    "identity_grad",
     "kasmina_forward",
     "lookup",
     "register",
@@ -186,6 +188,52 @@ class _EagerFunction(torch.autograd.Function):
         x, weight, scale = ctx.saved_tensors  # type: ignore[attr-defined]
         dx, dw, ds = backward_impl(x, grad, weight, scale, ctx.handle)  # type: ignore[attr-defined]
         return dx, dw, ds, None
+
+
+def identity_forward(layer: KasminaLayer, x: Tensor) -> Tensor:
+    """The eager forward of a CPU layer whose seeds are all identities, for an ``x`` [B, H] that
+    requires gradients: ``y = x`` bit for bit with the call's statistics, and no autograd
+    function of its own.
+
+    ``y`` is a clone of ``x`` (its gradient node passes ``dL/dy`` through unchanged, so
+    ``dx = g`` costs no copy), and a pre-hook of that node adds ``Σ g²`` to the telemetry in
+    the backward. The parameters are not part of the graph: an identity seed does not read them,
+    so their ``.grad`` stays ``None`` (the optimizer skips them, as PyTorch does for any
+    parameter a step did not use). A plain ``autograd.Function`` costs more than the whole
+    layer at small sizes.
+    """
+    y = x.clone(memory_format=torch.contiguous_format)
+    w, s = layer.weight, layer.scale
+    # The native forward writes the same bits into y and gathers the statistics of x.
+    layer._core.forward(x.data_ptr(), y.data_ptr(), x.shape[0], DTYPE_CODES[x.dtype], w.data_ptr(), s.data_ptr(), 0)
+    # A pre-hook of y's gradient node: what a tensor hook on y is, without its handle object.
+    y.grad_fn.register_prehook(layer._identity_grad)
+    return y
+
+
+def identity_grad(layer: KasminaLayer, g: Tensor) -> None:
+    """The backward of :func:`identity_forward`: adds ``Σ g²`` of ``g`` to the telemetry and
+    leaves the gradient as it is (``dx = g``)."""
+    g = g.contiguous()
+    if g.dtype is not layer.dtype or g.dim() != 2 or g.shape[1] != layer.hidden_dim:
+        raise InvalidArgumentError(f"expected a gradient of shape [B, {layer.hidden_dim}] and dtype {layer.dtype}")
+    dx = torch.empty_like(g, memory_format=torch.contiguous_format)
+    dw, ds = layer._grad_scratch()
+    w, s = layer.weight, layer.scale
+    # Identity seeds do not read x, so g stands in for it; dx and the parameter gradients
+    # go to scratch buffers (they are g and zeros).
+    layer._core.backward(
+        g.data_ptr(),
+        g.data_ptr(),
+        dx.data_ptr(),
+        dw.data_ptr(),
+        ds.data_ptr(),
+        g.shape[0],
+        DTYPE_CODES[g.dtype],
+        w.data_ptr(),
+        s.data_ptr(),
+        0,
+    )
 
 
 def kasmina_forward(x: Tensor, weight: Tensor, scale: Tensor, handle: int) -> Tensor:

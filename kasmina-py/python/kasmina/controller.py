@@ -3,16 +3,21 @@
 It decides from the layer's telemetry and a held-out loss the trainer measures each epoch:
 
 - while the held-out loss still improves, it waits; when it has improved by less than
-  ``min_improvement`` (relative) over ``patience`` epochs, it germinates the dormant seed whose
-  chunk carries the largest gradient norm (the most pressure the host cannot absorb);
+  ``min_improvement`` (relative) over ``patience`` epochs, it germinates the ``cohort`` dormant
+  seeds whose chunks carry the largest gradient norms (the most pressure the host cannot absorb);
 - the seed starts from a neutral blueprint (for MLP ``w = 1``, the identity on positive inputs,
   plus optional noise; scale 1), goes GERMINATED -> TRAINING -> GRAFTING, where alpha ramps by
   the seed's strategy (PERFORMANCE_LINKED by default, with the epoch's loss improvement as its
   signal); the layer moves it on to STABILIZATION and EVALUATING by itself;
-- in EVALUATING it compares the held-out loss with the loss when the seed was germinated:
-  better -> FINE_TUNING -> FOSSILIZED, otherwise CULLED.
+- in EVALUATING it keeps the seed (FINE_TUNING -> FOSSILIZED) when the held-out loss is lower
+  with it, and culls it otherwise. "Lower" is, when ``held_out`` is given, lower than the same
+  network's held-out loss with the seed's chunk passed through unchanged (an ablation of that
+  seed alone, so each seed of a cohort is judged on its own); without it, lower than the loss
+  when the seed was germinated. With ``retry_culled`` a culled seed may germinate again once the
+  layer's embargo has returned it to DORMANT.
 
-One seed grows at a time, at most ``max_seeds`` in all. Use one controller per layer::
+One cohort grows at a time, at most ``max_seeds`` seeds alive or fossilized. Use one controller
+per layer::
 
     ctl = Controller(layer)
     for epoch in range(epochs):
@@ -24,6 +29,7 @@ One seed grows at a time, at most ``max_seeds`` in all. Use one controller per l
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -59,12 +65,21 @@ class Controller:
     init_noise: float = 0.0
     """Standard deviation of the noise added to the neutral start."""
     generator: torch.Generator | None = None
+    cohort: int = 1
+    """Seeds germinated together at a stall."""
+    held_out: Callable[[], float] | None = None
+    """The network's held-out loss now (called without gradients); when given, EVALUATING
+    compares it with and without the seed (see the module's docs)."""
+    retry_culled: bool = False
+    """Whether a culled seed may germinate again once it is DORMANT."""
     history: list[float] = field(default_factory=list)
     """The held-out loss of every epoch, as :meth:`observe` received it."""
     baseline: dict[int, float] = field(default_factory=dict)
     fossilized: list[int] = field(default_factory=list)
     culled: list[int] = field(default_factory=list)
     events: list[GrowthEvent] = field(default_factory=list)
+    germinated: int = 0
+    """Germinations so far (each one's blueprint id is this count)."""
 
     def observe(self, val_loss: float) -> None:
         """Records the epoch's held-out loss (before ``end_epoch``)."""
@@ -102,6 +117,31 @@ class Controller:
             w += self.init_noise * torch.randn(c, generator=self.generator)
         return w
 
+    def ablated_loss(self, seed_id: int) -> float:
+        """The held-out loss with seed ``seed_id``'s chunk passed through the layer unchanged."""
+        if self.held_out is None:
+            raise ValueError("ablated_loss needs the controller's held_out function")
+        c = self.layer.chunk_size
+        cols = slice(seed_id * c, (seed_id + 1) * c)
+
+        def bypass(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> torch.Tensor:
+            out = out.clone()
+            out[..., cols] = inputs[0][..., cols]
+            return out
+
+        handle = self.layer.register_forward_hook(bypass)
+        try:
+            with torch.no_grad():
+                return float(self.held_out())
+        finally:
+            handle.remove()
+
+    def keeps(self, seed_id: int, loss: float) -> bool:
+        """Whether seed ``seed_id`` in EVALUATING earns its place (see the module's docs)."""
+        if self.held_out is not None:
+            return loss < self.ablated_loss(seed_id)
+        return loss < self.baseline[seed_id]
+
     def step(self, epoch: int, report: object) -> None:
         """Decisions after ``end_epoch`` (``report`` is its report)."""
         layer, loss = self.layer, self.history[-1] if self.history else float("inf")
@@ -119,7 +159,7 @@ class Controller:
             elif st in (LifecycleState.GRAFTING, LifecycleState.STABILIZATION):
                 busy = True
             elif st == LifecycleState.EVALUATING:
-                if loss < self.baseline[i]:
+                if self.keeps(i, loss):
                     layer.transition(i, LifecycleState.FINE_TUNING)
                     layer.transition(i, LifecycleState.FOSSILIZED)
                     self.fossilized.append(i)
@@ -128,13 +168,17 @@ class Controller:
                     layer.cull(i)
                     self.culled.append(i)
                     self.events.append(GrowthEvent(epoch, i, "culled", loss))
+                    if self.retry_culled:
+                        del self.baseline[i]
         if busy or not self.stalled() or len(self.baseline) >= self.max_seeds:
             return
         dormant = [r for r in report.seeds if layer.seed(r.seed_id).lifecycle == LifecycleState.DORMANT]  # type: ignore[attr-defined]
         dormant = [r for r in dormant if r.seed_id not in self.baseline]
         if not dormant:
             return
-        pick = max(dormant, key=lambda r: r.grad_norm)
-        layer.germinate(pick.seed_id, 1 + len(self.baseline), self.blueprint_type, self.strategy)
-        self.baseline[pick.seed_id] = loss
-        self.events.append(GrowthEvent(epoch, pick.seed_id, "germinated", loss))
+        dormant.sort(key=lambda r: r.grad_norm, reverse=True)
+        for pick in dormant[: min(self.cohort, self.max_seeds - len(self.baseline))]:
+            self.germinated += 1
+            layer.germinate(pick.seed_id, self.germinated, self.blueprint_type, self.strategy)
+            self.baseline[pick.seed_id] = loss
+            self.events.append(GrowthEvent(epoch, pick.seed_id, "germinated", loss))

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from . import _kasmina
 from ._kasmina import Report
-from ._ops import DTYPE_CODES, kasmina_forward, register, stream_of
+from ._ops import DTYPE_CODES, identity_forward, identity_grad, kasmina_forward, register, stream_of
 from .config import LayerConfig
 from .enums import BlueprintType, GraftingStrategy, LifecycleState
 from .errors import InvalidArgumentError
@@ -247,8 +247,33 @@ class KasminaLayer(nn.Module):
         ):
             self._explain(x)
         if x.dim() == 2:
-            return kasmina_forward(x, w, sc, self._handle)
-        return kasmina_forward(x.reshape(-1, self.hidden_dim), w, sc, self._handle).reshape(x.shape)
+            return self._forward_rows(x)
+        return self._forward_rows(x.reshape(-1, self.hidden_dim)).reshape(x.shape)
+
+    def _forward_rows(self, x: Tensor) -> Tensor:
+        """The forward of a checked ``[B, H]`` input."""
+        if (
+            not self._cuda
+            and x.requires_grad
+            and not torch.compiler.is_compiling()
+            and torch.is_grad_enabled()
+            and self._core.identity()
+        ):
+            return identity_forward(self, x)
+        return kasmina_forward(x, self.weight, self.scale, self._handle)
+
+    def _identity_grad(self, grads: tuple[Tensor, ...]) -> None:
+        """The gradient pre-hook of :func:`kasmina._ops.identity_forward` (``grads = (dL/dy,)``)."""
+        if grads[0] is not None:
+            identity_grad(self, grads[0])
+
+    def _grad_scratch(self) -> tuple[Tensor, Tensor]:
+        """Buffers for parameter gradients that are thrown away (``[S, C]`` and ``[S]`` f32)."""
+        scratch: tuple[Tensor, Tensor] | None = self.__dict__.get("_scratch")
+        if scratch is None or scratch[0].device != self.weight.device:
+            scratch = (torch.empty_like(self.weight.detach()), torch.empty_like(self.scale.detach()))
+            self.__dict__["_scratch"] = scratch
+        return scratch
 
     def _explain(self, x: object) -> None:
         """Raises the error that says why ``x`` (or the parameters) cannot go through :meth:`forward`."""
@@ -499,6 +524,7 @@ class KasminaLayer(nn.Module):
         state = self.__dict__.copy()
         state["_core"] = self.to_bytes()
         state.pop("_handle", None)
+        state.pop("_scratch", None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
