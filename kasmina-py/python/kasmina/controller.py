@@ -16,8 +16,8 @@ It decides from the layer's telemetry and a held-out loss the trainer measures e
   when the seed was germinated. With ``retry_culled`` a culled seed may germinate again once the
   layer's embargo has returned it to DORMANT.
 
-One cohort grows at a time, at most ``max_seeds`` seeds alive or fossilized. Use one controller
-per layer::
+One cohort grows at a time, and at most ``max_seeds`` seeds germinate in all (with
+``retry_culled``, a culled seed no longer counts). Use one controller per layer::
 
     ctl = Controller(layer)
     for epoch in range(epochs):
