@@ -214,26 +214,9 @@ def identity_forward(layer: KasminaLayer, x: Tensor) -> Tensor:
 def identity_grad(layer: KasminaLayer, g: Tensor) -> None:
     """The backward of :func:`identity_forward`: adds ``Σ g²`` of ``g`` to the telemetry and
     leaves the gradient as it is (``dx = g``)."""
-    g = g.contiguous()
-    if g.dtype is not layer.dtype or g.dim() != 2 or g.shape[1] != layer.hidden_dim:
-        raise InvalidArgumentError(f"expected a gradient of shape [B, {layer.hidden_dim}] and dtype {layer.dtype}")
-    dx = torch.empty_like(g, memory_format=torch.contiguous_format)
-    dw, ds = layer._grad_scratch()
-    w, s = layer.weight, layer.scale
-    # Identity seeds do not read x, so g stands in for it; dx and the parameter gradients
-    # go to scratch buffers (they are g and zeros).
-    layer._core.backward(
-        g.data_ptr(),
-        g.data_ptr(),
-        dx.data_ptr(),
-        dw.data_ptr(),
-        ds.data_ptr(),
-        g.shape[0],
-        DTYPE_CODES[g.dtype],
-        w.data_ptr(),
-        s.data_ptr(),
-        0,
-    )
+    # Identity seeds do not read x, so g stands in for it; the returned dx and parameter
+    # gradients (g and zeros) are dropped.
+    backward_impl(g, g, layer.weight, layer.scale, layer._handle)
 
 
 def kasmina_forward(x: Tensor, weight: Tensor, scale: Tensor, handle: int) -> Tensor:

@@ -78,8 +78,6 @@ class Controller:
     fossilized: list[int] = field(default_factory=list)
     culled: list[int] = field(default_factory=list)
     events: list[GrowthEvent] = field(default_factory=list)
-    germinated: int = 0
-    """Germinations so far (each one's blueprint id is this count)."""
 
     def observe(self, val_loss: float) -> None:
         """Records the epoch's held-out loss (before ``end_epoch``)."""
@@ -178,7 +176,8 @@ class Controller:
             return
         dormant.sort(key=lambda r: r.grad_norm, reverse=True)
         for pick in dormant[: min(self.cohort, self.max_seeds - len(self.baseline))]:
-            self.germinated += 1
-            layer.germinate(pick.seed_id, self.germinated, self.blueprint_type, self.strategy)
+            # Each germination's blueprint id is its number.
+            blueprint_id = 1 + sum(e.what == "germinated" for e in self.events)
+            layer.germinate(pick.seed_id, blueprint_id, self.blueprint_type, self.strategy)
             self.baseline[pick.seed_id] = loss
             self.events.append(GrowthEvent(epoch, pick.seed_id, "germinated", loss))

@@ -267,14 +267,6 @@ class KasminaLayer(nn.Module):
         if grads[0] is not None:
             identity_grad(self, grads[0])
 
-    def _grad_scratch(self) -> tuple[Tensor, Tensor]:
-        """Buffers for parameter gradients that are thrown away (``[S, C]`` and ``[S]`` f32)."""
-        scratch: tuple[Tensor, Tensor] | None = self.__dict__.get("_scratch")
-        if scratch is None or scratch[0].device != self.weight.device:
-            scratch = (torch.empty_like(self.weight.detach()), torch.empty_like(self.scale.detach()))
-            self.__dict__["_scratch"] = scratch
-        return scratch
-
     def _explain(self, x: object) -> None:
         """Raises the error that says why ``x`` (or the parameters) cannot go through :meth:`forward`."""
         if not isinstance(x, Tensor):
@@ -524,7 +516,6 @@ class KasminaLayer(nn.Module):
         state = self.__dict__.copy()
         state["_core"] = self.to_bytes()
         state.pop("_handle", None)
-        state.pop("_scratch", None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
