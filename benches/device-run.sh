@@ -16,12 +16,14 @@
 #   goals    the default CUDA bench table and the PyTorch peer.
 #   tests    the CUDA GPU test binaries with every conformance row timestamped as it completes.
 #   pytests  the Python package's test suite with its CUDA cases required (about 5 minutes cold);
+#   randomized the randomized conformance group at full size (1000 cases) on cuda and wgpu:0 (or
+#            the devices in RANDOMIZED_DEVICES), in ten shards per device run side by side;
 #   pybench  the Python package's benchmark (`python -m kasmina.bench`: the layer through PyTorch
 #            against `kasmina bench` in the same process, torch.compile of the reference, CUDA-graph
 #            steps at the small shape).
 # The PyTorch peer and the Python parts need the package's wheel in .device: build it here with
 #   maturin build --release -m kasmina-py/Cargo.toml -o .device
-# Usage: bash benches/device-run.sh cuda|checks|sanitize|profile|startup|goals|tests|pytests|pybench
+# Usage: bash benches/device-run.sh cuda|checks|sanitize|profile|startup|goals|tests|pytests|pybench|randomized
 set -uo pipefail
 out=${OUT:-device-out}; mkdir -p "$out"
 r() { bash .device/run.sh "$@"; }
@@ -159,5 +161,38 @@ pybench)
   (cd kasmina-py && timeout 540 python3 -m kasmina.bench --json "$out/bench-python.json" \
     --markdown "$out/bench-python.md") 2>&1 | grep -v Warning | tee "$out/bench-python.txt" | tail -30
   ;;
-*) echo "usage: bash benches/device-run.sh cuda|checks|sanitize|profile|startup|goals|tests|pytests|pybench" >&2; exit 2 ;;
+randomized)
+  # The randomized conformance group at full size (1000 cases, generator seeds 1000-1999) on
+  # CUDA and on the GPU through Vulkan (wgpu:0), each cut into ten shards by the first three
+  # digits of the seed (`--filter randomized/seed=10` ... `=19`), all twenty run side by side.
+  # The Vulkan loader and environment of .device/run.sh, set up once for all twenty.
+  for f in .device/gl/*.deb; do dpkg -x "$f" /; done; ldconfig
+  export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json XDG_RUNTIME_DIR=/tmp \
+    __EGL_VENDOR_LIBRARY_FILENAMES=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json \
+    KASMINA_REQUIRE_GPU=1 KASMINA_AUTOTUNE_CACHE=/tmp/kasmina-autotune.json
+  for dev in ${RANDOMIZED_DEVICES:-cuda wgpu:0}; do
+    for k in 0 1 2 3 4 5 6 7 8 9; do
+      timeout "${RANDOMIZED_TIMEOUT:-560}" $bin/kasmina conformance --device "$dev" \
+        --filter "randomized/seed=1$k" --json "$out/randomized-${dev%%:*}-$k.json" \
+        > "$out/randomized-${dev%%:*}-$k.txt" 2>&1 &
+    done
+  done
+  wait
+  python3 - "$out" <<'PY'
+import glob, json, sys
+for dev in ("cuda", "wgpu"):
+    if not glob.glob(f"{sys.argv[1]}/randomized-{dev}-*"):
+        continue
+    rows, shards = [], 0
+    for f in sorted(glob.glob(f"{sys.argv[1]}/randomized-{dev}-*.json")):
+        shards += 1
+        rows += [r for r in json.load(open(f))["results"] if r["case"].startswith("randomized/seed=")]
+    bad = [r for r in rows if not r["passed"]]
+    print(f"{dev}: {len(rows)} randomized rows from {shards} shards, {len(rows) - len(bad)} passed, {len(bad)} failed")
+    for r in bad[:10]:
+        print("  FAILED", r["case"], r["detail"][:300])
+PY
+  ;;
+*) echo "usage: bash benches/device-run.sh cuda|checks|sanitize|profile|startup|goals|tests|pytests|pybench|randomized" >&2
+   exit 2 ;;
 esac

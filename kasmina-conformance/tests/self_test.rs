@@ -33,6 +33,8 @@ enum Mutant {
     NoBackwardClamp,
     /// Uploads of single seeds are dropped.
     StaleUpload,
+    /// The derived constants the kernels read are not refreshed when alpha changes.
+    StaleConstants,
     /// The telemetry mean drifts by one ulp on every third call.
     NonDeterministic,
     /// Forward of exactly one row panics.
@@ -274,6 +276,18 @@ impl Backend for RefBackend {
     fn checksum(&self, layer: &Layer) -> Result<u32> {
         Ok(kasmina_core::checksum::checksum(&layer.state))
     }
+    fn kernel_checksum(&self, layer: &Layer, seeds: &[usize]) -> Result<u32> {
+        if self.mutant == Mutant::StaleConstants {
+            // The derived constants still hold alpha 0 while the raw record moved on.
+            let mut derived_from = layer.state.clone();
+            derived_from.seeds.alpha.fill(0.0);
+            let plain = kasmina_core::plan::kernel_checksum(&derived_from, seeds);
+            if derived_from.seeds.alpha != layer.state.seeds.alpha {
+                return Ok(plain ^ 1);
+            }
+        }
+        Ok(kasmina_core::plan::kernel_checksum(&layer.state, seeds))
+    }
     fn copy(&self, src: &Tensor, dst: &mut Tensor) -> Result<()> {
         dst.data = src.data.clone();
         Ok(())
@@ -325,7 +339,8 @@ fn every_mutant_is_caught_by_its_group() {
         (Mutant::NaiveVariance, "telemetry", "variance"),
         (Mutant::GradScale, "backward/", "dweights"),
         (Mutant::NoBackwardClamp, "strict_mode/forward_backward", "dx"),
-        (Mutant::StaleUpload, "checksum/lifecycle", "device checksum"),
+        (Mutant::StaleUpload, "checksum/lifecycle", "device integrity check failed"),
+        (Mutant::StaleConstants, "checksum/lifecycle", "device integrity check failed"),
         (Mutant::NonDeterministic, "determinism/repeat/f32", "telemetry"),
         (Mutant::PanicOnOneRow, "shapes/C=7/", "panic"),
         (Mutant::ConvCrossChunk, "forward_modes", "rel L2"),

@@ -374,6 +374,14 @@ pub trait Backend {
     /// CRC-32 (SPEC 2.1) of the state as the device holds it, read back from the device.
     fn checksum(&self, layer: &Self::Layer) -> Result<u32>;
 
+    /// CRC-32 ([`crate::plan::kernel_crc`]) of what the kernels read for `seeds` (ids below
+    /// `num_seeds`, in this order): the raw records, weights and derived constants
+    /// ([`crate::SeedPlan`], ATTENTION's softmax), read back from the device into their
+    /// canonical form. A backend that keeps further constants derived from these checks them
+    /// against a derivation from what it read back and returns
+    /// [`crate::Error::DeviceIntegrity`] when they disagree.
+    fn kernel_checksum(&self, layer: &Self::Layer, seeds: &[usize]) -> Result<u32>;
+
     /// Device-to-device copy of `src` into `dst` (same shape and dtype), the
     /// device's own copy path (a multithreaded memcpy, `copy_buffer_to_buffer`,
     /// `cuMemcpyDtoD`): the bandwidth yardstick benchmarks compare against.
@@ -471,6 +479,10 @@ impl<T: Backend + ?Sized> Backend for &T {
     }
     fn checksum(&self, layer: &Self::Layer) -> Result<u32> {
         (**self).checksum(layer)
+    }
+
+    fn kernel_checksum(&self, layer: &Self::Layer, seeds: &[usize]) -> Result<u32> {
+        (**self).kernel_checksum(layer, seeds)
     }
     fn copy(&self, src: &Self::Tensor, dst: &mut Self::Tensor) -> Result<()> {
         (**self).copy(src, dst)

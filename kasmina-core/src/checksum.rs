@@ -156,6 +156,25 @@ pub struct RawSeed {
     pub scale: f32,
 }
 
+impl RawSeed {
+    /// Seed `i`'s raw fields in `state` (`i < num_seeds`, checked by the caller).
+    pub fn of(state: &LayerState, i: usize) -> Self {
+        let s = &state.seeds;
+        Self {
+            lifecycle: s.lifecycle[i].raw(),
+            blueprint_id: s.blueprint_id[i],
+            blueprint_type: s.blueprint_type[i].raw(),
+            grafting_strategy: s.grafting_strategy[i].raw(),
+            alpha: s.alpha[i],
+            epochs_in_state: s.epochs_in_state[i],
+            last_update_epoch: s.last_update_epoch[i],
+            clamp_mean: s.clamp_mean[i],
+            clamp_std: s.clamp_std[i],
+            scale: state.params.scales[i],
+        }
+    }
+}
+
 /// The layer-wide fields at the start of the canonical bytes.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RawHeader {
@@ -282,21 +301,7 @@ mod tests {
     #[test]
     fn per_seed_records_give_the_same_checksum() {
         let st = hand_written();
-        let s = &st.seeds;
-        let seeds: Vec<RawSeed> = (0..2)
-            .map(|i| RawSeed {
-                lifecycle: s.lifecycle[i].raw(),
-                blueprint_id: s.blueprint_id[i],
-                blueprint_type: s.blueprint_type[i].raw(),
-                grafting_strategy: s.grafting_strategy[i].raw(),
-                alpha: s.alpha[i],
-                epochs_in_state: s.epochs_in_state[i],
-                last_update_epoch: s.last_update_epoch[i],
-                clamp_mean: s.clamp_mean[i],
-                clamp_std: s.clamp_std[i],
-                scale: st.params.scales[i],
-            })
-            .collect();
+        let seeds: Vec<RawSeed> = (0..2).map(|i| RawSeed::of(&st, i)).collect();
         let header = RawHeader { schema_version: 1, hidden_dim: 4, num_seeds: 2, epoch: 7 };
         assert_eq!(crc32_of_seeds(header, &seeds, &st.params.weights), PINNED_CRC);
     }

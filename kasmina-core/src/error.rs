@@ -67,6 +67,22 @@ pub enum Error {
         /// What was wrong.
         message: String,
     },
+    /// What a device holds for its kernels (raw records, weights, derived constants) is not
+    /// what the host uploaded; the device's copy must not be used.
+    #[error(
+        "device integrity check failed on {backend}: {what}: the device's kernel checksum is {device:08x}, \
+         the host's {host:08x}"
+    )]
+    DeviceIntegrity {
+        /// The backend (`cpu`, `wgpu`, `cuda`).
+        backend: &'static str,
+        /// Which seeds, after which operation.
+        what: String,
+        /// The checksum read back from the device.
+        device: u32,
+        /// The checksum of the host's state.
+        host: u32,
+    },
     /// Host memory for a size that came from input could not be allocated (or the size does
     /// not fit the address space); nothing was changed.
     #[error("not enough memory: {what} needs {bytes} bytes")]

@@ -15,7 +15,7 @@ use crate::grafting::EpochSignals;
 use crate::lifecycle::{LifecycleState, TransitionEvent, TransitionReason};
 use crate::state::LayerState;
 use crate::telemetry::TelemetryReport;
-use crate::{checksum, snapshot};
+use crate::{checksum, plan, snapshot};
 
 /// One Kasmina layer on one backend.
 pub struct KasminaLayer<B: Backend> {
@@ -45,7 +45,9 @@ impl<B: Backend> KasminaLayer<B> {
     pub fn from_state(backend: B, state: LayerState) -> Result<Self> {
         state.validate()?;
         let device = backend.create_layer(&state)?;
-        Ok(Self { backend, device, state, events: Vec::new() })
+        let layer = Self { backend, device, state, events: Vec::new() };
+        layer.verify_device(&layer.state, StateChange::All, "after creating the layer")?;
+        Ok(layer)
     }
 
     /// Loads and verifies a snapshot onto `backend`.
@@ -53,9 +55,53 @@ impl<B: Backend> KasminaLayer<B> {
         Self::from_state(backend, snapshot::load(path)?)
     }
 
-    /// Saves a snapshot atomically.
+    /// Saves a snapshot atomically, once the device's copy is checked against the host's
+    /// ([`KasminaLayer::verify_device`]).
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        self.verify_device(&self.state, StateChange::All, "before saving")?;
         snapshot::save(&self.state, path)
+    }
+
+    /// Compares the device's kernel checksum of the seeds in `changed` with the host's for
+    /// `state` ([`crate::plan::kernel_checksum`]): [`Error::DeviceIntegrity`] when they differ.
+    /// Runs after every upload and before every save; `what` names the occasion.
+    pub fn verify_device(&self, state: &LayerState, changed: StateChange<'_>, what: &str) -> Result<()> {
+        let all: Vec<usize>;
+        let seeds = match changed {
+            StateChange::All => {
+                all = (0..state.num_seeds()).collect();
+                &all[..]
+            }
+            StateChange::Seeds(list) => list,
+        };
+        let host = plan::kernel_checksum(state, seeds);
+        let device = self.backend.kernel_checksum(&self.device, seeds)?;
+        if host == device {
+            return Ok(());
+        }
+        let which = match changed {
+            StateChange::All => "every seed".to_string(),
+            StateChange::Seeds(list) => format!("seeds {list:?}"),
+        };
+        Err(Error::DeviceIntegrity {
+            backend: self.backend.info().backend,
+            what: format!("{which} {what}"),
+            device,
+            host,
+        })
+    }
+
+    /// Uploads `next`'s seeds in `changed` and checks what the device then holds. When the
+    /// check fails, the device gets the current state back (as far as it takes it) and the
+    /// error is returned: the host state stays what it was.
+    fn upload_checked(&mut self, next: &LayerState, changed: StateChange<'_>, what: &str) -> Result<()> {
+        self.backend.upload(&mut self.device, next, changed)?;
+        if let Err(e) = self.verify_device(next, changed, what) {
+            // Best effort: the error that matters is the integrity failure.
+            let _ = self.backend.upload(&mut self.device, &self.state, StateChange::All);
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// The host copy of the state.
@@ -102,7 +148,7 @@ impl<B: Backend> KasminaLayer<B> {
         let mut next = self.state.clone();
         let out = f(&mut next)?;
         next.validate()?;
-        self.backend.upload(&mut self.device, &next, changed)?;
+        self.upload_checked(&next, changed, "after an upload")?;
         self.state = next;
         Ok(out)
     }
@@ -286,7 +332,7 @@ impl<B: Backend> KasminaLayer<B> {
         let mut next = self.state.clone();
         let events = next.advance_epoch(&acc, signals)?;
         next.validate()?;
-        self.backend.upload(&mut self.device, &next, StateChange::All)?;
+        self.upload_checked(&next, StateChange::All, "after the end of an epoch")?;
         // The accumulators are reset only once the new state is on the device, so a
         // failed upload leaves the epoch's statistics in place for a retry.
         self.backend.reset_accumulators(&mut self.device)?;
@@ -303,5 +349,19 @@ impl<B: Backend> KasminaLayer<B> {
     /// The checksum of the state the device holds, read back from the device.
     pub fn device_checksum(&self) -> Result<u32> {
         self.backend.checksum(&self.device)
+    }
+
+    /// The host's kernel checksum of every seed: the state with the constants the kernels
+    /// derive from it ([`crate::plan::kernel_checksum`]).
+    pub fn kernel_checksum(&self) -> u32 {
+        let all: Vec<usize> = (0..self.state.num_seeds()).collect();
+        plan::kernel_checksum(&self.state, &all)
+    }
+
+    /// The kernel checksum of every seed as the device holds it, read back from the device
+    /// ([`Backend::kernel_checksum`]).
+    pub fn device_kernel_checksum(&self) -> Result<u32> {
+        let all: Vec<usize> = (0..self.state.num_seeds()).collect();
+        self.backend.kernel_checksum(&self.device, &all)
     }
 }

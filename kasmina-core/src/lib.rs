@@ -11,6 +11,7 @@
 //! - [`state`]: the structure-of-arrays seed state and blueprint parameters;
 //! - [`grafting`]: alpha schedules as pure functions;
 //! - [`checksum`]: the canonical byte string and its CRC-32;
+//! - [`plan`]: the per-seed constants the kernels read, derived once, and their checksum;
 //! - [`snapshot`]: safetensors snapshots with atomic writes;
 //! - [`telemetry`]: per-seed [`Moments`], Chan's merge, and the report;
 //! - [`backend`]: the [`Backend`] trait every device implements;
@@ -29,6 +30,7 @@ pub mod error;
 pub mod grafting;
 pub mod layer;
 pub mod lifecycle;
+pub mod plan;
 pub mod snapshot;
 pub mod state;
 pub mod telemetry;
@@ -43,6 +45,7 @@ pub use error::{BackendError, BackendErrorKind, ConfigError, Error, Result, Snap
 pub use grafting::{EpochSignals, SeedSignal};
 pub use layer::KasminaLayer;
 pub use lifecycle::{ForwardMode, LifecycleState, TransitionEvent, TransitionReason};
+pub use plan::SeedPlan;
 pub use state::{BlueprintParams, LayerState, SeedStates};
 pub use telemetry::{CriticalTelemetry, Moments, NormalTelemetry, SeedReport, TelemetryReport};
 

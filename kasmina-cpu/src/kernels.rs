@@ -283,6 +283,43 @@ pub(crate) struct SeedPlan {
     pub clamp: Option<(f32, f32)>,
 }
 
+impl SeedPlan {
+    /// The kernel form of core's plan (the rules live there).
+    pub(crate) fn from_core(p: kasmina_core::SeedPlan) -> Self {
+        use kasmina_core::{BlueprintType, ForwardMode};
+        let kind = match (p.mode, p.blueprint_type) {
+            (ForwardMode::Identity, _) => Kind::Identity,
+            (_, BlueprintType::Residual) => Kind::Residual,
+            (_, BlueprintType::Attention) => Kind::Attention,
+            (_, BlueprintType::Mlp) => Kind::Mlp,
+            (_, BlueprintType::Conv) => Kind::Conv,
+        };
+        let [w0, w1, w2] = p.taps;
+        Self {
+            kind,
+            fossil: p.mode == ForwardMode::Blueprint,
+            a: p.a,
+            oma: 1.0 - p.a,
+            s: p.scale,
+            w0,
+            w1,
+            w2,
+            clamp: p.clamp,
+        }
+    }
+
+    /// Whether two plans hold the same bits (NaN payloads included).
+    pub(crate) fn same_bits(&self, o: &Self) -> bool {
+        let b = |v: f32| v.to_bits();
+        let clamp = |c: Option<(f32, f32)>| c.map(|(l, h)| (b(l), b(h)));
+        self.kind == o.kind
+            && self.fossil == o.fossil
+            && [self.a, self.oma, self.s, self.w0, self.w1, self.w2].map(b)
+                == [o.a, o.oma, o.s, o.w0, o.w1, o.w2].map(b)
+            && clamp(self.clamp) == clamp(o.clamp)
+    }
+}
+
 /// Shapes and per-seed parameters shared by every block of a call.
 pub(crate) struct Plan<'a> {
     /// H.

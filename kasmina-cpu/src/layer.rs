@@ -18,10 +18,8 @@
 use std::sync::Mutex;
 
 use kasmina_core::checksum::RawState;
-use kasmina_core::state::clamp_bounds;
 use kasmina_core::{
-    Accumulators, BlueprintType, ForwardMode, LayerState, LifecycleState, Moments, ParamGrads, Result, StabilityMode,
-    StateChange,
+    Accumulators, BlueprintType, LayerState, LifecycleState, Moments, ParamGrads, Result, StabilityMode, StateChange,
 };
 
 use crate::error::CpuError;
@@ -61,9 +59,9 @@ pub struct CpuLayer {
     weights: Vec<f32>,
     scales: Vec<f32>,
     pub(crate) plans: Vec<SeedPlan>,
-    wpad: Vec<f32>,
-    wspad: Vec<f32>,
-    ppad: Vec<f32>,
+    pub(crate) wpad: Vec<f32>,
+    pub(crate) wspad: Vec<f32>,
+    pub(crate) ppad: Vec<f32>,
     pub(crate) acc: Accumulators,
     pub(crate) grads: ParamGrads,
     pub(crate) scratch: Vec<Mutex<ThreadScratch>>,
@@ -207,63 +205,90 @@ impl CpuLayer {
         Ok(())
     }
 
-    /// Derives seed `i`'s plan and padded parameter rows from the layer's own arrays.
+    /// Seed `i`'s plan (core's [`kasmina_core::SeedPlan`]) from the layer's own arrays.
+    fn core_plan(&self, i: usize) -> Result<kasmina_core::SeedPlan> {
+        let c = self.c;
+        Ok(kasmina_core::SeedPlan::of(
+            LifecycleState::from_raw(self.lifecycle[i])?,
+            BlueprintType::from_raw(self.blueprint_type[i])?,
+            self.alpha[i],
+            self.stability,
+            (self.clamp_mean[i], self.clamp_std[i]),
+            &self.weights[i * c..(i + 1) * c],
+            self.scales[i],
+        ))
+    }
+
+    /// Derives seed `i`'s kernel plan and padded parameter rows from the layer's own arrays.
     fn build_plan(&mut self, i: usize) -> Result<()> {
         let (c, cp) = (self.c, self.cp);
-        let life = LifecycleState::from_raw(self.lifecycle[i])?;
-        let bt = BlueprintType::from_raw(self.blueprint_type[i])?;
-        let w = &self.weights[i * c..(i + 1) * c];
-        let scale = self.scales[i];
-        let mode = life.forward_mode();
-        let kind = match (mode, bt) {
-            (ForwardMode::Identity, _) => Kind::Identity,
-            (_, BlueprintType::Residual) => Kind::Residual,
-            (_, BlueprintType::Attention) => Kind::Attention,
-            (_, BlueprintType::Mlp) => Kind::Mlp,
-            (_, BlueprintType::Conv) => Kind::Conv,
-        };
-        let fossil = mode == ForwardMode::Blueprint;
-        let a = if fossil { 1.0 } else { self.alpha[i].clamp(0.0, 1.0) };
-        let a = if a.is_nan() { 0.0 } else { a };
-        let clamp = if kind == Kind::Identity {
-            None
-        } else {
-            clamp_bounds(self.stability, self.clamp_mean[i], self.clamp_std[i])
-        };
-        self.plans[i] = SeedPlan {
-            kind,
-            fossil,
-            a,
-            oma: 1.0 - a,
-            s: scale,
-            w0: w.first().copied().unwrap_or(0.0),
-            w1: w.get(1).copied().unwrap_or(0.0),
-            w2: w.get(2).copied().unwrap_or(0.0),
-            clamp,
-        };
-        let (wp, wsp, pp) = (
-            &mut self.wpad[i * cp..(i + 1) * cp],
-            &mut self.wspad[i * cp..(i + 1) * cp],
-            &mut self.ppad[i * cp..(i + 1) * cp],
-        );
-        wp.fill(0.0);
-        wsp.fill(0.0);
-        pp.fill(0.0);
-        wp[..c].copy_from_slice(w);
-        for j in 0..c {
-            wsp[j] = w[j] * scale;
-        }
-        // softmax(w), max subtracted first (SPEC 4), computed once per upload.
-        let m = w.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0.0f32;
-        for j in 0..c {
-            pp[j] = (w[j] - m).exp();
-            sum += pp[j];
-        }
-        for v in &mut pp[..c] {
-            *v /= sum;
-        }
+        let plan = self.core_plan(i)?;
+        self.plans[i] = SeedPlan::from_core(plan);
+        let (w, scale) = (&self.weights[i * c..(i + 1) * c], self.scales[i]);
+        let (wp, wsp, pp) = padded_rows(w, scale);
+        self.wpad[i * cp..(i + 1) * cp].copy_from_slice(&wp);
+        self.wspad[i * cp..(i + 1) * cp].copy_from_slice(&wsp);
+        self.ppad[i * cp..(i + 1) * cp].copy_from_slice(&pp);
         Ok(())
+    }
+
+    /// The kernel checksum ([`kasmina_core::plan::kernel_crc`]) of `seeds` from what the
+    /// kernels read: the raw arrays, the plans and the padded parameter rows. A kernel plan
+    /// or padded row that is not what the raw arrays derive to is an integrity error.
+    pub(crate) fn kernel_checksum(&self, seeds: &[usize]) -> Result<u32> {
+        let (c, cp) = (self.c, self.cp);
+        let mut kernel_seeds = Vec::with_capacity(seeds.len());
+        for &i in seeds {
+            if i >= self.s {
+                return Err(kasmina_core::Error::SeedOutOfRange { seed_id: i, num_seeds: self.s });
+            }
+            let plan = self.core_plan(i)?;
+            let (w, scale) = (&self.weights[i * c..(i + 1) * c], self.scales[i]);
+            let (wp, wsp, pp) = padded_rows(w, scale);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+            let row = i * cp..(i + 1) * cp;
+            // The softmax row itself is in the checksum; its padding must be zeros.
+            let consistent = self.plans[i].same_bits(&SeedPlan::from_core(plan))
+                && bits(&self.wpad[row.clone()]) == bits(&wp)
+                && bits(&self.wspad[row.clone()]) == bits(&wsp)
+                && bits(&self.ppad[i * cp + c..(i + 1) * cp]) == bits(&pp[c..]);
+            if !consistent {
+                return Err(kasmina_core::Error::DeviceIntegrity {
+                    backend: "cpu",
+                    what: format!("the kernel plan or padded parameters of seed {i} are not what its state derives to"),
+                    device: 0,
+                    host: 0,
+                });
+            }
+            kernel_seeds.push((i, plan));
+        }
+        let header = kasmina_core::checksum::RawHeader {
+            schema_version: self.schema_version,
+            hidden_dim: self.h as u32,
+            num_seeds: self.s as u32,
+            epoch: self.epoch,
+        };
+        Ok(kasmina_core::plan::kernel_crc(
+            header,
+            kernel_seeds.into_iter().map(|(i, plan)| kasmina_core::plan::KernelSeed {
+                seed_id: i,
+                record: kasmina_core::checksum::RawSeed {
+                    lifecycle: self.lifecycle[i],
+                    blueprint_id: self.blueprint_id[i],
+                    blueprint_type: self.blueprint_type[i],
+                    grafting_strategy: self.grafting_strategy[i],
+                    alpha: self.alpha[i],
+                    epochs_in_state: self.epochs_in_state[i],
+                    last_update_epoch: self.last_update_epoch[i],
+                    clamp_mean: self.clamp_mean[i],
+                    clamp_std: self.clamp_std[i],
+                    scale: self.scales[i],
+                },
+                weights: &self.weights[i * c..(i + 1) * c],
+                plan,
+                softmax: &self.ppad[i * cp..i * cp + c],
+            }),
+        ))
     }
 
     /// The shared per-call view of the plans, the scratch, and the partials
@@ -415,5 +440,19 @@ pub(crate) struct Partials<'a> {
 }
 
 fn identity_plan() -> SeedPlan {
-    SeedPlan { kind: Kind::Identity, fossil: false, a: 0.0, oma: 1.0, s: 1.0, w0: 0.0, w1: 0.0, w2: 0.0, clamp: None }
+    SeedPlan::from_core(kasmina_core::SeedPlan::IDENTITY)
+}
+
+/// A seed's padded parameter rows (`cp` long, zero past `C`): the weights, `weights * scale`
+/// (RESIDUAL) and `softmax(weights)` (ATTENTION, core's [`kasmina_core::plan::softmax`]).
+fn padded_rows(w: &[f32], scale: f32) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let cp = w.len().div_ceil(MAX_LANES) * MAX_LANES;
+    let pad = |v: &mut Vec<f32>| v.resize(cp, 0.0);
+    let mut wp = w.to_vec();
+    let mut wsp: Vec<f32> = w.iter().map(|v| v * scale).collect();
+    let mut pp = kasmina_core::plan::softmax(w);
+    pad(&mut wp);
+    pad(&mut wsp);
+    pad(&mut pp);
+    (wp, wsp, pp)
 }

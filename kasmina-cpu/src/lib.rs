@@ -429,6 +429,10 @@ impl Backend for CpuBackend {
         Ok(layer.checksum())
     }
 
+    fn kernel_checksum(&self, layer: &CpuLayer, seeds: &[usize]) -> Result<u32> {
+        layer.kernel_checksum(seeds)
+    }
+
     fn copy(&self, src: &CpuTensor, dst: &mut CpuTensor) -> Result<()> {
         if src.rows() != dst.rows() || src.cols() != dst.cols() {
             return Err(kasmina_core::Error::shape(

@@ -477,3 +477,50 @@ fn accumulators_add_up_over_calls_and_reset() {
     be.reset_accumulators(&mut layer).unwrap();
     assert_eq!(be.accumulators(&layer).unwrap().moments[0], Moments::empty());
 }
+
+/// What the kernels read is checked against the host after every upload and before a save:
+/// a derived constant or padded row that differs from the host's is a typed error.
+#[test]
+fn a_device_copy_that_differs_from_the_host_is_an_integrity_error() {
+    use kasmina_core::{Error, KasminaLayer};
+    let cfg = LayerConfig::new(8, 2).unwrap().with_stability(StabilityMode::strict());
+    let mut l = KasminaLayer::new(CpuBackend::with_threads(1).unwrap(), cfg).unwrap();
+    l.request_germination(1, 7, BlueprintType::Attention, GraftingStrategy::FixedRamp).unwrap();
+    l.transition(1, LifecycleState::Training).unwrap();
+    l.set_seed_params(1, &[0.5, -1.0, 2.0, 0.25], 1.5).unwrap();
+    l.transition(1, LifecycleState::Grafting).unwrap();
+    l.set_alpha(1, 0.5).unwrap();
+    assert_eq!(l.device_kernel_checksum().unwrap(), l.kernel_checksum());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.safetensors");
+    l.save(&path).unwrap();
+
+    // One ulp of ATTENTION's softmax: the state checksum cannot see it, the kernel checksum does.
+    let cp = l.device_layer().cp;
+    let (_, dev) = l.parts_mut();
+    dev.ppad[cp + 2] = f32::from_bits(dev.ppad[cp + 2].to_bits() + 1);
+    assert_eq!(l.device_checksum().unwrap(), l.checksum());
+    assert_ne!(l.device_kernel_checksum().unwrap(), l.kernel_checksum());
+    let saved = std::fs::read(&path).unwrap();
+    let err = l.save(&path).unwrap_err();
+    assert!(matches!(err, Error::DeviceIntegrity { backend: "cpu", .. }), "{err}");
+    assert!(err.to_string().contains("before saving"), "{err}");
+    assert_eq!(std::fs::read(&path).unwrap(), saved, "a refused save leaves the file as it was");
+
+    // An upload checks the seeds it wrote: seed 0 is fine, and re-uploading seed 1 mends it.
+    l.request_germination(0, 8, BlueprintType::Conv, GraftingStrategy::FixedRamp).unwrap();
+    assert_ne!(l.device_kernel_checksum().unwrap(), l.kernel_checksum());
+    l.set_alpha(1, 0.75).unwrap();
+    assert_eq!(l.device_kernel_checksum().unwrap(), l.kernel_checksum());
+
+    // A kernel-only constant (1 - a) out of step with the plan it comes from.
+    let (_, dev) = l.parts_mut();
+    dev.plans[1].oma = 0.0;
+    let err = l.device_kernel_checksum().unwrap_err();
+    assert!(matches!(err, Error::DeviceIntegrity { .. }) && err.to_string().contains("seed 1"), "{err}");
+    assert!(l.save(&path).is_err());
+    // The end of an epoch uploads every seed again and leaves the layer whole.
+    l.end_epoch(&kasmina_core::EpochSignals::none()).unwrap();
+    assert_eq!(l.device_kernel_checksum().unwrap(), l.kernel_checksum());
+    l.save(&path).unwrap();
+}

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use cudarc::driver::sys::{CUdevice_attribute, CUevent_flags, CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg};
 use kasmina_core::checksum::{RawHeader, RawSeed, crc32_of_seeds};
+use kasmina_core::plan::{KernelSeed, kernel_crc};
 use kasmina_core::{
     Accumulators, Backend, DType, DeviceInfo, DeviceTensor, Error, HostData, HostDataMut, LayerState, Moments,
     ParamGrads, StateChange,
@@ -16,7 +17,8 @@ use crate::cache::KernelCache;
 use crate::error::{CudaError, CudaResult, DriverContext};
 use crate::kernels::{KERNEL_SOURCE, Kernels, ModuleSpec, PlanKernel, arch_name, vector_widths, widest_vector};
 use crate::layer::{
-    Acc, ColCoef, CudaLayer, GraphKey, Scratch, SeedConst, SeedDerived, SeedRecord, seed_const, seed_record,
+    Acc, ColCoef, CudaLayer, GraphKey, Scratch, SeedConst, SeedDerived, SeedRecord, derive, plan_of, seed_const,
+    seed_record,
 };
 use crate::options::CudaOptions;
 
@@ -1656,21 +1658,7 @@ impl Backend for CudaBackend {
             .chunks_exact(std::mem::size_of::<SeedRecord>())
             .map(bytemuck::pod_read_unaligned::<SeedRecord>)
             .collect();
-        let seeds: Vec<RawSeed> = recs
-            .iter()
-            .map(|r| RawSeed {
-                lifecycle: r.lifecycle,
-                blueprint_id: r.blueprint_id,
-                blueprint_type: r.blueprint_type,
-                grafting_strategy: r.grafting_strategy,
-                alpha: r.alpha,
-                epochs_in_state: r.epochs_in_state,
-                last_update_epoch: r.last_update_epoch,
-                clamp_mean: r.clamp_mean,
-                clamp_std: r.clamp_std,
-                scale: r.scale,
-            })
-            .collect();
+        let seeds: Vec<RawSeed> = recs.iter().map(SeedRecord::raw).collect();
         let header = RawHeader {
             schema_version: header[0] as u8,
             hidden_dim: header[1],
@@ -1678,6 +1666,61 @@ impl Backend for CudaBackend {
             epoch: header[3],
         };
         Ok(crc32_of_seeds(header, &seeds, &weights[..layer.s * layer.c]))
+    }
+
+    fn kernel_checksum(&self, layer: &CudaLayer, seeds: &[usize]) -> Result<u32> {
+        let (s, c) = (layer.s, layer.c);
+        if let Some(&bad) = seeds.iter().find(|&&i| i >= s) {
+            return Err(Error::SeedOutOfRange { seed_id: bad, num_seeds: s });
+        }
+        let header = self.read_vec(&layer.header, "reading the layer header")?;
+        let records = self.read_vec(&layer.records, "reading seed records")?;
+        let consts = self.read_vec(&layer.consts, "reading seed constants")?;
+        let weights = self.read_vec(&layer.weights, "reading weights")?;
+        let coef = self.read_vec(&layer.coef, "reading coefficients")?;
+        let colc = self.read_vec(&layer.colc, "reading column coefficients")?;
+        // The device buffers are bytes: copy into aligned structs before viewing them.
+        fn pods<T: bytemuck::Pod>(bytes: &[u8], n: usize) -> Vec<T> {
+            bytes.chunks_exact(std::mem::size_of::<T>()).take(n).map(bytemuck::pod_read_unaligned::<T>).collect()
+        }
+        let records: Vec<SeedRecord> = pods(&records, s);
+        let consts: Vec<SeedConst> = pods(&consts, s);
+        let colc: Vec<ColCoef> = pods(&colc, s * c);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+        let mut kernel_seeds = Vec::with_capacity(seeds.len());
+        for &i in seeds {
+            let (w, k) = (&weights[i * c..(i + 1) * c], &coef[i * c..(i + 1) * c]);
+            let plan = plan_of(&consts[i]);
+            // The coefficient rows are derived further from the plan and the weights: they must
+            // be what those derive to.
+            let want = derive(&plan, w);
+            let colc_bits = |v: &[ColCoef]| v.iter().flat_map(|x| bits(&[x.p, x.q, x.w, x.r])).collect::<Vec<u32>>();
+            let mismatch = if want.sc.flags != consts[i].flags {
+                Some("constant flags")
+            } else if bits(&want.coef) != bits(k) {
+                Some("coefficients")
+            } else if colc_bits(&want.colc) != colc_bits(&colc[i * c..(i + 1) * c]) {
+                Some("column coefficients")
+            } else {
+                None
+            };
+            if let Some(what) = mismatch {
+                return Err(Error::DeviceIntegrity {
+                    backend: "cuda",
+                    what: format!("the {what} of seed {i} are not what its weights and constants derive to"),
+                    device: crc32fast::hash(bytemuck::cast_slice(k)),
+                    host: crc32fast::hash(bytemuck::cast_slice(&want.coef)),
+                });
+            }
+            kernel_seeds.push(KernelSeed { seed_id: i, record: records[i].raw(), weights: w, plan, softmax: k });
+        }
+        let header = RawHeader {
+            schema_version: header[0] as u8,
+            hidden_dim: header[1],
+            num_seeds: header[2],
+            epoch: header[3],
+        };
+        Ok(kernel_crc(header, kernel_seeds))
     }
 
     fn copy(&self, src: &CudaTensor, dst: &mut CudaTensor) -> Result<()> {

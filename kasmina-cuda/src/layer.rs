@@ -8,7 +8,8 @@ use bytemuck::{Pod, Zeroable};
 use std::collections::HashMap;
 
 use cudarc::driver::{CudaGraph, CudaSlice, CudaStream};
-use kasmina_core::{BlueprintType, ForwardMode, LayerState, StabilityMode, state::clamp_bounds};
+use kasmina_core::checksum::RawSeed;
+use kasmina_core::{BlueprintType, ForwardMode, LayerState, SeedPlan, StabilityMode};
 
 use crate::error::{CudaResult, DriverContext};
 
@@ -248,19 +249,41 @@ impl CudaLayer {
 
 /// The raw record of seed `i`.
 pub(crate) fn seed_record(state: &LayerState, i: usize) -> SeedRecord {
-    let s = &state.seeds;
-    SeedRecord {
-        lifecycle: s.lifecycle[i].raw(),
-        blueprint_type: s.blueprint_type[i].raw(),
-        grafting_strategy: s.grafting_strategy[i].raw(),
-        pad: 0,
-        blueprint_id: s.blueprint_id[i],
-        epochs_in_state: s.epochs_in_state[i],
-        last_update_epoch: s.last_update_epoch[i],
-        alpha: s.alpha[i],
-        clamp_mean: s.clamp_mean[i],
-        clamp_std: s.clamp_std[i],
-        scale: state.params.scales[i],
+    SeedRecord::from_raw(RawSeed::of(state, i))
+}
+
+impl SeedRecord {
+    /// The device layout of a seed's raw fields.
+    pub(crate) fn from_raw(r: RawSeed) -> Self {
+        Self {
+            lifecycle: r.lifecycle,
+            blueprint_type: r.blueprint_type,
+            grafting_strategy: r.grafting_strategy,
+            pad: 0,
+            blueprint_id: r.blueprint_id,
+            epochs_in_state: r.epochs_in_state,
+            last_update_epoch: r.last_update_epoch,
+            alpha: r.alpha,
+            clamp_mean: r.clamp_mean,
+            clamp_std: r.clamp_std,
+            scale: r.scale,
+        }
+    }
+
+    /// The raw fields this record holds.
+    pub(crate) fn raw(&self) -> RawSeed {
+        RawSeed {
+            lifecycle: self.lifecycle,
+            blueprint_id: self.blueprint_id,
+            blueprint_type: self.blueprint_type,
+            grafting_strategy: self.grafting_strategy,
+            alpha: self.alpha,
+            epochs_in_state: self.epochs_in_state,
+            last_update_epoch: self.last_update_epoch,
+            clamp_mean: self.clamp_mean,
+            clamp_std: self.clamp_std,
+            scale: self.scale,
+        }
     }
 }
 
@@ -276,29 +299,28 @@ pub(crate) struct SeedDerived {
 
 /// The kernel constants of seed `i`, its `C` coefficients and column coefficients.
 pub(crate) fn seed_const(state: &LayerState, i: usize) -> SeedDerived {
-    let s = &state.seeds;
-    let w = state.params.seed_weights(i);
-    let ty = s.blueprint_type[i];
-    let mode = s.lifecycle[i].forward_mode();
+    derive(&SeedPlan::derive(state, i), state.params.seed_weights(i))
+}
+
+/// The device form of core's plan for a seed with weights `w` (the rules live in
+/// [`kasmina_core::plan`]; this lays them out for the kernels and folds them into the column
+/// coefficients of `y = P x + Q relu(W x) + R`, in f64 like `kernels/plan.cu`).
+pub(crate) fn derive(plan: &SeedPlan, w: &[f32]) -> SeedDerived {
+    let (mode, ty) = (plan.mode, plan.blueprint_type);
     let mut flags = match mode {
         ForwardMode::Identity => 0,
         ForwardMode::Blend => FLAG_ACTIVE,
         ForwardMode::Blueprint => FLAG_ACTIVE | FLAG_BLUEPRINT,
     };
     flags |= (ty.raw() as u32 & 3) << TYPE_SHIFT;
-    let a = if mode == ForwardMode::Blueprint { 1.0 } else { s.alpha[i].clamp(0.0, 1.0) };
     let (mut lo, mut hi) = (0.0, 0.0);
-    if mode != ForwardMode::Identity
-        && let Some((l, h)) = clamp_bounds(state.config.stability, s.clamp_mean[i], s.clamp_std[i])
-    {
+    if let Some((l, h)) = plan.clamp {
         flags |= FLAG_CLAMP;
         (lo, hi) = (l, h);
     }
-    let scale = state.params.scales[i];
-    let tap = |k: usize| w.get(k).copied().unwrap_or(0.0);
     let p64 = if ty == BlueprintType::Attention { softmax64(w) } else { Vec::new() };
     let coef = if ty == BlueprintType::Attention { p64.iter().map(|v| *v as f32).collect() } else { w.to_vec() };
-    let (a64, s64) = (a as f64, scale as f64);
+    let (a64, s64) = (plan.a as f64, plan.scale as f64);
     let identity = ColCoef { p: 1.0, q: 0.0, w: 0.0, r: 0.0 };
     let colc = (0..w.len())
         .map(|j| {
@@ -315,21 +337,30 @@ pub(crate) fn seed_const(state: &LayerState, i: usize) -> SeedDerived {
             }
         })
         .collect();
-    let sc = SeedConst { flags, a, s: scale, lo, hi, w0: tap(0), w1: tap(1), w2: tap(2) };
+    let [w0, w1, w2] = plan.taps;
+    let sc = SeedConst { flags, a: plan.a, s: plan.scale, lo, hi, w0, w1, w2 };
     SeedDerived { sc, coef, colc }
 }
 
-fn softmax64(w: &[f32]) -> Vec<f64> {
-    let m = w.iter().fold(f64::NEG_INFINITY, |m, v| m.max(*v as f64));
-    let e: Vec<f64> = w.iter().map(|v| (*v as f64 - m).exp()).collect();
-    let sum: f64 = e.iter().sum();
-    e.iter().map(|v| v / sum).collect()
+/// Core's plan from the constants a device holds (the inverse of [`derive`]'s `sc`).
+pub(crate) fn plan_of(sc: &SeedConst) -> SeedPlan {
+    let mode = match (sc.flags & FLAG_ACTIVE != 0, sc.flags & FLAG_BLUEPRINT != 0) {
+        (false, _) => ForwardMode::Identity,
+        (true, false) => ForwardMode::Blend,
+        (true, true) => ForwardMode::Blueprint,
+    };
+    let blueprint_type = match (sc.flags >> TYPE_SHIFT) & 3 {
+        0 => BlueprintType::Residual,
+        1 => BlueprintType::Attention,
+        2 => BlueprintType::Mlp,
+        _ => BlueprintType::Conv,
+    };
+    let clamp = (sc.flags & FLAG_CLAMP != 0).then_some((sc.lo, sc.hi));
+    SeedPlan { mode, blueprint_type, a: sc.a, scale: sc.s, clamp, taps: [sc.w0, sc.w1, sc.w2] }
 }
 
-/// `softmax(w)` (max subtracted first), computed in f64 and rounded once to f32.
-#[cfg(test)]
-pub(crate) fn softmax(w: &[f32]) -> Vec<f32> {
-    softmax64(w).iter().map(|v| *v as f32).collect()
+fn softmax64(w: &[f32]) -> Vec<f64> {
+    kasmina_core::plan::softmax64(w)
 }
 
 #[cfg(test)]
@@ -346,10 +377,22 @@ mod tests {
     }
 
     #[test]
-    fn softmax_sums_to_one_and_subtracts_the_max() {
-        let p = softmax(&[1000.0, 1000.0, 999.0]);
-        assert!((p.iter().map(|v| *v as f64).sum::<f64>() - 1.0).abs() < 1e-6);
-        assert!(p[0] == p[1] && p[2] < p[0] && p.iter().all(|v| v.is_finite()));
+    fn device_constants_give_back_the_plan() {
+        let cfg = LayerConfig::new(8, 2).unwrap().with_stability(StabilityMode::strict());
+        let mut st = LayerState::new(cfg).unwrap();
+        st.germinate(1, 3, BlueprintType::Attention, GraftingStrategy::FixedRamp).unwrap();
+        for to in [LifecycleState::Training, LifecycleState::Grafting] {
+            st.transition(1, to, kasmina_core::TransitionReason::Requested).unwrap();
+        }
+        st.seeds.clamp_mean[1] = 1.0;
+        st.seeds.clamp_std[1] = 0.5;
+        for i in 0..2 {
+            let plan = SeedPlan::derive(&st, i);
+            assert_eq!(plan_of(&seed_const(&st, i).sc), plan);
+        }
+        st.transition(1, LifecycleState::Stabilization, kasmina_core::TransitionReason::Requested).unwrap();
+        st.seeds.lifecycle[1] = LifecycleState::Fossilized;
+        assert_eq!(plan_of(&seed_const(&st, 1).sc), SeedPlan::derive(&st, 1));
     }
 
     #[test]

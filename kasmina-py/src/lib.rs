@@ -111,6 +111,7 @@ fn py_err(e: CoreError) -> PyErr {
         CoreError::OutOfMemory { .. } => "OutOfMemoryError",
         CoreError::Backend(b) if b.kind == kasmina_core::BackendErrorKind::Unavailable => "DeviceUnavailableError",
         CoreError::Backend(_) => "BackendError",
+        CoreError::DeviceIntegrity { .. } => "DeviceIntegrityError",
         _ => "InvalidArgumentError",
     };
     let msg = e.to_string();
@@ -856,6 +857,22 @@ impl Layer {
             let mut inner = self.inner();
             set_stream(&mut inner.engine, stream)?;
             on_layer!(&inner.engine, l => l.device_checksum())
+        })
+        .py()
+    }
+
+    /// The host's kernel checksum: the state with the constants the kernels derive from it.
+    fn kernel_checksum(&self) -> u32 {
+        on_layer!(&self.inner().engine, l => l.kernel_checksum())
+    }
+
+    /// The kernel checksum of what the device holds, read back from the device.
+    #[pyo3(signature = (stream=0))]
+    fn device_kernel_checksum(&self, py: Python<'_>, stream: usize) -> PyRes<u32> {
+        py.detach(|| {
+            let mut inner = self.inner();
+            set_stream(&mut inner.engine, stream)?;
+            on_layer!(&inner.engine, l => l.device_kernel_checksum())
         })
         .py()
     }

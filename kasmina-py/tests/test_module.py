@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+import kasmina
 from conftest import mixed_layer, random_input, rel_l2
 from kasmina import BlueprintType, KasminaLayer, LifecycleState, reference
 
@@ -144,6 +145,29 @@ def test_device_checksum_equals_the_host_checksum_after_training(device: str) ->
     assert layer.device_checksum() == layer.checksum()
     layer.end_epoch()
     assert layer.device_checksum() == layer.checksum()
+
+
+@pytest.mark.parametrize("btype", list(BlueprintType))
+def test_the_device_holds_the_constants_the_host_derives(device: str, btype: BlueprintType, tmp_path) -> None:
+    # Every upload (parameters, transitions, the end of an epoch) is checked by the layer itself
+    # against the host's kernel checksum; none of these calls may raise, and the two agree after.
+    config = kasmina.LayerConfig(stability="strict")
+    layer = mixed_layer(device, torch.float32, btype, seed=7, config=config)
+    assert layer.device_kernel_checksum() == layer.kernel_checksum()
+    opt = torch.optim.SGD(layer.parameters(), lr=0.05)
+    x = random_input(16, layer.hidden_dim, torch.float32, device)
+    for _ in range(2):
+        opt.zero_grad()
+        layer(x).pow(2).mean().backward()
+        opt.step()
+    before = layer.kernel_checksum()
+    assert layer.device_kernel_checksum() == before
+    layer.end_epoch()  # strict mode: clamp bands from the telemetry; alpha steps
+    assert layer.kernel_checksum() != before
+    assert layer.device_kernel_checksum() == layer.kernel_checksum()
+    layer.save(tmp_path / "s.safetensors")
+    loaded = KasminaLayer.load(tmp_path / "s.safetensors", device=device)
+    assert loaded.kernel_checksum() == layer.kernel_checksum() == loaded.device_kernel_checksum()
 
 
 def test_layers_inside_a_model_train_with_a_torch_optimizer(device: str) -> None:

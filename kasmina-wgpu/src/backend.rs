@@ -4,9 +4,10 @@ use std::num::NonZeroU64;
 use std::sync::{Arc, OnceLock};
 
 use kasmina_core::checksum::{RawHeader, RawSeed, crc32_of_seeds};
+use kasmina_core::plan::{KernelSeed, kernel_crc};
 use kasmina_core::{
-    Accumulators, Backend, DType, DeviceInfo, DeviceTensor, Error, ForwardMode, HostData, HostDataMut, LayerState,
-    LifecycleState, Moments, ParamGrads, StabilityMode, StateChange,
+    Accumulators, Backend, BlueprintType, DType, DeviceInfo, DeviceTensor, Error, ForwardMode, HostData, HostDataMut,
+    LayerState, Moments, ParamGrads, SeedPlan, StabilityMode, StateChange,
 };
 
 use crate::device::{self, AdapterDesc, Gpu};
@@ -851,30 +852,68 @@ impl WgpuBackend {
     }
 }
 
-/// The kernels' seed table entry of seed `i` (8 words).
+/// The kernels' seed table entry of seed `i` (8 words): core's plan laid out as
+/// `{mode, blueprint type, a, scale, clamp flag, lo, hi, 0}`.
 fn seed_words(state: &LayerState, i: usize) -> [u32; SEED_WORDS] {
-    let st = &state.seeds;
-    let mode = st.lifecycle[i].forward_mode();
-    let a = if st.lifecycle[i] == LifecycleState::Fossilized { 1.0 } else { st.alpha[i].clamp(0.0, 1.0) };
-    let bounds = if mode == ForwardMode::Identity {
-        None
-    } else {
-        kasmina_core::state::clamp_bounds(state.config.stability, st.clamp_mean[i], st.clamp_std[i])
-    };
-    let (flag, lo, hi) = match bounds {
+    let plan = SeedPlan::derive(state, i);
+    let (flag, lo, hi) = match plan.clamp {
         Some((lo, hi)) => (1, lo, hi),
         None => (0, 0.0, 0.0),
     };
     [
-        mode as u32,
-        u32::from(st.blueprint_type[i].raw()),
-        a.to_bits(),
-        state.params.scales[i].to_bits(),
+        plan.mode as u32,
+        u32::from(plan.blueprint_type.raw()),
+        plan.a.to_bits(),
+        plan.scale.to_bits(),
         flag,
         lo.to_bits(),
         hi.to_bits(),
         0,
     ]
+}
+
+/// Core's plan from a seed table entry read back from the device and the seed's weights (the
+/// shaders read the CONV taps from the weights); `None` for words no entry holds.
+fn plan_of_words(sw: &[u32], w: &[f32]) -> Option<SeedPlan> {
+    let mode = match sw[0] {
+        0 => ForwardMode::Identity,
+        1 => ForwardMode::Blend,
+        2 => ForwardMode::Blueprint,
+        _ => return None,
+    };
+    let blueprint_type = BlueprintType::from_raw(u8::try_from(sw[1]).ok()?).ok()?;
+    let clamp = match sw[4] {
+        0 => None,
+        1 => Some((f32::from_bits(sw[5]), f32::from_bits(sw[6]))),
+        _ => return None,
+    };
+    let tap = |k: usize| w.get(k).copied().unwrap_or(0.0);
+    Some(SeedPlan {
+        mode,
+        blueprint_type,
+        a: f32::from_bits(sw[2]),
+        scale: f32::from_bits(sw[3]),
+        clamp,
+        taps: [tap(0), tap(1), tap(2)],
+    })
+}
+
+/// Seed `i`'s raw fields from the state buffer's words (`raw`, header first) and its scale
+/// (kept in the seed table).
+fn raw_seed(raw: &[u32], i: usize, scale: f32) -> RawSeed {
+    let f = |k: usize| raw[HEADER_WORDS + i * STATE_WORDS + k];
+    RawSeed {
+        lifecycle: f(0) as u8,
+        blueprint_id: f(1) as u16,
+        blueprint_type: f(2) as u8,
+        grafting_strategy: f(3) as u8,
+        alpha: f32::from_bits(f(4)),
+        epochs_in_state: f(5) as u16,
+        last_update_epoch: f(6),
+        clamp_mean: f32::from_bits(f(7)),
+        clamp_std: f32::from_bits(f(8)),
+        scale,
+    }
 }
 
 /// The raw state fields of seed `i`, one word each (what the checksum reads back).
@@ -893,13 +932,7 @@ fn state_words(state: &LayerState, i: usize) -> [u32; STATE_WORDS] {
     ]
 }
 
-/// softmax(w) in f64, rounded to f32 (ATTENTION's `p`, SPEC 4).
-fn softmax(w: &[f32]) -> Vec<f32> {
-    let m = w.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(f64::from(v)));
-    let e: Vec<f64> = w.iter().map(|&v| (f64::from(v) - m).exp()).collect();
-    let sum: f64 = e.iter().sum();
-    e.iter().map(|v| (v / sum) as f32).collect()
-}
+use kasmina_core::plan::softmax;
 
 impl Backend for WgpuBackend {
     type Tensor = WgpuTensor;
@@ -1157,26 +1190,38 @@ impl Backend for WgpuBackend {
         let raw =
             words_to_u32(&self.gpu.read_bytes(&layer.state_buf, 0, ((HEADER_WORDS + s * STATE_WORDS) * 4) as u64)?);
         let prm = words_to_u32(&self.gpu.read_bytes(&layer.params_buf, 0, ((s * SEED_WORDS + s * c) * 4) as u64)?);
-        let seeds: Vec<RawSeed> = (0..s)
-            .map(|i| {
-                let f = |k: usize| raw[HEADER_WORDS + i * STATE_WORDS + k];
-                RawSeed {
-                    lifecycle: f(0) as u8,
-                    blueprint_id: f(1) as u16,
-                    blueprint_type: f(2) as u8,
-                    grafting_strategy: f(3) as u8,
-                    alpha: f32::from_bits(f(4)),
-                    epochs_in_state: f(5) as u16,
-                    last_update_epoch: f(6),
-                    clamp_mean: f32::from_bits(f(7)),
-                    clamp_std: f32::from_bits(f(8)),
-                    scale: f32::from_bits(prm[i * SEED_WORDS + 3]),
-                }
-            })
-            .collect();
+        let seeds: Vec<RawSeed> = (0..s).map(|i| raw_seed(&raw, i, f32::from_bits(prm[i * SEED_WORDS + 3]))).collect();
         let weights: Vec<f32> = prm[s * SEED_WORDS..].iter().map(|v| f32::from_bits(*v)).collect();
         let header = RawHeader { schema_version: raw[0] as u8, hidden_dim: raw[1], num_seeds: raw[2], epoch: raw[3] };
         Ok(crc32_of_seeds(header, &seeds, &weights))
+    }
+
+    fn kernel_checksum(&self, layer: &WgpuLayer, seeds: &[usize]) -> Result<u32> {
+        let (s, c) = (layer.s, layer.c);
+        if let Some(&bad) = seeds.iter().find(|&&i| i >= s) {
+            return Err(Error::SeedOutOfRange { seed_id: bad, num_seeds: s });
+        }
+        let raw =
+            words_to_u32(&self.gpu.read_bytes(&layer.state_buf, 0, ((HEADER_WORDS + s * STATE_WORDS) * 4) as u64)?);
+        let prm =
+            words_to_u32(&self.gpu.read_bytes(&layer.params_buf, 0, ((s * SEED_WORDS + 2 * s * c) * 4) as u64)?);
+        let floats = |from: usize| -> Vec<f32> { prm[from..from + s * c].iter().map(|v| f32::from_bits(*v)).collect() };
+        let (weights, p) = (floats(layer.off_w()), floats(layer.off_p()));
+        let mut kernel_seeds = Vec::with_capacity(seeds.len());
+        for &i in seeds {
+            let sw = &prm[i * SEED_WORDS..(i + 1) * SEED_WORDS];
+            let w = &weights[i * c..(i + 1) * c];
+            let plan = plan_of_words(sw, w).filter(|_| sw[7] == 0).ok_or_else(|| Error::DeviceIntegrity {
+                backend: "wgpu",
+                what: format!("the seed table entry of seed {i} holds words no state derives to"),
+                device: crc32fast::hash(bytemuck::cast_slice(sw)),
+                host: 0,
+            })?;
+            let record = raw_seed(&raw, i, plan.scale);
+            kernel_seeds.push(KernelSeed { seed_id: i, record, weights: w, plan, softmax: &p[i * c..(i + 1) * c] });
+        }
+        let header = RawHeader { schema_version: raw[0] as u8, hidden_dim: raw[1], num_seeds: raw[2], epoch: raw[3] };
+        Ok(kernel_crc(header, kernel_seeds))
     }
 
     fn copy(&self, src: &WgpuTensor, dst: &mut WgpuTensor) -> Result<()> {

@@ -1,6 +1,6 @@
 //! State on the device (SPEC 2.1, 8): upload, transition, upload again; after
-//! every change the device-side checksum (read back from the device) equals
-//! the host's, a fresh layer made from the same state agrees, and a forward
+//! every change the device-side checksum and kernel checksum (raw state plus the
+//! derived constants the kernels read, read back from the device) equal the host's, a fresh layer made from the same state agrees, and a forward
 //! at the end uses the uploaded parameters.
 
 use kasmina_core::{
@@ -14,8 +14,14 @@ use crate::reference;
 
 fn agree<B: Backend>(backend: &B, chk: &mut Check, l: &Layer<'_, B>, step: &str) -> kasmina_core::Result<()> {
     chk.equal(format!("after {step}: device checksum"), l.device_checksum()?, l.checksum());
+    chk.equal(format!("after {step}: device kernel checksum"), l.device_kernel_checksum()?, l.kernel_checksum());
     let fresh = layer(backend, l.state())?;
     chk.equal(format!("after {step}: fresh layer's device checksum"), fresh.device_checksum()?, l.checksum());
+    chk.equal(
+        format!("after {step}: fresh layer's device kernel checksum"),
+        fresh.device_kernel_checksum()?,
+        l.kernel_checksum(),
+    );
     Ok(())
 }
 
@@ -101,6 +107,25 @@ pub(crate) fn run<B: Backend>(ctx: &mut Ctx<'_, B>) {
                 format!("state {k}: device checksum"),
                 l.device_checksum()?,
                 kasmina_core::checksum::checksum(&st),
+            );
+            let all: Vec<usize> = (0..s).collect();
+            chk.equal(
+                format!("state {k}: device kernel checksum"),
+                l.device_kernel_checksum()?,
+                kasmina_core::plan::kernel_checksum(&st, &all),
+            );
+            // One seed alone, and the seeds in reverse order, as an upload of some seeds checks.
+            let last = [s - 1];
+            chk.equal(
+                format!("state {k}: device kernel checksum of seed {}", s - 1),
+                backend.kernel_checksum(l.device_layer(), &last)?,
+                kasmina_core::plan::kernel_checksum(&st, &last),
+            );
+            let rev: Vec<usize> = (0..s).rev().collect();
+            chk.equal(
+                format!("state {k}: device kernel checksum, seeds in reverse"),
+                backend.kernel_checksum(l.device_layer(), &rev)?,
+                kasmina_core::plan::kernel_checksum(&st, &rev),
             );
         }
         Ok(())

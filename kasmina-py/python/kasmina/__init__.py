@@ -23,6 +23,7 @@ from .enums import BlueprintType, GraftingStrategy, LifecycleState
 from .errors import (
     BackendError,
     ConfigError,
+    DeviceIntegrityError,
     DeviceUnavailableError,
     InvalidArgumentError,
     KasminaError,
@@ -37,6 +38,7 @@ __all__ = [
     "BackendError",
     "BlueprintType",
     "ConfigError",
+    "DeviceIntegrityError",
     "DeviceUnavailableError",
     "GraftingConfig",
     "GraftingStrategy",

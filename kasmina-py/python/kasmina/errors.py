@@ -10,6 +10,7 @@ from __future__ import annotations
 __all__ = [
     "BackendError",
     "ConfigError",
+    "DeviceIntegrityError",
     "DeviceUnavailableError",
     "InvalidArgumentError",
     "KasminaError",
@@ -49,3 +50,8 @@ class BackendError(KasminaError, RuntimeError):
 
 class DeviceUnavailableError(BackendError):
     """The requested device cannot run here (no CUDA driver, no such device)."""
+
+
+class DeviceIntegrityError(BackendError):
+    """What the device holds for its kernels (the seed state, the weights or the constants derived
+    from them) is not what the host uploaded; checked after every upload and before every save."""

@@ -174,21 +174,33 @@ fn y_conv(x: f32, xm1: f32, xm2: f32, cw: vec3<f32>, sd: Seed) -> f32 {
     return t;
 }
 
-// Strict-mode clamp (comparisons, so NaN stays NaN) and the storage encoding.
+// Strict-mode clamp and the storage encoding.
 fn enc_out(v: f32, sd: Seed) -> u32 {
-    var y = v;
-    if (sd.clamp != 0u) {
-        if (y < sd.lo) {
-            y = sd.lo;
-        } else if (y > sd.hi) {
-            y = sd.hi;
-        }
-    }
-    return enc(y);
+    return enc(clamp_out(v, sd));
 }
 
 fn is_nonfinite(v: f32) -> bool {
     return (bitcast<u32>(v) & 0x7F800000u) == 0x7F800000u;
+}
+
+// NaN, told by its bits: the shaders request no float controls, so a driver may compile
+// float comparisons and min/max as if NaN did not exist (NVIDIA's does); NaN handling
+// never rests on them.
+fn is_nan(v: f32) -> bool {
+    return (bitcast<u32>(v) & 0x7FFFFFFFu) > 0x7F800000u;
+}
+
+// Whether strict mode moves output `y` to a bound: never a NaN, which stays NaN (SPEC 5.3).
+fn outside_band(y: f32, sd: Seed) -> bool {
+    return sd.clamp != 0u && !is_nan(y) && (y < sd.lo || y > sd.hi);
+}
+
+// The strict-mode clamp of output `y` (SPEC 5.3); NaN passes through.
+fn clamp_out(y: f32, sd: Seed) -> f32 {
+    if (!outside_band(y, sd)) {
+        return y;
+    }
+    return select(sd.hi, sd.lo, y < sd.lo);
 }
 
 // x at chunk column j (signed), 0 outside the chunk (CONV's causal padding).
@@ -235,8 +247,7 @@ fn clamped(base: u32, s: u32, j: i32, sd: Seed) -> bool {
     if (sd.clamp == 0u || j < 0 || u32(j) >= P.c) {
         return false;
     }
-    let y = y_raw(base, s, u32(j), sd);
-    return y < sd.lo || y > sd.hi;
+    return outside_band(y_raw(base, s, u32(j), sd), sd);
 }
 
 // Storage bits of output column j of the chunk starting at element `base`.
@@ -249,16 +260,7 @@ fn out_bits(base: u32, s: u32, j: u32, sd: Seed) -> u32 {
 
 // Storage bits of a non-identity output element whose input is `x`.
 fn out_bits_v(base: u32, s: u32, j: u32, sd: Seed, x: f32) -> u32 {
-    var y = y_raw_v(base, s, j, sd, x);
-    if (sd.clamp != 0u) {
-        // Comparisons, not min/max: a NaN stays NaN instead of snapping to a bound.
-        if (y < sd.lo) {
-            y = sd.lo;
-        } else if (y > sd.hi) {
-            y = sd.hi;
-        }
-    }
-    return enc(y);
+    return enc_out(y_raw_v(base, s, j, sd, x), sd);
 }
 
 // The upstream gradient at column j with strict-mode masking, 0 outside the chunk.
@@ -988,11 +990,8 @@ fn bwd_tile_impl(lid: u32, wid: vec3<u32>, which: u32) {
                             continue;
                         }
                         var g = graw;
-                        if (sd.clamp != 0u) {
-                            let y = y_elem(x, cw[q], cpr[q], sd);
-                            if (y < sd.lo || y > sd.hi) {
-                                g = 0.0;
-                            }
+                        if (sd.clamp != 0u && outside_band(y_elem(x, cw[q], cpr[q], sd), sd)) {
+                            g = 0.0;
                         }
                         var v0 = g * x;
                         var inner = g;
