@@ -5,6 +5,9 @@
 //! Timing goes through [`Backend::time_ms`], so each backend uses its own clock
 //! (wall clock on the CPU, CUDA events, wgpu timestamp queries). Each figure is
 //! the median of `reps` timed calls after `warmup` untimed ones.
+//!
+//! [`init_diagnostics`] is the one stderr set-up of the libraries' `tracing` events that the
+//! `kasmina` command and the Python package both install.
 #![deny(missing_docs)]
 
 use half::{bf16, f16};
@@ -16,6 +19,23 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
+
+/// Shows the libraries' diagnostics (`tracing` events) on stderr: warnings (a damaged cache
+/// entry, an unwritable cache folder) and the CUDA backend's progress (each first-use kernel
+/// compile and its time, autotune timings when asked for). `KASMINA_LOG` (a `tracing` filter,
+/// e.g. `warn` or `info`) overrides the default `warn,kasmina_cuda=info`. Colour codes only on a
+/// terminal; a second call (another subscriber already set) changes nothing.
+pub fn init_diagnostics() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("KASMINA_LOG").unwrap_or_else(|_| EnvFilter::new("warn,kasmina_cuda=info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .without_time()
+        .try_init();
+}
 
 /// A seed population to benchmark.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

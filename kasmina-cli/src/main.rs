@@ -145,24 +145,9 @@ pub(crate) const STATES: &[&str] = &[
     "rolled-back",
 ];
 
-/// Shows the libraries' diagnostics (`tracing` events) on stderr: warnings, and the CUDA
-/// backend's progress (each first-use kernel compile and its time, autotune timings when
-/// asked for). `KASMINA_LOG` (a `tracing` filter, e.g. `warn` or `info`) overrides it.
-fn init_diagnostics() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("KASMINA_LOG").unwrap_or_else(|_| EnvFilter::new("warn,kasmina_cuda=info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .without_time()
-        .try_init();
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_diagnostics();
+    kasmina_benches::init_diagnostics();
     let json = match &cli.command {
         Command::Demo(a) => a.json.as_deref(),
         Command::Conformance(a) => a.json.as_deref(),

@@ -13,6 +13,12 @@ use crate::state::LayerState;
 use crate::telemetry::Moments;
 
 /// Activation dtype. Arithmetic is f32 whatever the storage (SPEC 5.1).
+///
+/// Deliberately exhaustive (not `#[non_exhaustive]`), like the SPEC's enums (lifecycle states,
+/// blueprint types, grafting strategies, whose values a snapshot stores): every backend and
+/// tool matches on it without a wildcard, so a new variant fails to compile wherever it is not
+/// handled yet instead of reaching a run-time "unsupported" arm. Adding one is a breaking
+/// change of the crate's version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DType {
@@ -310,6 +316,25 @@ pub trait DeviceTensor {
     fn cols(&self) -> usize;
     /// Storage dtype.
     fn dtype(&self) -> DType;
+}
+
+/// Implements [`DeviceTensor`] for a tensor type with `rows`, `cols` (usize) and `dtype`
+/// ([`DType`]) fields, as every in-tree backend's tensor has.
+#[macro_export]
+macro_rules! impl_device_tensor {
+    ($t:ty) => {
+        impl $crate::DeviceTensor for $t {
+            fn rows(&self) -> usize {
+                self.rows
+            }
+            fn cols(&self) -> usize {
+                self.cols
+            }
+            fn dtype(&self) -> $crate::DType {
+                self.dtype
+            }
+        }
+    };
 }
 
 /// One device that can run Kasmina layers.

@@ -2,7 +2,7 @@
 
 use bytemuck::{Pod, Zeroable};
 use half::{bf16, f16};
-use kasmina_core::{DType, DeviceTensor, HostData, HostDataMut};
+use kasmina_core::{DType, HostData, HostDataMut};
 
 use crate::error::CpuError;
 
@@ -32,17 +32,7 @@ impl std::fmt::Debug for CpuTensor {
     }
 }
 
-impl DeviceTensor for CpuTensor {
-    fn rows(&self) -> usize {
-        self.rows
-    }
-    fn cols(&self) -> usize {
-        self.cols
-    }
-    fn dtype(&self) -> DType {
-        self.dtype
-    }
-}
+kasmina_core::impl_device_tensor!(CpuTensor);
 
 impl CpuTensor {
     /// A zeroed tensor; fails (instead of aborting) when the size overflows or

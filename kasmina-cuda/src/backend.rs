@@ -8,12 +8,12 @@ use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr
 use kasmina_core::checksum::{RawHeader, RawSeed, crc32_of_seeds};
 use kasmina_core::plan::{KernelSeed, kernel_crc};
 use kasmina_core::{
-    Accumulators, Backend, DType, DeviceInfo, DeviceTensor, Error, HostData, HostDataMut, LayerState, Moments,
-    ParamGrads, StateChange,
+    Accumulators, Backend, DType, DeviceInfo, Error, HostData, HostDataMut, LayerState, Moments, ParamGrads,
+    StateChange,
 };
 
 use crate::autotune::{DEFAULT_UNROLL, KernelConfig, TuneKey, Tuner, shape_bucket};
-use crate::cache::KernelCache;
+use crate::cache::CacheLocation;
 use crate::error::{CudaError, CudaResult, DriverContext};
 use crate::kernels::{KERNEL_SOURCE, Kernels, ModuleSpec, PlanKernel, arch_name, vector_widths, widest_vector};
 use crate::layer::{
@@ -103,17 +103,7 @@ impl CudaTensor {
     }
 }
 
-impl DeviceTensor for CudaTensor {
-    fn rows(&self) -> usize {
-        self.rows
-    }
-    fn cols(&self) -> usize {
-        self.cols
-    }
-    fn dtype(&self) -> DType {
-        self.dtype
-    }
-}
+kasmina_core::impl_device_tensor!(CudaTensor);
 
 /// The Kasmina layer on one NVIDIA GPU, through the CUDA driver API (loaded at
 /// run time) and kernels compiled by NVRTC for the device's architecture.
@@ -148,7 +138,7 @@ pub struct CudaBackend {
     /// Whether small calls replay CUDA graphs ([`CudaOptions::graphs`]).
     graphs: bool,
     /// Where compiled modules are kept between processes ([`CudaOptions::kernel_cache`]).
-    kernel_cache: KernelCache,
+    kernel_cache: CacheLocation,
     /// Whether small forwards run one block per seed ([`CudaBackend::with_seedwise`]).
     seedwise: bool,
     /// Whether active seed-uniform forwards with short seed rows run one seed per warp
@@ -380,7 +370,7 @@ impl CudaBackend {
             modules: Default::default(),
             plan: Default::default(),
             tuner: Arc::new(Mutex::new(
-                Tuner::new(options.autotune_cache.file(), options.autotune).with_log(options.autotune_log),
+                Tuner::new(options.autotune_cache.autotune_file(), options.autotune).with_log(options.autotune_log),
             )),
             picked: Default::default(),
             graphs: options.graphs,

@@ -20,39 +20,54 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-/// Where compiled kernel modules are kept between processes.
+/// Where one of the backend's caches lives between processes: the kernel cache (a folder of
+/// compiled modules, [`crate::CudaOptions::kernel_cache`]) or the autotuner's winners (a JSON
+/// file, [`crate::CudaOptions::autotune_cache`]).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum KernelCache {
-    /// The user's cache folder: `kasmina/cuda` under [`dirs::cache_dir`] (for example
-    /// `~/.cache/kasmina/cuda` on Linux). Without one (no home folder) modules are compiled
-    /// in every process, as with [`KernelCache::Off`].
+#[non_exhaustive]
+pub enum CacheLocation {
+    /// The cache's place in the user's cache folder ([`dirs::cache_dir`], for example
+    /// `~/.cache` on Linux): `kasmina/cuda` for kernels, `kasmina/autotune.json` for the
+    /// autotuner. Without a cache folder (no home folder) the cache is off.
     #[default]
     Default,
-    /// This folder (created when missing).
-    Dir(PathBuf),
-    /// No disk cache: every process compiles the modules it uses.
+    /// This folder (kernels) or file (autotuner), created when missing.
+    Path(PathBuf),
+    /// No cache between processes: every process compiles the modules it uses and tunes its
+    /// keys again.
     Off,
 }
 
-impl KernelCache {
-    /// The folder entries go to, if any.
-    pub fn dir(&self) -> Option<PathBuf> {
+impl CacheLocation {
+    /// The path the cache uses, if any: `default` (under the user's cache folder) for
+    /// [`CacheLocation::Default`].
+    pub fn resolve(&self, default: &[&str]) -> Option<PathBuf> {
         match self {
-            Self::Default => dirs::cache_dir().map(|d| d.join("kasmina").join("cuda")),
-            Self::Dir(d) => Some(d.clone()),
+            Self::Default => dirs::cache_dir().map(|d| default.iter().fold(d, |p, part| p.join(part))),
+            Self::Path(p) => Some(p.clone()),
             Self::Off => None,
         }
     }
 
+    /// The kernel cache's folder, if any.
+    pub fn kernel_dir(&self) -> Option<PathBuf> {
+        self.resolve(&["kasmina", "cuda"])
+    }
+
+    /// The autotuner's file, if any.
+    pub fn autotune_file(&self) -> Option<PathBuf> {
+        self.resolve(&["kasmina", "autotune.json"])
+    }
+
     /// Parses a setting as [`crate::CudaOptions::from_env`] reads it: `off` (or `0`, `false`,
-    /// `no`) disables the cache, an empty value or `default` keeps the default folder, anything
-    /// else is a folder.
+    /// `no`) disables the cache, an empty value or `default` keeps the default place, anything
+    /// else is a path.
     pub fn parse(value: &str) -> Self {
         match value.trim() {
             "" => Self::Default,
             v if v.eq_ignore_ascii_case("default") => Self::Default,
             v if ["off", "0", "false", "no"].iter().any(|o| v.eq_ignore_ascii_case(o)) => Self::Off,
-            v => Self::Dir(PathBuf::from(v)),
+            v => Self::Path(PathBuf::from(v)),
         }
     }
 }
@@ -276,12 +291,18 @@ mod tests {
 
     #[test]
     fn settings_parse() {
-        assert_eq!(KernelCache::parse(""), KernelCache::Default);
-        assert_eq!(KernelCache::parse("default"), KernelCache::Default);
-        assert_eq!(KernelCache::parse("OFF"), KernelCache::Off);
-        assert_eq!(KernelCache::parse("0"), KernelCache::Off);
-        assert_eq!(KernelCache::parse("/tmp/k"), KernelCache::Dir(PathBuf::from("/tmp/k")));
-        assert_eq!(KernelCache::Off.dir(), None);
-        assert_eq!(KernelCache::Dir("/x".into()).dir(), Some(PathBuf::from("/x")));
+        assert_eq!(CacheLocation::parse(""), CacheLocation::Default);
+        assert_eq!(CacheLocation::parse("default"), CacheLocation::Default);
+        assert_eq!(CacheLocation::parse("OFF"), CacheLocation::Off);
+        assert_eq!(CacheLocation::parse("0"), CacheLocation::Off);
+        assert_eq!(CacheLocation::parse("/tmp/k"), CacheLocation::Path(PathBuf::from("/tmp/k")));
+        assert_eq!(CacheLocation::Off.kernel_dir(), None);
+        assert_eq!(CacheLocation::Off.autotune_file(), None);
+        assert_eq!(CacheLocation::Path("/x".into()).kernel_dir(), Some(PathBuf::from("/x")));
+        assert_eq!(CacheLocation::Path("/x.json".into()).autotune_file(), Some(PathBuf::from("/x.json")));
+        if let Some(home) = dirs::cache_dir() {
+            assert_eq!(CacheLocation::Default.kernel_dir(), Some(home.join("kasmina").join("cuda")));
+            assert_eq!(CacheLocation::Default.autotune_file(), Some(home.join("kasmina").join("autotune.json")));
+        }
     }
 }

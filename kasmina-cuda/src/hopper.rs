@@ -52,7 +52,7 @@ use kasmina_core::DType;
 
 use super::{CudaBackend, CudaTensor, PARTIAL_BYTES, PartialLayout};
 use crate::autotune::{KernelConfig, TuneKey, TuneMode, shape_bucket};
-use crate::cache::KernelCache;
+use crate::cache::CacheLocation;
 use crate::error::{CudaError, CudaResult, DriverContext};
 use crate::kernels::{KERNEL_SOURCE, ModuleSpec, dtype_macro};
 use crate::layer::{Acc, CudaLayer};
@@ -253,7 +253,7 @@ pub(crate) struct HopperKernels {
 }
 
 impl HopperKernels {
-    fn load(ctx: &Arc<CudaContext>, dtype: DType, cache: &KernelCache) -> CudaResult<Self> {
+    fn load(ctx: &Arc<CudaContext>, dtype: DType, cache: &CacheLocation) -> CudaResult<Self> {
         let image = ModuleSpec::hopper(dtype).image(cache)?;
         let module = ctx.load_module(image).ctx("loading the Hopper kernel module")?;
         let f = |name: &str| module.load_function(name).ctx(&format!("loading kernel {name}"));

@@ -17,7 +17,7 @@ use cudarc::nvrtc::result as nvrtc_result;
 use kasmina_core::DType;
 
 use crate::autotune::DEFAULT_UNROLL;
-use crate::cache::{CacheKey, EntryError, KernelCache};
+use crate::cache::{CacheKey, CacheLocation, EntryError};
 use crate::error::{CudaError, CudaResult, DriverContext};
 
 /// The kernel source (SPEC 5 and 7), compiled at run time: the parameter plan's device code
@@ -123,7 +123,7 @@ impl ModuleSpec {
     /// The module's machine code (CUBIN) for its architecture: from this process's memory,
     /// else from the disk `cache` (see [`crate::cache`]), else compiled by NVRTC now and stored
     /// there for later processes.
-    pub fn cubin(&self, cache: &KernelCache) -> CudaResult<Arc<Vec<u8>>> {
+    pub fn cubin(&self, cache: &CacheLocation) -> CudaResult<Arc<Vec<u8>>> {
         // One slot per module: threads that need the same module wait for one compile.
         let slot = image_memory()
             .lock()
@@ -140,8 +140,8 @@ impl ModuleSpec {
         Ok(cubin)
     }
 
-    fn load_or_compile(&self, cache: &KernelCache) -> CudaResult<Vec<u8>> {
-        let dir = cache.dir();
+    fn load_or_compile(&self, cache: &CacheLocation) -> CudaResult<Vec<u8>> {
+        let dir = cache.kernel_dir();
         let key = self.cache_key()?;
         if let Some(dir) = &dir {
             match crate::cache::read_entry(dir, &key) {
@@ -175,7 +175,7 @@ impl ModuleSpec {
     }
 
     /// The image to load into a context (see [`ModuleSpec::cubin`]).
-    pub(crate) fn image(&self, cache: &KernelCache) -> CudaResult<Ptx> {
+    pub(crate) fn image(&self, cache: &CacheLocation) -> CudaResult<Ptx> {
         Ok(Ptx::from_binary(self.cubin(cache)?.as_ref().clone()))
     }
 
@@ -322,7 +322,7 @@ pub(crate) struct PlanKernel {
 
 impl PlanKernel {
     /// Compiles `kernels/plan.cu` for `arch` and loads it into `ctx`.
-    pub(crate) fn load(ctx: &Arc<CudaContext>, arch: &'static str, cache: &KernelCache) -> CudaResult<Self> {
+    pub(crate) fn load(ctx: &Arc<CudaContext>, arch: &'static str, cache: &CacheLocation) -> CudaResult<Self> {
         let image = ModuleSpec::plan(arch).image(cache)?;
         let module = ctx.load_module(image).ctx("loading the plan module")?;
         let plan = module.load_function("kasmina_plan").ctx("loading kernel kasmina_plan")?;
@@ -381,7 +381,7 @@ impl Kernels {
         arch: &'static str,
         dtype: DType,
         vec: u32,
-        cache: &KernelCache,
+        cache: &CacheLocation,
     ) -> CudaResult<Self> {
         let image = ModuleSpec::portable(arch, dtype, vec).image(cache)?;
         let module = ctx.load_module(image).ctx("loading the kernel module")?;
@@ -512,7 +512,7 @@ mod tests {
             return;
         }
         let dir = tempfile::tempdir().expect("temp dir");
-        let cache = KernelCache::Dir(dir.path().join("kernels"));
+        let cache = CacheLocation::Path(dir.path().join("kernels"));
         // An architecture no other test of this process compiles the plan module for.
         let spec = ModuleSpec::plan("sm_86");
         let forget =
@@ -536,7 +536,7 @@ mod tests {
         assert_eq!(std::fs::read(&entry).expect("entry"), stored);
         // Off: nothing is written.
         let off = ModuleSpec::plan("sm_87");
-        off.cubin(&KernelCache::Off).expect("compile without a cache");
+        off.cubin(&CacheLocation::Off).expect("compile without a cache");
         assert_eq!(std::fs::read_dir(dir.path().join("kernels")).expect("list").count(), 1);
     }
 }

@@ -1,35 +1,11 @@
 //! [`CudaOptions`]: every user-facing knob of the CUDA backend, and the one place that reads
 //! them from the environment ([`CudaOptions::from_env`]).
 
-use std::path::PathBuf;
 
 use crate::autotune::TuneMode;
-use crate::cache::KernelCache;
+use crate::cache::CacheLocation;
 use crate::error::{CudaError, CudaResult};
 use crate::hopper::CudaPath;
-
-/// Where the autotuner keeps its winners between processes.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum AutotuneCache {
-    /// `kasmina/autotune.json` under [`dirs::cache_dir`] (memory only without one).
-    #[default]
-    Default,
-    /// This JSON file (created when missing).
-    File(PathBuf),
-    /// Memory only: every process tunes its keys again.
-    Off,
-}
-
-impl AutotuneCache {
-    /// The file winners go to, if any.
-    pub fn file(&self) -> Option<PathBuf> {
-        match self {
-            Self::Default => dirs::cache_dir().map(|d| d.join("kasmina").join("autotune.json")),
-            Self::File(f) => Some(f.clone()),
-            Self::Off => None,
-        }
-    }
-}
 
 /// How a [`crate::CudaBackend`] compiles, picks and launches its kernels.
 ///
@@ -46,11 +22,11 @@ pub struct CudaOptions {
     /// taken from the built-in defaults.
     pub autotune: TuneMode,
     /// Where the tuned configurations are kept.
-    pub autotune_cache: AutotuneCache,
+    pub autotune_cache: CacheLocation,
     /// Report every candidate's time while tuning (`tracing` info events).
     pub autotune_log: bool,
     /// Where compiled kernel modules are kept (see [`crate::cache`]).
-    pub kernel_cache: KernelCache,
+    pub kernel_cache: CacheLocation,
     /// Whether small calls on the backend's own stream replay CUDA graphs (the default).
     pub graphs: bool,
 }
@@ -60,9 +36,9 @@ impl Default for CudaOptions {
         Self {
             path: CudaPath::DEFAULT,
             autotune: TuneMode::On,
-            autotune_cache: AutotuneCache::Default,
+            autotune_cache: CacheLocation::Default,
             autotune_log: false,
-            kernel_cache: KernelCache::Default,
+            kernel_cache: CacheLocation::Default,
             graphs: true,
         }
     }
@@ -118,17 +94,13 @@ impl CudaOptions {
             o.autotune = if on { TuneMode::On } else { TuneMode::Off };
         }
         if let Some(v) = var("KASMINA_AUTOTUNE_CACHE") {
-            o.autotune_cache = match KernelCache::parse(&v) {
-                KernelCache::Default => AutotuneCache::Default,
-                KernelCache::Off => AutotuneCache::Off,
-                KernelCache::Dir(f) => AutotuneCache::File(f),
-            };
+            o.autotune_cache = CacheLocation::parse(&v);
         }
         if let Some(on) = switch("KASMINA_AUTOTUNE_LOG")? {
             o.autotune_log = on;
         }
         if let Some(v) = var("KASMINA_CUDA_CACHE") {
-            o.kernel_cache = KernelCache::parse(&v);
+            o.kernel_cache = CacheLocation::parse(&v);
         }
         if let Some(on) = switch("KASMINA_CUDA_GRAPHS")? {
             o.graphs = on;
@@ -149,13 +121,13 @@ impl CudaOptions {
     }
 
     /// These options with the autotuner's winners kept at `cache`.
-    pub fn with_autotune_cache(mut self, cache: AutotuneCache) -> Self {
+    pub fn with_autotune_cache(mut self, cache: CacheLocation) -> Self {
         self.autotune_cache = cache;
         self
     }
 
     /// These options with compiled kernels kept at `cache`.
-    pub fn with_kernel_cache(mut self, cache: KernelCache) -> Self {
+    pub fn with_kernel_cache(mut self, cache: CacheLocation) -> Self {
         self.kernel_cache = cache;
         self
     }
@@ -197,14 +169,14 @@ mod tests {
         .expect("valid");
         assert_eq!(o.path, CudaPath::Hopper);
         assert_eq!(o.autotune, TuneMode::Off);
-        assert_eq!(o.autotune_cache, AutotuneCache::File("/tmp/t.json".into()));
+        assert_eq!(o.autotune_cache, CacheLocation::Path("/tmp/t.json".into()));
         assert!(o.autotune_log);
-        assert_eq!(o.kernel_cache, KernelCache::Dir("/tmp/k".into()));
+        assert_eq!(o.kernel_cache, CacheLocation::Path("/tmp/k".into()));
         assert!(!o.graphs);
         let off = parse(&[("KASMINA_AUTOTUNE_CACHE", "off"), ("KASMINA_CUDA_CACHE", "OFF")]).expect("valid");
-        assert_eq!(off.autotune_cache, AutotuneCache::Off);
-        assert_eq!(off.kernel_cache, KernelCache::Off);
-        assert_eq!(off.autotune_cache.file(), None);
+        assert_eq!(off.autotune_cache, CacheLocation::Off);
+        assert_eq!(off.kernel_cache, CacheLocation::Off);
+        assert_eq!(off.autotune_cache.autotune_file(), None);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use kasmina_core::{
     Backend, BackendErrorKind, BlueprintType, DType, DeviceTensor, Error, LayerConfig, LayerState, LifecycleState,
     StabilityMode, StateChange,
 };
-use kasmina_cuda::{AutotuneCache, CudaOptions};
+use kasmina_cuda::{CacheLocation, CudaOptions};
 use kasmina_cuda::{CudaBackend, CudaPath};
 
 mod common;
@@ -355,7 +355,7 @@ fn autotune_winner_is_reused_by_a_second_backend_through_the_cache_file() {
         let run = || {
             let be = CudaBackend::with_options(
                 0,
-                CudaOptions::default().with_autotune_cache(AutotuneCache::File(file.clone())).with_path(path),
+                CudaOptions::default().with_autotune_cache(CacheLocation::Path(file.clone())).with_path(path),
             )
             .unwrap();
             let st = LayerState::new(LayerConfig::new(1024, 8).unwrap()).unwrap();

@@ -11,7 +11,7 @@ use kasmina_conformance::reference;
 use kasmina_core::backend::HostTensorData;
 use kasmina_core::{Backend, DType, LayerConfig, LayerState, StabilityMode, StateChange};
 use kasmina_cuda::tma::{TensorMapSpec, TmaError};
-use kasmina_cuda::{AutotuneCache, CudaBackend, CudaOptions, CudaPath, TuneMode};
+use kasmina_cuda::{CacheLocation, CudaBackend, CudaOptions, CudaPath, TuneMode};
 
 mod common;
 use common::*;
@@ -267,7 +267,7 @@ fn tensor_maps_are_encoded_once_per_tensor() {
         0,
         CudaOptions::default()
             .with_autotune(TuneMode::Off)
-            .with_autotune_cache(AutotuneCache::Off)
+            .with_autotune_cache(CacheLocation::Off)
             .with_path(CudaPath::Hopper),
     )
     .unwrap();
@@ -318,7 +318,7 @@ fn auto_times_dormant_and_mixed_layers_apart() {
     let run = || {
         let be = CudaBackend::with_options(
             0,
-            CudaOptions::default().with_autotune_cache(AutotuneCache::File(path.clone())).with_path(CudaPath::Auto),
+            CudaOptions::default().with_autotune_cache(CacheLocation::Path(path.clone())).with_path(CudaPath::Auto),
         )
         .unwrap();
         let mut families = Vec::new();

@@ -845,34 +845,20 @@ impl Layer {
         events.into_iter().map(|e| (e.seed_id, e.from.raw(), e.to.raw(), e.epoch, format!("{:?}", e.reason))).collect()
     }
 
-    /// CRC-32 of the host state (SPEC 2.1).
-    fn checksum(&self) -> u32 {
-        on_layer!(&self.inner().engine, l => l.checksum())
+    /// CRC-32 of the host state (SPEC 2.1), or with `kernel` its kernel checksum: the state with
+    /// the constants the kernels derive from it.
+    #[pyo3(signature = (kernel=false))]
+    fn checksum(&self, kernel: bool) -> u32 {
+        on_layer!(&self.inner().engine, l => if kernel { l.kernel_checksum() } else { l.checksum() })
     }
 
-    /// CRC-32 of the state the device holds, read back from the device.
-    #[pyo3(signature = (stream=0))]
-    fn device_checksum(&self, py: Python<'_>, stream: usize) -> PyRes<u32> {
+    /// [`Layer::checksum`] of what the device holds, read back from the device.
+    #[pyo3(signature = (stream=0, kernel=false))]
+    fn device_checksum(&self, py: Python<'_>, stream: usize, kernel: bool) -> PyRes<u32> {
         py.detach(|| {
             let mut inner = self.inner();
             set_stream(&mut inner.engine, stream)?;
-            on_layer!(&inner.engine, l => l.device_checksum())
-        })
-        .py()
-    }
-
-    /// The host's kernel checksum: the state with the constants the kernels derive from it.
-    fn kernel_checksum(&self) -> u32 {
-        on_layer!(&self.inner().engine, l => l.kernel_checksum())
-    }
-
-    /// The kernel checksum of what the device holds, read back from the device.
-    #[pyo3(signature = (stream=0))]
-    fn device_kernel_checksum(&self, py: Python<'_>, stream: usize) -> PyRes<u32> {
-        py.detach(|| {
-            let mut inner = self.inner();
-            set_stream(&mut inner.engine, stream)?;
-            on_layer!(&inner.engine, l => l.device_kernel_checksum())
+            on_layer!(&inner.engine, l => if kernel { l.device_kernel_checksum() } else { l.device_checksum() })
         })
         .py()
     }
@@ -934,26 +920,11 @@ fn cuda_device_count() -> usize {
     CudaBackend::device_count().unwrap_or(0)
 }
 
-/// The native module.
-/// Shows the native layer's diagnostics on stderr, as the `kasmina` command does: warnings (a
-/// damaged cache entry, an unwritable cache folder) and each first-use CUDA kernel compile with
-/// its time, the seconds a new machine waits before its first forward. `KASMINA_LOG` (a
-/// `tracing` filter such as `warn` or `error`) overrides it.
-fn init_diagnostics() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("KASMINA_LOG").unwrap_or_else(|_| EnvFilter::new("warn,kasmina_cuda=info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .without_time()
-        .try_init();
-}
-
+/// The native module. Its import installs the diagnostics set-up the `kasmina` command uses
+/// ([`kasmina_benches::init_diagnostics`]).
 #[pymodule]
 fn _kasmina(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    init_diagnostics();
+    kasmina_benches::init_diagnostics();
     m.add_class::<Layer>()?;
     m.add_class::<Report>()?;
     m.add_class::<SeedReport>()?;

@@ -6,8 +6,8 @@ use std::sync::{Arc, OnceLock};
 use kasmina_core::checksum::{RawHeader, RawSeed, crc32_of_seeds};
 use kasmina_core::plan::{KernelSeed, kernel_crc};
 use kasmina_core::{
-    Accumulators, Backend, BlueprintType, DType, DeviceInfo, DeviceTensor, Error, ForwardMode, HostData, HostDataMut,
-    LayerState, Moments, ParamGrads, SeedPlan, StabilityMode, StateChange,
+    Accumulators, Backend, BlueprintType, DType, DeviceInfo, Error, ForwardMode, HostData, HostDataMut, LayerState,
+    Moments, ParamGrads, SeedPlan, StabilityMode, StateChange,
 };
 
 use crate::device::{self, AdapterDesc, Gpu};
@@ -164,17 +164,7 @@ impl WgpuTensor {
     }
 }
 
-impl DeviceTensor for WgpuTensor {
-    fn rows(&self) -> usize {
-        self.rows
-    }
-    fn cols(&self) -> usize {
-        self.cols
-    }
-    fn dtype(&self) -> DType {
-        self.dtype
-    }
-}
+kasmina_core::impl_device_tensor!(WgpuTensor);
 
 /// A layer's device state: raw state (for the checksum), the kernels' seed
 /// table and parameters, the accumulators and gradients, and grow-only scratch.

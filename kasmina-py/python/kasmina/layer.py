@@ -466,14 +466,14 @@ class KasminaLayer(nn.Module):
         parameters plus the per-seed constants derived from them (effective alpha, clamp band,
         CONV taps, ATTENTION's softmax)."""
         self._sync_params_to_core()
-        return int(self._core.kernel_checksum())
+        return int(self._core.checksum(kernel=True))
 
     def device_kernel_checksum(self) -> int:
         """:meth:`kernel_checksum` of what the device holds, read back from it. The layer compares
         the two itself after every state upload and before every save, and raises
         :class:`kasmina.DeviceIntegrityError` when they differ."""
         self._sync_params_to_core()
-        return int(self._core.device_kernel_checksum(stream_of(self._device)))
+        return int(self._core.device_checksum(stream_of(self._device), kernel=True))
 
     # ------------------------------------------------------------------ module plumbing
 
