@@ -195,8 +195,8 @@ def test_optimizer_updates_reach_the_next_forward(device: str) -> None:
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
 def test_dormant_layer_in_training_is_the_identity_with_its_telemetry(device: str, dtype: torch.dtype) -> None:
     # Every seed dormant: y = x bit for bit (a new tensor), dx = g bit for bit, the statistics
-    # of x and Σ g² gathered, and no parameter gradient (none at all on the CPU, whose layer
-    # leaves its parameters out of the graph while every seed is an identity).
+    # of x and Σ g² gathered, and no parameter gradient: the layer leaves its parameters out of
+    # the graph while every seed is an identity.
     layer = kasmina.KasminaLayer(96, 6, device=device, dtype=dtype)
     x = random_input(2 * 3 * 11, 96, dtype, device, seed=21).reshape(2, 33, 96)
     x[0, 4, 7] = float("nan")
@@ -208,10 +208,7 @@ def test_dormant_layer_in_training_is_the_identity_with_its_telemetry(device: st
     assert torch.equal(y.detach().view(bits), x.detach().view(bits))
     y.backward(g)
     assert x.grad is not None and torch.equal(x.grad.view(bits), g.view(bits))
-    for p in (layer.weight, layer.scale):
-        assert p.grad is None or torch.count_nonzero(p.grad) == 0
-    if device == "cpu":
-        assert layer.weight.grad is None and layer.scale.grad is None
+    assert layer.weight.grad is None and layer.scale.grad is None
     r = layer.end_epoch()
     rows = x.detach().reshape(-1, 96).cpu()
     m = reference.moments(rows, 6, layer.config.dead_eps)

@@ -36,6 +36,7 @@ __all__ = [
     "forward_impl",
     "forward_op",
     "identity_forward",
+    "identity_forward_cuda",
     "identity_grad",
     "kasmina_forward",
     "lookup",
@@ -209,6 +210,14 @@ def identity_forward(layer: KasminaLayer, x: Tensor) -> Tensor:
     # A pre-hook of y's gradient node: what a tensor hook on y is, without its handle object.
     y.grad_fn.register_prehook(layer._identity_grad)
     return y
+
+
+def identity_forward_cuda(layer: KasminaLayer, x: Tensor) -> Tensor:
+    """The eager forward of a CUDA layer whose seeds are all identities, for an ``x`` that
+    requires gradients: the layer's one kernel each way as always (``y = x`` with the call's
+    statistics; ``dx = g`` with ``Σ g²``), with the parameters detached, so they are not part
+    of the graph and take no gradient."""
+    return _EagerFunction.apply(x, layer.weight.detach(), layer.scale.detach(), layer._handle)  # type: ignore[no-any-return]
 
 
 def identity_grad(layer: KasminaLayer, g: Tensor) -> None:

@@ -15,7 +15,15 @@ from torch import Tensor, nn
 
 from . import _kasmina
 from ._kasmina import Report
-from ._ops import DTYPE_CODES, identity_forward, identity_grad, kasmina_forward, register, stream_of
+from ._ops import (
+    DTYPE_CODES,
+    identity_forward,
+    identity_forward_cuda,
+    identity_grad,
+    kasmina_forward,
+    register,
+    stream_of,
+)
 from .config import LayerConfig
 from .enums import BlueprintType, GraftingStrategy, LifecycleState
 from .errors import InvalidArgumentError
@@ -252,14 +260,13 @@ class KasminaLayer(nn.Module):
 
     def _forward_rows(self, x: Tensor) -> Tensor:
         """The forward of a checked ``[B, H]`` input."""
-        if (
-            not self._cuda
-            and x.requires_grad
-            and not torch.compiler.is_compiling()
-            and torch.is_grad_enabled()
-            and self._core.identity()
-        ):
-            return identity_forward(self, x)
+        if x.requires_grad and not torch.compiler.is_compiling() and torch.is_grad_enabled() and self._core.identity():
+            # Every seed is an identity: no seed reads the parameters, so they stay out of the
+            # graph (their .grad stays None and optimizers skip them, which spares a CUDA
+            # training step the optimizer's launch for the layer's float32 parameters).
+            if not self._cuda:
+                return identity_forward(self, x)
+            return identity_forward_cuda(self, x)
         return kasmina_forward(x, self.weight, self.scale, self._handle)
 
     def _identity_grad(self, grads: tuple[Tensor, ...]) -> None:
