@@ -1,7 +1,6 @@
 //! [`CudaOptions`]: every user-facing knob of the CUDA backend, and the one place that reads
 //! them from the environment ([`CudaOptions::from_env`]).
 
-
 use crate::autotune::TuneMode;
 use crate::cache::CacheLocation;
 use crate::error::{CudaError, CudaResult};

@@ -100,9 +100,20 @@ fn bench_backend<B: Backend>(
         Some(m) => std::slice::from_ref(m),
         None => &[SeedMix::Dormant, SeedMix::Mixed][..],
     };
-    // Compile every kernel module the run needs now, in parallel, instead of one by one inside it.
+    // Compile every kernel module the run needs now, in parallel, instead of one by one inside it
+    // (a spinner with the time on a terminal: the first run on a machine compiles for seconds).
     let usable: Vec<DType> = dtypes.iter().copied().filter(|d| backend.supports(*d)).collect();
+    let target =
+        if std::io::stderr().is_terminal() { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() };
+    let spinner = ProgressBar::with_draw_target(None, target);
+    if let Ok(style) = ProgressStyle::with_template("{spinner} {msg} ({elapsed})") {
+        spinner.set_style(style);
+    }
+    let names: Vec<String> = usable.iter().map(|d| d.to_string()).collect();
+    spinner.set_message(format!("preparing {} ({}): kernels for {}", info.id(), info.name, names.join(", ")));
+    spinner.enable_steady_tick(std::time::Duration::from_millis(120));
     backend.prepare(&usable)?;
+    spinner.finish_and_clear();
     let mut specs = Vec::new();
     for &(b, h, s) in shapes {
         for &dtype in dtypes {
