@@ -19,7 +19,7 @@ pub fn tolerance(dtype: DType) -> f64 {
 /// telemetry means): `1e-5 * max(1, sqrt(n / 1024))`, the typical error growth
 /// of a sequential f32 sum, so long reductions on Full sizes are not held to
 /// an accuracy only pairwise summation reaches.
-pub(crate) fn reduction_tolerance(n: usize) -> f64 {
+pub fn reduction_tolerance(n: usize) -> f64 {
     1e-5 * (n as f64 / 1024.0).sqrt().max(1.0)
 }
 

@@ -4,9 +4,8 @@
 
 use std::cell::Cell;
 
-use half::{bf16, f16};
 use kasmina_conformance::reference;
-use kasmina_conformance::toolkit::{bits, to_f64};
+use kasmina_conformance::toolkit::{bits, from_f64, set_bits, to_f64};
 use kasmina_conformance::{CaseResult, Size, run_all};
 use kasmina_core::backend::HostTensorData;
 use kasmina_core::{
@@ -78,31 +77,13 @@ struct Layer {
     grads: ParamGrads,
 }
 
-/// `values` rounded to `like`'s dtype, with the elements `copy` selects taken bit for bit from `like_src`.
+/// `values` rounded to `dtype`, with the elements `copy` selects taken bit for bit from `src`.
 fn output(dtype: DType, values: &[f64], src: &HostTensorData, copy: impl Fn(usize) -> bool) -> HostTensorData {
-    match dtype {
-        DType::F32 => HostTensorData::F32(
-            values
-                .iter()
-                .enumerate()
-                .map(|(i, v)| if copy(i) { f32::from_bits(bits(src, i)) } else { *v as f32 })
-                .collect(),
-        ),
-        DType::F16 => HostTensorData::F16(
-            values
-                .iter()
-                .enumerate()
-                .map(|(i, v)| if copy(i) { f16::from_bits(bits(src, i) as u16) } else { f16::from_f64(*v) })
-                .collect(),
-        ),
-        DType::BF16 => HostTensorData::BF16(
-            values
-                .iter()
-                .enumerate()
-                .map(|(i, v)| if copy(i) { bf16::from_bits(bits(src, i) as u16) } else { bf16::from_f64(*v) })
-                .collect(),
-        ),
+    let mut out = from_f64(dtype, values);
+    for i in (0..values.len()).filter(|i| copy(*i)) {
+        set_bits(&mut out, i, bits(src, i));
     }
+    out
 }
 
 fn identity_elem(state: &LayerState, i: usize) -> bool {

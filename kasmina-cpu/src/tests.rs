@@ -4,14 +4,15 @@
 
 use half::{bf16, f16};
 use kasmina_core::{
-    Backend, BlueprintType, DType, ForwardMode, GraftingStrategy, HostData, HostDataMut, HostTensorData, LayerConfig,
-    LayerState, LifecycleState, Moments, StabilityMode, StateChange,
+    Backend, BlueprintType, DType, GraftingStrategy, HostData, HostDataMut, HostTensorData, LayerConfig, LayerState,
+    LifecycleState, Moments, StabilityMode, StateChange,
 };
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 
 use kasmina_conformance::reference;
-use kasmina_conformance::toolkit::{all_bits as bits, rel_l2, to_f64 as widen, tolerance as tol};
+use kasmina_conformance::toolkit::{
+    Gen, all_bits as bits, assert_identity_bits, assert_moments, download, gradient_bits, mixed_state, rel_l2,
+    telemetry_bits, to_f64, tolerance as tol, upload, widen,
+};
 
 use crate::{CpuBackend, CpuTensor, SimdLevel};
 
@@ -23,52 +24,11 @@ fn levels() -> Vec<SimdLevel> {
 }
 
 fn tensor(be: &CpuBackend, rows: usize, cols: usize, data: &HostTensorData) -> CpuTensor {
-    let mut t = be.alloc(rows, cols, data.view().dtype()).unwrap();
-    be.write(&mut t, data.view()).unwrap();
-    t
+    upload(be, data, rows, cols).unwrap()
 }
 
 fn read(be: &CpuBackend, t: &CpuTensor) -> HostTensorData {
-    let mut out = HostTensorData::zeros(t.view().dtype(), t.len());
-    be.read(t, out.view_mut()).unwrap();
-    out
-}
-
-/// A state with every blueprint type in blend and FOSSILIZED modes and some identity seeds.
-fn mixed_state(h: usize, s: usize, stability: StabilityMode, rng: &mut ChaCha8Rng) -> LayerState {
-    let mut st = LayerState::new(LayerConfig::new(h, s).unwrap().with_stability(stability)).unwrap();
-    for i in 0..s {
-        let ty = BlueprintType::ALL[i % 4];
-        let life = match (i / 4) % 4 {
-            0 => LifecycleState::Grafting,
-            1 => LifecycleState::Fossilized,
-            2 => LifecycleState::FineTuning,
-            _ => LifecycleState::Dormant,
-        };
-        st.seeds.lifecycle[i] = life;
-        st.seeds.blueprint_type[i] = ty;
-        st.seeds.grafting_strategy[i] = GraftingStrategy::FixedRamp;
-        st.seeds.alpha[i] = match life {
-            LifecycleState::Fossilized => 1.0,
-            LifecycleState::Dormant => 0.0,
-            _ => rng.random_range(0.1..0.9),
-        };
-        for w in st.params.seed_weights_mut(i) {
-            *w = rng.random_range(-1.0..1.0);
-        }
-        st.params.scales[i] = rng.random_range(0.5..1.5);
-        if matches!(stability, StabilityMode::Strict { .. }) && i % 3 != 2 {
-            st.seeds.clamp_mean[i] = rng.random_range(-0.2..0.2);
-            st.seeds.clamp_std[i] = rng.random_range(0.05..0.3);
-        }
-    }
-    st.validate().unwrap();
-    st
-}
-
-fn random_data(dtype: DType, len: usize, rng: &mut ChaCha8Rng) -> HostTensorData {
-    let v: Vec<f32> = (0..len).map(|_| rng.random_range(-2.0..2.0)).collect();
-    HostTensorData::from_f32(dtype, &v)
+    download(be, t).unwrap()
 }
 
 // ---------- the float64 reference is kasmina-conformance's (SPEC 4, 5, 7) ----------
@@ -140,16 +100,16 @@ fn conv_is_causal_inside_each_chunk() {
 
 #[test]
 fn all_types_match_the_f64_reference_on_every_simd_level_and_dtype() {
-    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let mut rng = Gen::new(7);
     // C = 37 exercises vector tails; C = 64 the aligned path; C = 2 is below CONV's three taps.
     for &(h, s, rows) in &[(37 * 16, 16, 9), (64 * 16, 16, 5), (2 * 16, 16, 7)] {
         for strict in [false, true] {
             let stability = if strict { StabilityMode::strict() } else { StabilityMode::Off };
-            let st = mixed_state(h, s, stability, &mut rng);
+            let st = mixed_state(h, s, stability, &mut rng).unwrap();
             for dtype in DType::ALL {
-                let xd = random_data(dtype, rows * h, &mut rng);
-                let gd = random_data(dtype, rows * h, &mut rng);
-                let (x64, g64) = (widen(&xd), widen(&gd));
+                let xd = rng.tensor(dtype, rows * h, 2.0);
+                let gd = rng.tensor(dtype, rows * h, 2.0);
+                let (x64, g64) = (to_f64(&xd), to_f64(&gd));
                 let (yref, mref) = forward_ref(&st, &x64);
                 let bref = backward_ref(&st, &x64, &g64);
                 for level in levels() {
@@ -161,38 +121,18 @@ fn all_types_match_the_f64_reference_on_every_simd_level_and_dtype() {
                     let mut y = be.alloc(rows, h, dtype).unwrap();
                     be.forward(&mut layer, &x, &mut y).unwrap();
                     let yd = read(&be, &y);
-                    let e = rel_l2(&widen(&yd), &yref);
+                    let e = rel_l2(&to_f64(&yd), &yref);
                     assert!(e <= tol(dtype), "{ctx}: forward error {e}");
-                    // identity seeds: exact bits
-                    let c = h / s;
-                    let (xb, yb) = (bits(&xd), bits(&yd));
-                    for i in (0..s).filter(|&i| st.seeds.lifecycle[i].forward_mode() == ForwardMode::Identity) {
-                        for r in 0..rows {
-                            let k = r * h + i * c;
-                            assert_eq!(&xb[k..k + c], &yb[k..k + c], "{ctx}: identity seed {i}");
-                        }
-                    }
-                    let acc = be.accumulators(&layer).unwrap();
-                    for i in 0..s {
-                        let (m, r) = (&acc.moments[i], &mref[i]);
-                        assert_eq!((m.count, m.dead, m.nonfinite), (r.count, r.dead, r.nonfinite), "{ctx}");
-                        assert!(
-                            (m.mean - r.mean).abs() <= 1e-5 * (1.0 + r.mean.abs()),
-                            "{ctx}: mean {} vs {}",
-                            m.mean,
-                            r.mean
-                        );
-                        assert!((m.m2 - r.m2).abs() <= 1e-5 * r.m2, "{ctx}: m2 {} vs {}", m.m2, r.m2);
-                        assert_eq!((m.min, m.max), (r.min, r.max), "{ctx}");
-                    }
+                    assert_identity_bits(&st, &yd, &xd, &ctx);
+                    // m2 = count * variance: relative 1e-5 on either.
+                    assert_moments(&be.accumulators(&layer).unwrap().moments, &mref, 1e-5, &ctx);
                     let mut dx = be.alloc(rows, h, dtype).unwrap();
                     be.backward(&mut layer, &x, &g, &mut dx).unwrap();
                     let dxd = read(&be, &dx);
-                    let e = rel_l2(&widen(&dxd), &bref.dx);
+                    let e = rel_l2(&to_f64(&dxd), &bref.dx);
                     assert!(e <= tol(dtype), "{ctx}: dx error {e}");
                     let pg = be.param_grads(&layer).unwrap();
-                    let dw: Vec<f64> = pg.dweights.iter().map(|v| *v as f64).collect();
-                    let ds: Vec<f64> = pg.dscales.iter().map(|v| *v as f64).collect();
+                    let (dw, ds) = (widen(&pg.dweights), widen(&pg.dscales));
                     // Parameter gradients are f32 sums of f32 inputs: 1e-5 whatever the activation dtype.
                     assert!(rel_l2(&dw, &bref.dweights) <= 1e-5, "{ctx}: dw error {}", rel_l2(&dw, &bref.dweights));
                     assert!(rel_l2(&ds, &bref.dscales) <= 1e-5, "{ctx}: ds error {}", rel_l2(&ds, &bref.dscales));
@@ -243,11 +183,11 @@ fn identity_seeds_copy_nan_payloads_bit_for_bit() {
 /// streamed and cached stores; plus identical bits for 1 and 3 threads.
 #[test]
 fn identity_visits_count_special_values_exactly() {
-    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let mut rng = Gen::new(11);
     for &(c, s, rows) in &[(64usize, 4usize, 23usize), (96, 3, 13), (40, 4, 11), (32, 2, 9)] {
         let h = c * s;
         let st = LayerState::new(LayerConfig::new(h, s).unwrap()).unwrap();
-        let mut v: Vec<f32> = (0..rows * h).map(|_| rng.random_range(-3.0..3.0)).collect();
+        let mut v = rng.f32s(rows * h, -3.0, 3.0);
         // Seed 1: no finite element in its first 5 rows.
         for r in 0..5.min(rows) {
             for j in 0..c {
@@ -263,9 +203,9 @@ fn identity_visits_count_special_values_exactly() {
         }
         for dtype in DType::ALL {
             let xd = HostTensorData::from_f32(dtype, &v);
-            let (_, want) = forward_ref(&st, &widen(&xd));
+            let (_, want) = forward_ref(&st, &to_f64(&xd));
             for level in levels() {
-                let mut first: Option<Vec<Moments>> = None;
+                let mut first: Option<Vec<u64>> = None;
                 for threads in [1, 3] {
                     let ctx = format!("C={c} {dtype} {level:?} threads={threads}");
                     let be = CpuBackend::with_options(threads, level).unwrap();
@@ -274,20 +214,12 @@ fn identity_visits_count_special_values_exactly() {
                     let mut y = be.alloc(rows, h, dtype).unwrap();
                     be.forward(&mut layer, &x, &mut y).unwrap();
                     assert_eq!(bits(&read(&be, &y)), bits(&xd), "{ctx}: identity output");
-                    let got = be.accumulators(&layer).unwrap().moments;
-                    for i in 0..s {
-                        let (m, r) = (&got[i], &want[i]);
-                        assert_eq!((m.count, m.dead, m.nonfinite), (r.count, r.dead, r.nonfinite), "{ctx} seed {i}");
-                        assert_eq!((m.min, m.max), (r.min, r.max), "{ctx} seed {i}");
-                        assert!((m.mean - r.mean).abs() <= 1e-5 * (1.0 + r.mean.abs()), "{ctx} seed {i}: mean");
-                        assert!((m.m2 - r.m2).abs() <= 1e-5 * r.m2, "{ctx} seed {i}: m2 {} vs {}", m.m2, r.m2);
-                    }
+                    let acc = be.accumulators(&layer).unwrap();
+                    assert_moments(&acc.moments, &want, 1e-5, &ctx);
+                    let key = telemetry_bits(&acc);
                     match &first {
-                        None => first = Some(got),
-                        Some(f) => {
-                            let key = |m: &Moments| (m.count, m.mean.to_bits(), m.m2.to_bits(), m.dead, m.nonfinite);
-                            assert!(f.iter().map(key).eq(got.iter().map(key)), "{ctx}: bits differ across threads");
-                        }
+                        None => first = Some(key),
+                        Some(f) => assert!(*f == key, "{ctx}: bits differ across threads"),
                     }
                 }
             }
@@ -303,7 +235,7 @@ fn nonfinite_inputs_only_count_as_nonfinite() {
     v[25] = f32::INFINITY;
     v[77] = f32::NEG_INFINITY;
     let want = {
-        let (_, m) = forward_ref(&st, &v.iter().map(|x| *x as f64).collect::<Vec<_>>());
+        let (_, m) = forward_ref(&st, &widen(&v));
         m
     };
     for level in levels() {
@@ -323,11 +255,10 @@ fn nonfinite_inputs_only_count_as_nonfinite() {
 
 #[test]
 fn variance_keeps_relative_1e_4_when_mean_is_1e4_std() {
-    let mut rng = ChaCha8Rng::seed_from_u64(3);
     let (h, rows) = (256, 3000);
-    let v: Vec<f32> = (0..rows * h).map(|_| 1e4 + rng.random_range(-1.7320508f32..1.7320508)).collect();
+    // Uniform of std 1 around 1e4, added in f32.
+    let v: Vec<f32> = Gen::new(3).f32s(rows * h, -1.7320508, 1.7320508).iter().map(|u| 1e4 + u).collect();
     let mut want = Moments::empty();
-    v.iter().take(h / 4).for_each(|_| {});
     for r in 0..rows {
         for x in &v[r * h..r * h + h / 4] {
             want.push(*x as f64, 1e-6);
@@ -397,13 +328,13 @@ fn strict_mode_clamps_and_zeroes_the_gradient_of_clamped_elements() {
 
 #[test]
 fn results_are_bit_identical_for_any_thread_count() {
-    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let mut rng = Gen::new(11);
     let (h, s, rows): (usize, usize, usize) = (64 * 8, 8, 2600); // 512 rows per block: 6 blocks, the last partial
     assert!(rows.div_ceil(crate::layer::rows_per_block(rows, h)) > 4);
-    let st = mixed_state(h, s, StabilityMode::Off, &mut rng);
+    let st = mixed_state(h, s, StabilityMode::Off, &mut rng).unwrap();
     for dtype in [DType::F32, DType::BF16] {
-        let xd = random_data(dtype, rows * h, &mut rng);
-        let gd = random_data(dtype, rows * h, &mut rng);
+        let xd = rng.tensor(dtype, rows * h, 2.0);
+        let gd = rng.tensor(dtype, rows * h, 2.0);
         for level in levels() {
             let mut results = Vec::new();
             for threads in [1, 2, 3, 5] {
@@ -416,17 +347,9 @@ fn results_are_bit_identical_for_any_thread_count() {
                 be.forward(&mut layer, &x, &mut y).unwrap();
                 be.forward(&mut layer, &x, &mut y).unwrap();
                 be.backward(&mut layer, &x, &g, &mut dx).unwrap();
-                let acc = be.accumulators(&layer).unwrap();
-                let pg = be.param_grads(&layer).unwrap();
-                let mbits: Vec<u64> = acc
-                    .moments
-                    .iter()
-                    .flat_map(|m| [m.count, m.mean.to_bits(), m.m2.to_bits(), m.min.to_bits(), m.max.to_bits(), m.dead])
-                    .chain(acc.grad_sq.iter().map(|v| v.to_bits()))
-                    .collect();
-                let gbits: Vec<u32> =
-                    pg.dweights.iter().chain(&pg.dscales).chain(&pg.grad_norm).map(|v| v.to_bits()).collect();
-                results.push((bits(&read(&be, &y)), bits(&read(&be, &dx)), mbits, gbits));
+                let acc = telemetry_bits(&be.accumulators(&layer).unwrap());
+                let grads = gradient_bits(&be.param_grads(&layer).unwrap());
+                results.push((bits(&read(&be, &y)), bits(&read(&be, &dx)), acc, grads));
             }
             for r in &results[1..] {
                 assert!(r == &results[0], "{dtype} {level:?}: results differ between thread counts");
@@ -437,8 +360,7 @@ fn results_are_bit_identical_for_any_thread_count() {
 
 #[test]
 fn device_checksum_follows_uploads() {
-    let mut rng = ChaCha8Rng::seed_from_u64(5);
-    let mut st = mixed_state(32, 4, StabilityMode::strict(), &mut rng);
+    let mut st = mixed_state(32, 4, StabilityMode::strict(), &mut Gen::new(5)).unwrap();
     let be = CpuBackend::with_threads(1).unwrap();
     let mut layer = be.create_layer(&st).unwrap();
     assert_eq!(be.checksum(&layer).unwrap(), kasmina_core::checksum::checksum(&st));

@@ -8,6 +8,11 @@
 
 use half::bf16;
 use kasmina_conformance::reference;
+use kasmina_conformance::toolkit::{
+    Gen, assert_identity_bits, assert_moments, backend_or_skip, bits, download, drive, from_f64, gradient_bits,
+    median_call_ms, median_ms, mixed_state, opted_in, reduction_tolerance, rel_l2, require_gpu, telemetry_bits, to_f64,
+    tolerance as tol, upload, widen,
+};
 use kasmina_core::backend::HostTensorData;
 use kasmina_core::{
     Backend, BackendErrorKind, BlueprintType, DType, DeviceTensor, Error, LayerConfig, LayerState, LifecycleState,
@@ -16,23 +21,13 @@ use kasmina_core::{
 use kasmina_cuda::{CacheLocation, CudaOptions};
 use kasmina_cuda::{CudaBackend, CudaPath};
 
-mod common;
-use common::*;
-
-/// The backend, or None (printing why) when this machine has no usable GPU.
-fn backend_or_skip(name: &str) -> Option<CudaBackend> {
+/// Device 0 with the options the environment sets, or None (printing why) when this machine
+/// has no usable GPU.
+fn open(name: &str) -> Option<CudaBackend> {
     let options = CudaOptions::from_env().expect("valid KASMINA_* settings");
-    match CudaBackend::with_options(0, options) {
-        Ok(b) => {
-            println!("{name}: device {} ({})", b.info().id(), b.info().name);
-            Some(b)
-        }
-        Err(e) => {
-            assert!(!require_gpu(), "{name}: KASMINA_REQUIRE_GPU=1 but the CUDA backend is unavailable: {e}");
-            println!("skipped {name}: {e}");
-            None
-        }
-    }
+    let b = backend_or_skip(name, CudaBackend::with_options(0, options))?;
+    println!("{name}: device {} ({})", b.info().id(), b.info().name);
+    Some(b)
 }
 
 #[test]
@@ -65,26 +60,20 @@ fn forward_once(
     b: usize,
     h: usize,
 ) -> (kasmina_cuda::CudaLayer, kasmina_cuda::CudaTensor, HostTensorData) {
-    let dtype = xh.view().dtype();
     let mut layer = be.create_layer(st).unwrap();
     be.upload(&mut layer, st, StateChange::All).unwrap();
-    let mut x = be.alloc(b, h, dtype).unwrap();
-    be.write(&mut x, xh.view()).unwrap();
-    let mut y = be.alloc(b, h, dtype).unwrap();
+    let x = upload(be, xh, b, h).unwrap();
+    let mut y = be.alloc(b, h, xh.view().dtype()).unwrap();
     be.forward(&mut layer, &x, &mut y).unwrap();
-    let mut yh = HostTensorData::zeros(dtype, b * h);
-    be.read(&y, yh.view_mut()).unwrap();
-    (layer, x, yh)
+    (layer, x, download(be, &y).unwrap())
 }
 
 /// Runs forward and backward of a mixed layer and checks everything against the reference.
 fn check_against_reference(be: &CudaBackend, h: usize, s: usize, b: usize, dtype: DType, stability: StabilityMode) {
-    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (h * 31 + s * 7 + b) as u64);
-    let st = mixed_state(h, s, stability, &mut rng);
-    let xv: Vec<f64> = (0..b * h).map(|_| rng.normal() * 2.0).collect();
-    let gv: Vec<f64> = (0..b * h).map(|_| rng.normal()).collect();
-    let xh = host(dtype, &xv);
-    let gh = host(dtype, &gv);
+    let mut rng = Gen::new(0x9E37_79B9_7F4A_7C15 ^ (h * 31 + s * 7 + b) as u64);
+    let st = mixed_state(h, s, stability, &mut rng).unwrap();
+    let xh = from_f64(dtype, &rng.normals(b * h, 2.0));
+    let gh = from_f64(dtype, &rng.normals(b * h, 1.0));
     let what = format!("H={h} S={s} B={b} {dtype} {stability:?}");
     let (mut layer, x, yh) = forward_once(be, &st, &xh, b, h);
     check_call(be, &st, &mut layer, &x, (&xh, &yh, &gh), b, &what);
@@ -104,50 +93,24 @@ fn check_call(
     let (h, s) = (st.config.hidden_dim, st.config.num_seeds);
     let dtype = xh.view().dtype();
     let (xr, gr) = (to_f64(xh), to_f64(gh));
-    let mut g = be.alloc(b, h, dtype).unwrap();
-    be.write(&mut g, gh.view()).unwrap();
+    let g = upload(be, gh, b, h).unwrap();
 
     let fr = reference::forward(st, &xr, b);
-    let c = h / s;
-    let identity = |col: usize| st.seeds.lifecycle[col / c].forward_mode() == kasmina_core::ForwardMode::Identity;
-    for i in 0..b * h {
-        if identity(i % h) {
-            assert_eq!(bits(yh, i), bits(xh, i), "{what}: identity element {i} changed");
-        }
-    }
+    assert_identity_bits(st, yh, xh, &format!("{what}: y"));
     let err = rel_l2(&to_f64(yh), &fr.y);
     assert!(err <= tol(dtype), "{what}: forward error {err:e}");
-
-    let acc = be.accumulators(layer).unwrap();
-    for (i, (m, r)) in acc.moments.iter().zip(&fr.moments).enumerate() {
-        assert_eq!((m.count, m.dead, m.nonfinite), (r.count, r.dead, r.nonfinite), "{what}: seed {i} counts");
-        assert!(
-            (m.mean - r.mean).abs() <= 1e-5 * (1.0 + r.mean.abs()),
-            "{what}: seed {i} mean {} vs {}",
-            m.mean,
-            r.mean
-        );
-        let (v, rv) = (m.variance(), r.variance());
-        assert!((v - rv).abs() <= 1e-4 * rv.max(1e-30), "{what}: seed {i} variance {v} vs {rv}");
-        assert_eq!((m.min, m.max), (r.min, r.max), "{what}: seed {i} min/max");
-    }
+    assert_moments(&be.accumulators(layer).unwrap().moments, &fr.moments, 1e-4, what);
 
     let mut dx = be.alloc(b, h, dtype).unwrap();
     be.backward(layer, x, &g, &mut dx).unwrap();
-    let mut dxh = HostTensorData::zeros(dtype, b * h);
-    be.read(&dx, dxh.view_mut()).unwrap();
+    let dxh = download(be, &dx).unwrap();
     let br = reference::backward(st, &xr, &gr, b);
-    for i in 0..b * h {
-        if identity(i % h) {
-            assert_eq!(bits(&dxh, i), bits(gh, i), "{what}: identity gradient {i} changed");
-        }
-    }
+    assert_identity_bits(st, &dxh, gh, &format!("{what}: dx"));
     let err = rel_l2(&to_f64(&dxh), &br.dx);
     assert!(err <= tol(dtype), "{what}: dx error {err:e}");
     let pg = be.param_grads(layer).unwrap();
-    let dw: Vec<f64> = pg.dweights.iter().map(|v| *v as f64).collect();
-    let ds: Vec<f64> = pg.dscales.iter().map(|v| *v as f64).collect();
-    let sum_tol = 1e-5 * (1.0f64).max(((b * c) as f64 / 1024.0).sqrt());
+    let (dw, ds) = (widen(&pg.dweights), widen(&pg.dscales));
+    let sum_tol = reduction_tolerance(b * (h / s));
     let err = rel_l2(&dw, &br.dweights);
     assert!(err <= sum_tol, "{what}: dweights error {err:e}");
     let err = rel_l2(&ds, &br.dscales);
@@ -163,7 +126,7 @@ fn check_call(
 
 #[test]
 fn odd_chunks_and_vector_fallbacks_match_the_reference() {
-    let Some(be) = backend_or_skip("odd_chunks_and_vector_fallbacks_match_the_reference") else { return };
+    let Some(be) = open("odd_chunks_and_vector_fallbacks_match_the_reference") else { return };
     for dtype in DType::ALL {
         for stability in [StabilityMode::Off, StabilityMode::strict()] {
             // C = 64 (16-byte vectors), C = 5 (seeds straddle vectors), C = 257 (H odd: scalar path),
@@ -181,14 +144,29 @@ fn odd_chunks_and_vector_fallbacks_match_the_reference() {
 /// device state's checksum that of a host upload of them.
 #[test]
 fn forward_with_device_parameters_matches_the_reference() {
-    let Some(be) = backend_or_skip("forward_with_device_parameters_matches_the_reference") else { return };
+    let Some(be) = open("forward_with_device_parameters_matches_the_reference") else { return };
     for dtype in DType::ALL {
         for stability in [StabilityMode::Off, StabilityMode::strict()] {
             // One block per seed with the plan fused (C = 48, 64, 5), with the plan launched first
-            // (C = 2048 > 1024), and a call too large for one block per seed.
-            for (h, s, b) in [(768, 16, 32), (768, 12, 67), (60, 12, 33), (4096, 2, 3), (768, 12, 700)] {
-                let mut rng = Rng(0xA5A5 ^ (h * 31 + s * 7 + b) as u64);
-                let old = mixed_state(h, s, stability, &mut rng);
+            // (C = 2048 > 1024; with active seeds, and with identity seeds alone, where nothing
+            // is derived), and a call too large for one block per seed.
+            let shapes = [
+                (768, 16, 32, false),
+                (768, 12, 67, false),
+                (60, 12, 33, false),
+                (4096, 2, 3, false),
+                (4096, 2, 3, true),
+                (768, 12, 700, false),
+            ];
+            for (h, s, b, identity_only) in shapes {
+                let mut rng = Gen::new(0xA5A5 ^ (h * 31 + s * 7 + b) as u64);
+                let old = if identity_only {
+                    let mut st = LayerState::new(LayerConfig::new(h, s).unwrap().with_stability(stability)).unwrap();
+                    drive(&mut st, 1, LifecycleState::Germinated, BlueprintType::Mlp).unwrap();
+                    st
+                } else {
+                    mixed_state(h, s, stability, &mut rng).unwrap()
+                };
                 let mut st = old.clone();
                 for w in st.params.weights.iter_mut() {
                     *w = rng.normal() as f32;
@@ -196,24 +174,22 @@ fn forward_with_device_parameters_matches_the_reference() {
                 for sc in st.params.scales.iter_mut() {
                     *sc = (0.5 + rng.normal().abs()) as f32;
                 }
-                let what = format!("device params H={h} S={s} B={b} {dtype} {stability:?}");
+                let what =
+                    format!("device params H={h} S={s} B={b} {dtype} {stability:?} identity only: {identity_only}");
                 let mut layer = be.create_layer(&old).unwrap();
                 be.upload(&mut layer, &old, StateChange::All).unwrap();
                 let mut wbuf = be.alloc(1, st.params.weights.len(), DType::F32).unwrap();
                 be.write(&mut wbuf, kasmina_core::HostData::F32(&st.params.weights)).unwrap();
                 let mut sbuf = be.alloc(1, s, DType::F32).unwrap();
                 be.write(&mut sbuf, kasmina_core::HostData::F32(&st.params.scales)).unwrap();
-                let xv: Vec<f64> = (0..b * h).map(|_| rng.normal() * 2.0).collect();
-                let gv: Vec<f64> = (0..b * h).map(|_| rng.normal()).collect();
-                let (xh, gh) = (host(dtype, &xv), host(dtype, &gv));
-                let mut x = be.alloc(b, h, dtype).unwrap();
-                be.write(&mut x, xh.view()).unwrap();
+                let xh = from_f64(dtype, &rng.normals(b * h, 2.0));
+                let gh = from_f64(dtype, &rng.normals(b * h, 1.0));
+                let x = upload(&be, &xh, b, h).unwrap();
                 let mut y = be.alloc(b, h, dtype).unwrap();
                 let (wa, sa) = (be.tensor_address(&wbuf), be.tensor_address(&sbuf));
                 // SAFETY: wbuf and sbuf hold S*C and S f32 values and outlive the calls.
                 unsafe { be.forward_with_params(&mut layer, &x, &mut y, wa, sa) }.unwrap();
-                let mut yh = HostTensorData::zeros(dtype, b * h);
-                be.read(&y, yh.view_mut()).unwrap();
+                let yh = download(&be, &y).unwrap();
                 check_call(&be, &st, &mut layer, &x, (&xh, &yh, &gh), b, &what);
                 // Identity seeds read no parameter: with no active seed nothing is derived and the
                 // device keeps the uploaded copy (use_params' contract).
@@ -232,7 +208,7 @@ fn forward_with_device_parameters_matches_the_reference() {
 /// block), every blueprint type, clamps and lifecycle state.
 #[test]
 fn warp_per_seed_forward_matches_the_reference_and_the_row_mapping() {
-    let Some(be) = backend_or_skip("warp_per_seed_forward_matches_the_reference_and_the_row_mapping") else {
+    let Some(be) = open("warp_per_seed_forward_matches_the_reference_and_the_row_mapping") else {
         return;
     };
     let be = be.with_seedwise(false);
@@ -244,9 +220,9 @@ fn warp_per_seed_forward_matches_the_reference_and_the_row_mapping() {
             // C = 64, 32, 16, 8 (1 to 16 threads per seed row); S = 18 and 5 leave warps idle.
             for (h, s, b) in [(1024, 16, 67), (576, 18, 33), (512, 32, 5), (40, 5, 131), (96, 12, 1)] {
                 check_against_reference(&be, h, s, b, dtype, stability);
-                let mut rng = Rng(0x51ED_0000 ^ (h * 131 + b) as u64);
-                let st = mixed_state(h, s, stability, &mut rng);
-                let xh = host(dtype, &(0..b * h).map(|_| rng.normal() * 3.0).collect::<Vec<_>>());
+                let mut rng = Gen::new(0x51ED_0000 ^ (h * 131 + b) as u64);
+                let st = mixed_state(h, s, stability, &mut rng).unwrap();
+                let xh = from_f64(dtype, &rng.normals(b * h, 3.0));
                 let mut out = Vec::new();
                 for be in [&be, &rows] {
                     let (layer, _, yh) = forward_once(be, &st, &xh, b, h);
@@ -272,9 +248,9 @@ fn warp_per_seed_forward_matches_the_reference_and_the_row_mapping() {
 
 #[test]
 fn variance_keeps_1e_minus_4_at_mean_over_std_of_1e4() {
-    let Some(be) = backend_or_skip("variance_keeps_1e_minus_4_at_mean_over_std_of_1e4") else { return };
+    let Some(be) = open("variance_keeps_1e_minus_4_at_mean_over_std_of_1e4") else { return };
     let (b, h, s) = (3000, 1024, 4);
-    let mut rng = Rng(77);
+    let mut rng = Gen::new(77);
     let xv: Vec<f32> = (0..b * h).map(|_| (1e4 + rng.normal()) as f32).collect();
     let st = LayerState::new(LayerConfig::new(h, s).unwrap()).unwrap();
     let mut layer = be.create_layer(&st).unwrap();
@@ -284,8 +260,7 @@ fn variance_keeps_1e_minus_4_at_mean_over_std_of_1e4() {
     // Two calls: the accumulator merge across calls is exercised too.
     be.forward(&mut layer, &x, &mut y).unwrap();
     be.forward(&mut layer, &x, &mut y).unwrap();
-    let xr: Vec<f64> = xv.iter().map(|v| *v as f64).collect();
-    let fr = reference::forward(&st, &xr, b);
+    let fr = reference::forward(&st, &widen(&xv), b);
     let acc = be.accumulators(&layer).unwrap();
     for i in 0..s {
         let r = fr.moments[i].merge(&fr.moments[i]);
@@ -299,40 +274,27 @@ fn variance_keeps_1e_minus_4_at_mean_over_std_of_1e4() {
 
 #[test]
 fn telemetry_and_gradients_are_bit_identical_across_runs() {
-    let Some(be) = backend_or_skip("telemetry_and_gradients_are_bit_identical_across_runs") else { return };
+    let Some(be) = open("telemetry_and_gradients_are_bit_identical_across_runs") else { return };
     let (b, h, s) = (1000, 512, 8);
-    let mut rng = Rng(5);
-    let st = mixed_state(h, s, StabilityMode::Off, &mut rng);
-    let xv: Vec<f64> = (0..b * h).map(|_| rng.normal()).collect();
-    let xh = host(DType::BF16, &xv);
-    let mut x = be.alloc(b, h, DType::BF16).unwrap();
-    be.write(&mut x, xh.view()).unwrap();
+    let mut rng = Gen::new(5);
+    let st = mixed_state(h, s, StabilityMode::Off, &mut rng).unwrap();
+    let x = upload(&be, &from_f64(DType::BF16, &rng.normals(b * h, 1.0)), b, h).unwrap();
     let mut y = be.alloc(b, h, DType::BF16).unwrap();
     let mut runs = Vec::new();
     for _ in 0..3 {
         let mut layer = be.create_layer(&st).unwrap();
         be.forward(&mut layer, &x, &mut y).unwrap();
         be.backward(&mut layer, &x, &x, &mut y).unwrap();
-        let acc = be.accumulators(&layer).unwrap();
-        let pg = be.param_grads(&layer).unwrap();
-        let key: Vec<u64> = acc
-            .moments
-            .iter()
-            .flat_map(|m| [m.mean.to_bits(), m.m2.to_bits(), m.count])
-            .chain(acc.grad_sq.iter().map(|v| v.to_bits()))
-            .chain(pg.dweights.iter().map(|v| v.to_bits() as u64))
-            .chain(pg.dscales.iter().map(|v| v.to_bits() as u64))
-            .collect();
-        runs.push(key);
+        let acc = telemetry_bits(&be.accumulators(&layer).unwrap());
+        runs.push((acc, gradient_bits(&be.param_grads(&layer).unwrap())));
     }
     assert!(runs.windows(2).all(|w| w[0] == w[1]), "telemetry or gradients differ between runs");
 }
 
 #[test]
 fn seed_upload_changes_only_the_named_seeds_and_checksums_match() {
-    let Some(be) = backend_or_skip("seed_upload_changes_only_the_named_seeds_and_checksums_match") else { return };
-    let mut rng = Rng(11);
-    let mut st = mixed_state(96, 8, StabilityMode::Off, &mut rng);
+    let Some(be) = open("seed_upload_changes_only_the_named_seeds_and_checksums_match") else { return };
+    let mut st = mixed_state(96, 8, StabilityMode::Off, &mut Gen::new(11)).unwrap();
     let mut layer = be.create_layer(&st).unwrap();
     assert_eq!(be.checksum(&layer).unwrap(), kasmina_core::checksum::checksum(&st));
     st.params.seed_weights_mut(3)[0] = 42.0;
@@ -344,7 +306,7 @@ fn seed_upload_changes_only_the_named_seeds_and_checksums_match() {
 
 #[test]
 fn autotune_winner_is_reused_by_a_second_backend_through_the_cache_file() {
-    let Some(_) = backend_or_skip("autotune_winner_is_reused_by_a_second_backend_through_the_cache_file") else {
+    let Some(_) = open("autotune_winner_is_reused_by_a_second_backend_through_the_cache_file") else {
         return;
     };
     // Portable: one key each for forward and backward. Auto (the default) on compute capability
@@ -379,11 +341,10 @@ fn autotune_winner_is_reused_by_a_second_backend_through_the_cache_file() {
 /// B * H > 2^31 elements (bf16, 4.3 GB per tensor): offsets must be 64-bit.
 #[test]
 fn indexing_past_2_pow_31_elements() {
-    if !std::env::var("KASMINA_BIG_TESTS").is_ok_and(|v| v == "1") {
-        println!("skipped: set KASMINA_BIG_TESTS=1 to run (needs ~10 GB of GPU memory)");
+    if !opted_in("KASMINA_BIG_TESTS", "run it (needs ~10 GB of GPU memory)") {
         return;
     }
-    let Some(be) = backend_or_skip("indexing_past_2_pow_31_elements") else { return };
+    let Some(be) = open("indexing_past_2_pow_31_elements") else { return };
     // f16, then bf16: the 16-bit activations are where B * H passes 2^31
     // elements first (4 GiB per tensor).
     big_index_check::<half::f16>(&be);
@@ -436,7 +397,7 @@ fn big_index_check<T: Half16>(be: &CudaBackend) {
     let b = (1usize << 31) / h + 3;
     let n = b * h;
     let mut st = LayerState::new(LayerConfig::new(h, s).unwrap()).unwrap();
-    drive(&mut st, 1, LifecycleState::Grafting, BlueprintType::Residual);
+    drive(&mut st, 1, LifecycleState::Grafting, BlueprintType::Residual).unwrap();
     st.seeds.alpha[1] = 0.5;
     st.params.seed_weights_mut(1).fill(0.25);
     let val = |i: usize| T::of(((i.wrapping_mul(2654435761) >> 7) % 1024) as f32 / 64.0 - 8.0);
@@ -495,41 +456,26 @@ fn big_index_check<T: Half16>(be: &CudaBackend) {
 /// Forward / backward bandwidth against the device's own copy (KASMINA_BENCH=1).
 #[test]
 fn bandwidth_report() {
-    if !std::env::var("KASMINA_BENCH").is_ok_and(|v| v == "1") {
-        println!("skipped: set KASMINA_BENCH=1 to print the bandwidth table");
+    if !opted_in("KASMINA_BENCH", "print the bandwidth table") {
         return;
     }
-    let Some(be) = backend_or_skip("bandwidth_report") else { return };
+    let Some(be) = open("bandwidth_report") else { return };
     for (dtype, vec) in [(DType::F32, 4), (DType::F32, 2), (DType::BF16, 8), (DType::BF16, 4)] {
         println!("{}", be.kernel_resources(dtype, vec).unwrap());
     }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
     println!("| B | H | S | dtype | mix | op | median ms | GB/s | copy GB/s | ratio |");
     println!("|---|---|---|---|---|---|---|---|---|---|");
     for (b, h, s, reps) in [(16384usize, 8192usize, 128usize, 30usize), (32, 768, 16, 200)] {
         for dtype in [DType::F32, DType::BF16] {
             let n = b * h;
-            let mut rng = Rng(3);
-            let xv: Vec<f64> = (0..n).map(|_| rng.normal()).collect();
-            let xh = host(dtype, &xv);
+            let mut rng = Gen::new(3);
+            let xh = from_f64(dtype, &rng.normals(n, 1.0));
             // The large case is 256-512 MB per tensor, several times the 50 MB L2.
-            let mut x = be.alloc(b, h, dtype).unwrap();
-            be.write(&mut x, xh.view()).unwrap();
-            let mut g = be.alloc(b, h, dtype).unwrap();
-            be.write(&mut g, xh.view()).unwrap();
+            let x = upload(&be, &xh, b, h).unwrap();
+            let g = upload(&be, &xh, b, h).unwrap();
             let mut y = be.alloc(b, h, dtype).unwrap();
             let bytes = (n * dtype.size_bytes()) as f64;
-            let mut copy = Vec::new();
-            for _ in 0..3 {
-                be.copy(&x, &mut y).unwrap();
-            }
-            for _ in 0..reps {
-                copy.push(be.time_ms(&mut || be.copy(&x, &mut y)).unwrap());
-            }
-            let copy_ms = median(&mut copy);
+            let copy_ms = median_ms(&be, reps, &mut || be.copy(&x, &mut y)).unwrap();
             let copy_gbps = 2.0 * bytes / copy_ms / 1e6;
             println!(
                 "| {b} | {h} | {s} | {dtype} | - | copy | {copy_ms:.4} | {copy_gbps:.0} | {copy_gbps:.0} | 1.00 |"
@@ -538,26 +484,11 @@ fn bandwidth_report() {
                 let st = if mix == "dormant" {
                     LayerState::new(LayerConfig::new(h, s).unwrap()).unwrap()
                 } else {
-                    mixed_state(h, s, StabilityMode::Off, &mut rng)
+                    mixed_state(h, s, StabilityMode::Off, &mut rng).unwrap()
                 };
-                st.validate().unwrap();
                 let mut layer = be.create_layer(&st).unwrap();
                 for (op, traffic) in [("forward", 2.0), ("backward", 3.0)] {
-                    let mut run = || -> kasmina_core::Result<()> {
-                        if op == "forward" {
-                            be.forward(&mut layer, &x, &mut y)
-                        } else {
-                            be.backward(&mut layer, &x, &g, &mut y)
-                        }
-                    };
-                    for _ in 0..3 {
-                        run().unwrap();
-                    }
-                    let mut t = Vec::new();
-                    for _ in 0..reps {
-                        t.push(be.time_ms(&mut run).unwrap());
-                    }
-                    let ms = median(&mut t);
+                    let ms = median_call_ms(&be, &mut layer, (&x, &g), &mut y, op == "backward", reps).unwrap();
                     let gbps = traffic * bytes / ms / 1e6;
                     let ratio = gbps / copy_gbps;
                     println!(
@@ -587,10 +518,10 @@ fn bandwidth_report() {
 /// parameters and accumulation across calls must all be seen by the replay.
 #[test]
 fn graph_replay_sees_new_data_and_new_parameters() {
-    let Some(be) = backend_or_skip("graph_replay_sees_new_data_and_new_parameters") else { return };
+    let Some(be) = open("graph_replay_sees_new_data_and_new_parameters") else { return };
     let (b, h, s) = (32, 768, 16);
-    let mut rng = Rng(21);
-    let mut st = mixed_state(h, s, StabilityMode::Off, &mut rng);
+    let mut rng = Gen::new(21);
+    let mut st = mixed_state(h, s, StabilityMode::Off, &mut rng).unwrap();
     let mut layer = be.create_layer(&st).unwrap();
     let mut x = be.alloc(b, h, DType::F32).unwrap();
     let mut y = be.alloc(b, h, DType::F32).unwrap();
@@ -606,12 +537,10 @@ fn graph_replay_sees_new_data_and_new_parameters() {
             }
             be.upload(&mut layer, &st, StateChange::Seeds(&[1, 2])).unwrap();
         }
-        let xv: Vec<f64> = (0..b * h).map(|_| rng.normal()).collect();
-        let xh = host(DType::F32, &xv);
+        let xh = from_f64(DType::F32, &rng.normals(b * h, 1.0));
         be.write(&mut x, xh.view()).unwrap();
         be.forward(&mut layer, &x, &mut y).unwrap();
-        let mut yh = HostTensorData::zeros(DType::F32, b * h);
-        be.read(&y, yh.view_mut()).unwrap();
+        let yh = download(&be, &y).unwrap();
         let fr = reference::forward(&st, &to_f64(&xh), b);
         let err = rel_l2(&to_f64(&yh), &fr.y);
         assert!(err <= 1e-5, "round {round}: forward error {err:e}");
@@ -621,8 +550,7 @@ fn graph_replay_sees_new_data_and_new_parameters() {
         let mut dx = be.alloc(b, h, DType::F32).unwrap();
         be.backward(&mut layer, &x, &x, &mut dx).unwrap();
         let br = reference::backward(&st, &to_f64(&xh), &to_f64(&xh), b);
-        let pg = be.param_grads(&layer).unwrap();
-        let dw: Vec<f64> = pg.dweights.iter().map(|v| *v as f64).collect();
+        let dw = widen(&be.param_grads(&layer).unwrap().dweights);
         let err = rel_l2(&dw, &br.dweights);
         assert!(err <= 1e-5, "round {round}: dweights error {err:e}");
     }
@@ -635,7 +563,7 @@ fn graph_replay_sees_new_data_and_new_parameters() {
 
 #[test]
 fn tensor_shape_errors_are_typed() {
-    let Some(be) = backend_or_skip("tensor_shape_errors_are_typed") else { return };
+    let Some(be) = open("tensor_shape_errors_are_typed") else { return };
     let st = LayerState::new(LayerConfig::new(64, 4).unwrap()).unwrap();
     let mut layer = be.create_layer(&st).unwrap();
     let x = be.alloc(4, 64, DType::F32).unwrap();

@@ -8,24 +8,19 @@
 //! (then it fails); on a GPU that is not compute capability 9.0 the Hopper tests skip.
 
 use kasmina_conformance::reference;
+use kasmina_conformance::toolkit::{
+    Gen, assert_identity_bits, assert_moments, backend_or_skip, bits, download, from_f64, median_call_ms, median_ms,
+    mixed_state, opted_in, reduction_tolerance, rel_l2, telemetry_bits, to_f64, tolerance as tol, upload, widen,
+};
 use kasmina_core::backend::HostTensorData;
 use kasmina_core::{Backend, DType, LayerConfig, LayerState, StabilityMode, StateChange};
 use kasmina_cuda::tma::{TensorMapSpec, TmaError};
 use kasmina_cuda::{CacheLocation, CudaBackend, CudaOptions, CudaPath, TuneMode};
 
-mod common;
-use common::*;
-
+/// Device 0 with the options the environment sets and `path`, or None (printing why).
 fn backend(name: &str, path: CudaPath) -> Option<CudaBackend> {
     let options = CudaOptions::from_env().expect("valid KASMINA_* settings").with_path(path);
-    match CudaBackend::with_options(0, options) {
-        Ok(b) => Some(b),
-        Err(e) => {
-            assert!(!require_gpu(), "{name}: KASMINA_REQUIRE_GPU=1 but the CUDA backend is unavailable: {e}");
-            println!("skipped {name}: {e}");
-            None
-        }
-    }
+    backend_or_skip(name, CudaBackend::with_options(0, options))
 }
 
 /// A backend with `path` on a compute capability 9.0 device, or None (printing why).
@@ -38,21 +33,10 @@ fn hopper_backend(name: &str, path: CudaPath) -> Option<CudaBackend> {
     Some(b)
 }
 
-/// Forward and backward of a mixed layer against the reference; returns (y, dx, accumulators).
+/// Forward and backward of a mixed layer against the reference, or with `dormant` of a layer
+/// of dormant seeds alone (the identity kernels, including the Hopper path's direct-store ones
+/// where C % 8 == 0); returns (y, dx, accumulators).
 fn check_against_reference(
-    be: &CudaBackend,
-    h: usize,
-    s: usize,
-    b: usize,
-    dtype: DType,
-    stability: StabilityMode,
-) -> (HostTensorData, HostTensorData, kasmina_core::Accumulators) {
-    check_layer_against_reference(be, h, s, b, dtype, stability, false)
-}
-
-/// As `check_against_reference`; `dormant`: every seed dormant (the identity kernels,
-/// including the Hopper path's direct-store ones where C % 8 == 0).
-fn check_layer_against_reference(
     be: &CudaBackend,
     h: usize,
     s: usize,
@@ -61,46 +45,36 @@ fn check_layer_against_reference(
     stability: StabilityMode,
     dormant: bool,
 ) -> (HostTensorData, HostTensorData, kasmina_core::Accumulators) {
-    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (h * 31 + s * 7 + b) as u64);
+    let mut rng = Gen::new(0x9E37_79B9_7F4A_7C15 ^ (h * 31 + s * 7 + b) as u64);
     let st = if dormant {
         LayerState::new(LayerConfig::new(h, s).unwrap().with_stability(stability)).unwrap()
     } else {
-        mixed_state(h, s, stability, &mut rng)
+        mixed_state(h, s, stability, &mut rng).unwrap()
     };
-    let mut xv: Vec<f64> = (0..b * h).map(|_| rng.normal() * 2.0).collect();
+    let mut xv = rng.normals(b * h, 2.0);
     // A few non-finite inputs (counted apart, never poisoning the statistics).
     for (k, v) in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY].iter().enumerate() {
         if b * h > 100 {
             xv[(k * 37 + 11) % (b * h)] = *v;
         }
     }
-    let gv: Vec<f64> = (0..b * h).map(|_| rng.normal()).collect();
-    let xh = host(dtype, &xv);
-    let gh = host(dtype, &gv);
+    let xh = from_f64(dtype, &xv);
+    let gh = from_f64(dtype, &rng.normals(b * h, 1.0));
     let (xr, gr) = (to_f64(&xh), to_f64(&gh));
     let what = format!("H={h} S={s} B={b} {dtype} {stability:?} dormant={dormant} path={:?}", be.path());
+    // NaN everywhere: every output element must be written.
+    let poison = from_f64(dtype, &vec![f64::NAN; b * h]);
 
     let mut layer = be.create_layer(&st).unwrap();
     be.upload(&mut layer, &st, StateChange::All).unwrap();
-    let mut x = be.alloc(b, h, dtype).unwrap();
-    be.write(&mut x, xh.view()).unwrap();
-    let mut g = be.alloc(b, h, dtype).unwrap();
-    be.write(&mut g, gh.view()).unwrap();
-    let mut y = be.alloc(b, h, dtype).unwrap();
-    // Poison the output: every element must be written.
-    be.write(&mut y, host(dtype, &vec![f64::NAN; b * h]).view()).unwrap();
+    let x = upload(be, &xh, b, h).unwrap();
+    let g = upload(be, &gh, b, h).unwrap();
+    let mut y = upload(be, &poison, b, h).unwrap();
     be.forward(&mut layer, &x, &mut y).unwrap();
-    let mut yh = HostTensorData::zeros(dtype, b * h);
-    be.read(&y, yh.view_mut()).unwrap();
+    let yh = download(be, &y).unwrap();
 
     let fr = reference::forward(&st, &xr, b);
-    let c = h / s;
-    let identity = |col: usize| st.seeds.lifecycle[col / c].forward_mode() == kasmina_core::ForwardMode::Identity;
-    for i in 0..b * h {
-        if identity(i % h) {
-            assert_eq!(bits(&yh, i), bits(&xh, i), "{what}: identity element {i} changed");
-        }
-    }
+    assert_identity_bits(&st, &yh, &xh, &format!("{what}: y"));
     let yf = to_f64(&yh);
     for (i, (a, r)) in yf.iter().zip(&fr.y).enumerate() {
         assert!(a.is_finite() == r.is_finite() || (a.is_nan() && r.is_nan()), "{what}: y[{i}] = {a} vs {r}");
@@ -112,39 +86,20 @@ fn check_layer_against_reference(
     let err = rel_l2(&a, &r);
     assert!(err <= tol(dtype), "{what}: forward error {err:e}");
 
-    let acc = be.accumulators(&layer).unwrap();
-    for (i, (m, r)) in acc.moments.iter().zip(&fr.moments).enumerate() {
-        assert_eq!((m.count, m.dead, m.nonfinite), (r.count, r.dead, r.nonfinite), "{what}: seed {i} counts");
-        assert!(
-            (m.mean - r.mean).abs() <= 1e-5 * (1.0 + r.mean.abs()),
-            "{what}: seed {i} mean {} vs {}",
-            m.mean,
-            r.mean
-        );
-        let (v, rv) = (m.variance(), r.variance());
-        assert!((v - rv).abs() <= 1e-4 * rv.max(1e-30), "{what}: seed {i} variance {v} vs {rv}");
-        assert_eq!((m.min, m.max), (r.min, r.max), "{what}: seed {i} min/max");
-    }
+    assert_moments(&be.accumulators(&layer).unwrap().moments, &fr.moments, 1e-4, &what);
 
-    let mut dx = be.alloc(b, h, dtype).unwrap();
-    be.write(&mut dx, host(dtype, &vec![f64::NAN; b * h]).view()).unwrap();
+    let mut dx = upload(be, &poison, b, h).unwrap();
     be.backward(&mut layer, &x, &g, &mut dx).unwrap();
-    let mut dxh = HostTensorData::zeros(dtype, b * h);
-    be.read(&dx, dxh.view_mut()).unwrap();
+    let dxh = download(be, &dx).unwrap();
     let br = reference::backward(&st, &xr, &gr, b);
-    for i in 0..b * h {
-        if identity(i % h) {
-            assert_eq!(bits(&dxh, i), bits(&gh, i), "{what}: identity gradient {i} changed");
-        }
-    }
+    assert_identity_bits(&st, &dxh, &gh, &format!("{what}: dx"));
     let dxf = to_f64(&dxh);
     let (a, r) = fin(&dxf, &br.dx);
     let err = rel_l2(&a, &r);
     assert!(err <= tol(dtype), "{what}: dx error {err:e}");
     let pg = be.param_grads(&layer).unwrap();
-    let dw: Vec<f64> = pg.dweights.iter().map(|v| *v as f64).collect();
-    let ds: Vec<f64> = pg.dscales.iter().map(|v| *v as f64).collect();
-    let sum_tol = 1e-5 * (1.0f64).max(((b * c) as f64 / 1024.0).sqrt());
+    let (dw, ds) = (widen(&pg.dweights), widen(&pg.dscales));
+    let sum_tol = reduction_tolerance(b * (h / s));
     if br.dweights.iter().chain(&br.dscales).all(|v| v.is_finite()) {
         let err = rel_l2(&dw, &br.dweights);
         assert!(err <= sum_tol, "{what}: dweights error {err:e}");
@@ -213,7 +168,7 @@ fn hopper_kernels_match_the_reference_and_are_taken() {
                     continue;
                 }
                 for dormant in [false, true] {
-                    check_layer_against_reference(&be, h, s, b, dtype, stability, dormant);
+                    check_against_reference(&be, h, s, b, dtype, stability, dormant);
                     let what = format!("H={h} {dtype} dormant={dormant}");
                     assert_eq!(be.last_path(false), Some(CudaPath::Hopper), "{what}: forward did not take Hopper");
                     assert_eq!(be.last_path(true), Some(CudaPath::Hopper), "{what}: backward did not take Hopper");
@@ -227,29 +182,23 @@ fn hopper_kernels_match_the_reference_and_are_taken() {
 fn hopper_results_are_deterministic_and_fall_back_where_tma_cannot() {
     let Some(be) = hopper_backend("hopper_results_are_deterministic", CudaPath::Hopper) else { return };
     for dtype in [DType::F32, DType::BF16] {
-        let (y1, dx1, a1) = check_against_reference(&be, 8200, 41, 1000, dtype, StabilityMode::Off);
-        let (y2, dx2, a2) = check_against_reference(&be, 8200, 41, 1000, dtype, StabilityMode::Off);
+        let (y1, dx1, a1) = check_against_reference(&be, 8200, 41, 1000, dtype, StabilityMode::Off, false);
+        let (y2, dx2, a2) = check_against_reference(&be, 8200, 41, 1000, dtype, StabilityMode::Off, false);
         assert_eq!(be.last_path(false), Some(CudaPath::Hopper));
         for i in 0..1000 * 8200 {
             assert_eq!(bits(&y1, i), bits(&y2, i), "{dtype}: y[{i}] differs between runs");
             assert_eq!(bits(&dx1, i), bits(&dx2, i), "{dtype}: dx[{i}] differs between runs");
         }
-        for (m1, m2) in a1.moments.iter().zip(&a2.moments) {
-            assert_eq!(format!("{m1:?}"), format!("{m2:?}"), "{dtype}: telemetry differs between runs");
-        }
-        assert_eq!(
-            a1.grad_sq.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-            a2.grad_sq.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
-        );
+        assert_eq!(telemetry_bits(&a1), telemetry_bits(&a2), "{dtype}: telemetry differs between runs");
     }
     // A 771-column f32 row is 3084 bytes: TMA cannot take it, the portable kernels run.
-    check_against_reference(&be, 771, 3, 19, DType::F32, StabilityMode::Off);
+    check_against_reference(&be, 771, 3, 19, DType::F32, StabilityMode::Off, false);
     assert_eq!(be.last_path(false), Some(CudaPath::Portable));
     assert_eq!(be.last_path(true), Some(CudaPath::Portable));
     // Identity output bits equal the portable path's bits (both copy).
     let pb = backend("portable", CudaPath::Portable).unwrap();
-    let (yp, dxp, _) = check_against_reference(&pb, 768, 12, 67, DType::BF16, StabilityMode::Off);
-    let (yh, dxh, _) = check_against_reference(&be, 768, 12, 67, DType::BF16, StabilityMode::Off);
+    let (yp, dxp, _) = check_against_reference(&pb, 768, 12, 67, DType::BF16, StabilityMode::Off, false);
+    let (yh, dxh, _) = check_against_reference(&be, 768, 12, 67, DType::BF16, StabilityMode::Off, false);
     assert_eq!(be.last_path(false), Some(CudaPath::Hopper));
     let mut same = 0usize;
     for i in 0..67 * 768 {
@@ -272,21 +221,17 @@ fn tensor_maps_are_encoded_once_per_tensor() {
     )
     .unwrap();
     let (b, h, s) = (256, 1024, 8);
-    let mut rng = Rng(11);
-    let st = mixed_state(h, s, StabilityMode::Off, &mut rng);
+    let mut rng = Gen::new(11);
+    let st = mixed_state(h, s, StabilityMode::Off, &mut rng).unwrap();
     let mut layer = be.create_layer(&st).unwrap();
-    let xh = host(DType::F32, &(0..b * h).map(|_| rng.normal()).collect::<Vec<_>>());
-    let mut x = be.alloc(b, h, DType::F32).unwrap();
-    be.write(&mut x, xh.view()).unwrap();
+    let x = upload(&be, &from_f64(DType::F32, &rng.normals(b * h, 1.0)), b, h).unwrap();
     let mut y = be.alloc(b, h, DType::F32).unwrap();
     be.forward(&mut layer, &x, &mut y).unwrap();
-    let mut y1 = HostTensorData::zeros(DType::F32, b * h);
-    be.read(&y, y1.view_mut()).unwrap();
+    let y1 = download(&be, &y).unwrap();
     assert_eq!(be.last_path(false), Some(CudaPath::Hopper));
     assert_eq!(be.hopper_cached_maps(), 2, "x and y");
     be.forward(&mut layer, &x, &mut y).unwrap();
-    let mut y2 = HostTensorData::zeros(DType::F32, b * h);
-    be.read(&y, y2.view_mut()).unwrap();
+    let y2 = download(&be, &y).unwrap();
     assert_eq!(be.hopper_cached_maps(), 2, "the second call reuses both maps");
     for i in 0..b * h {
         assert_eq!(bits(&y1, i), bits(&y2, i), "y[{i}] differs with the cached maps");
@@ -311,10 +256,10 @@ fn auto_times_dormant_and_mixed_layers_apart() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("autotune.json");
     let (b, h, s) = (512, 1024, 8);
-    let mut rng = Rng(5);
-    let xh = host(DType::F32, &(0..b * h).map(|_| rng.normal()).collect::<Vec<_>>());
+    let mut rng = Gen::new(5);
+    let xh = from_f64(DType::F32, &rng.normals(b * h, 1.0));
     let dormant = LayerState::new(LayerConfig::new(h, s).unwrap()).unwrap();
-    let mixed = mixed_state(h, s, StabilityMode::Off, &mut rng);
+    let mixed = mixed_state(h, s, StabilityMode::Off, &mut rng).unwrap();
     let run = || {
         let be = CudaBackend::with_options(
             0,
@@ -324,8 +269,7 @@ fn auto_times_dormant_and_mixed_layers_apart() {
         let mut families = Vec::new();
         for st in [&dormant, &mixed] {
             let mut layer = be.create_layer(st).unwrap();
-            let mut x = be.alloc(b, h, DType::F32).unwrap();
-            be.write(&mut x, xh.view()).unwrap();
+            let x = upload(&be, &xh, b, h).unwrap();
             let mut y = be.alloc(b, h, DType::F32).unwrap();
             be.forward(&mut layer, &x, &mut y).unwrap();
             be.backward(&mut layer, &x, &x, &mut y).unwrap();
@@ -354,17 +298,12 @@ fn auto_times_dormant_and_mixed_layers_apart() {
 /// bf16, dormant and mixed seeds, and which one the autotuner (Auto) picks.
 #[test]
 fn path_comparison_report() {
-    if !std::env::var("KASMINA_BENCH").is_ok_and(|v| v == "1") {
-        println!("skipped: set KASMINA_BENCH=1 to print the portable vs Hopper table");
+    if !opted_in("KASMINA_BENCH", "print the portable vs Hopper table") {
         return;
     }
     let Some(hb) = hopper_backend("path_comparison_report", CudaPath::Hopper) else { return };
     let pb = backend("portable", CudaPath::Portable).unwrap();
     let ab = backend("auto", CudaPath::Auto).unwrap();
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
     let shapes: Vec<(usize, usize, usize)> = match std::env::var("KASMINA_HOPPER_SHAPES").as_deref() {
         Ok("quick") => vec![(16384, 8192, 128), (32, 768, 16)],
         _ => vec![
@@ -384,56 +323,28 @@ fn path_comparison_report() {
         let reps = if b * h > 1 << 20 { 20 } else { 200 };
         for dtype in [DType::F32, DType::BF16] {
             let n = b * h;
-            let mut rng = Rng(3);
-            let xh = host(dtype, &(0..n).map(|_| rng.normal()).collect::<Vec<_>>());
+            let mut rng = Gen::new(3);
+            let xh = from_f64(dtype, &rng.normals(n, 1.0));
             let bytes = (n * dtype.size_bytes()) as f64;
-            let mut copy = Vec::new();
-            let (x, g, mut y) = {
-                let mut x = pb.alloc(b, h, dtype).unwrap();
-                pb.write(&mut x, xh.view()).unwrap();
-                let mut g = pb.alloc(b, h, dtype).unwrap();
-                pb.write(&mut g, xh.view()).unwrap();
-                (x, g, pb.alloc(b, h, dtype).unwrap())
-            };
-            for _ in 0..3 {
-                pb.copy(&x, &mut y).unwrap();
-            }
-            for _ in 0..reps {
-                copy.push(pb.time_ms(&mut || pb.copy(&x, &mut y)).unwrap());
-            }
-            let copy_gbps = 2.0 * bytes / median(&mut copy) / 1e6;
-            drop((x, g, y));
+            let (x, mut y) = (upload(&pb, &xh, b, h).unwrap(), pb.alloc(b, h, dtype).unwrap());
+            let copy_gbps = 2.0 * bytes / median_ms(&pb, reps, &mut || pb.copy(&x, &mut y)).unwrap() / 1e6;
+            drop((x, y));
             for mix in ["dormant", "mixed"] {
                 let st = if mix == "dormant" {
                     LayerState::new(LayerConfig::new(h, s).unwrap()).unwrap()
                 } else {
-                    mixed_state(h, s, StabilityMode::Off, &mut rng)
+                    mixed_state(h, s, StabilityMode::Off, &mut rng).unwrap()
                 };
                 for (op, traffic) in [("forward", 2.0), ("backward", 3.0)] {
                     let mut gbps = Vec::new();
                     let mut pick = String::new();
                     for be in [&pb, &hb, &ab] {
                         let mut layer = be.create_layer(&st).unwrap();
-                        let mut x = be.alloc(b, h, dtype).unwrap();
-                        be.write(&mut x, xh.view()).unwrap();
-                        let mut g = be.alloc(b, h, dtype).unwrap();
-                        be.write(&mut g, xh.view()).unwrap();
+                        let x = upload(be, &xh, b, h).unwrap();
+                        let g = upload(be, &xh, b, h).unwrap();
                         let mut y = be.alloc(b, h, dtype).unwrap();
-                        let mut run = || -> kasmina_core::Result<()> {
-                            if op == "forward" {
-                                be.forward(&mut layer, &x, &mut y)
-                            } else {
-                                be.backward(&mut layer, &x, &g, &mut y)
-                            }
-                        };
-                        for _ in 0..3 {
-                            run().unwrap();
-                        }
-                        let mut t = Vec::new();
-                        for _ in 0..reps {
-                            t.push(be.time_ms(&mut run).unwrap());
-                        }
-                        gbps.push(traffic * bytes / median(&mut t) / 1e6);
+                        let ms = median_call_ms(be, &mut layer, (&x, &g), &mut y, op == "backward", reps).unwrap();
+                        gbps.push(traffic * bytes / ms / 1e6);
                         if be.path() == CudaPath::Auto {
                             pick = be.last_path(op == "backward").map(|p| p.name()).unwrap_or("-").to_string();
                         }

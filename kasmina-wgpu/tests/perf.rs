@@ -11,29 +11,14 @@
 //! 16-byte groups. Each layer first runs forwards for about 300 ms, so the card
 //! leaves its idle clocks before anything is timed.
 
-use half::{bf16, f16};
+use kasmina_conformance::toolkit::{Gen, median_ms, opted_in};
 use kasmina_core::backend::HostTensorData;
 use kasmina_core::{Backend, BlueprintType, DType, LayerConfig, LayerState, LifecycleState};
 use kasmina_wgpu::{WgpuBackend, WgpuOptions};
 
+/// `n` values uniform in [-2, 2).
 fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut st = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            st ^= st << 13;
-            st ^= st >> 7;
-            st ^= st << 17;
-            ((st >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
-        })
-        .collect()
-}
-
-fn host(dtype: DType, v: &[f32]) -> HostTensorData {
-    match dtype {
-        DType::F32 => HostTensorData::F32(v.to_vec()),
-        DType::F16 => HostTensorData::F16(v.iter().map(|x| f16::from_f32(*x)).collect()),
-        DType::BF16 => HostTensorData::BF16(v.iter().map(|x| bf16::from_f32(*x)).collect()),
-    }
+    Gen::new(seed).f32s(n, -2.0, 2.0)
 }
 
 /// 25% GRAFTING over the four blueprint types (alpha 0.5), 5% FOSSILIZED, the rest DORMANT.
@@ -54,18 +39,12 @@ fn state(h: usize, s: usize, mixed: bool) -> LayerState {
 }
 
 fn median(be: &WgpuBackend, f: &mut dyn FnMut() -> kasmina_core::Result<()>) -> f64 {
-    for _ in 0..3 {
-        be.time_ms(f).unwrap();
-    }
-    let mut t: Vec<f64> = (0..15).map(|_| be.time_ms(f).unwrap()).collect();
-    t.sort_by(|a, b| a.total_cmp(b));
-    t[t.len() / 2]
+    median_ms(be, 15, f).unwrap()
 }
 
 #[test]
 fn perf_report() {
-    if std::env::var("KASMINA_WGPU_PERF").map_or(true, |v| v != "1") {
-        println!("skipped: set KASMINA_WGPU_PERF=1 for the device timing report");
+    if !opted_in("KASMINA_WGPU_PERF", "print the device timing report") {
         return;
     }
     let (b, h, s) = match std::env::var("KASMINA_WGPU_PERF_SHAPE") {
@@ -126,9 +105,9 @@ fn perf_report() {
         for &dtype in dtypes {
             let esize = dtype.size_bytes() as f64;
             let mut x = be.alloc(b, h, dtype).unwrap();
-            be.write(&mut x, host(dtype, &xv).view()).unwrap();
+            be.write(&mut x, HostTensorData::from_f32(dtype, &xv).view()).unwrap();
             let mut g = be.alloc(b, h, dtype).unwrap();
-            be.write(&mut g, host(dtype, &gv).view()).unwrap();
+            be.write(&mut g, HostTensorData::from_f32(dtype, &gv).view()).unwrap();
             let mut y = be.alloc(b, h, dtype).unwrap();
             let mut dx = be.alloc(b, h, dtype).unwrap();
             let copy = median(&be, &mut || be.copy(&x, &mut y));

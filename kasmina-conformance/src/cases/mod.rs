@@ -24,6 +24,7 @@ use kasmina_core::{
 use crate::check::{Check, reduction_tolerance, tolerance};
 use crate::data::{self, Gen};
 use crate::reference::{self, BackwardRef, ForwardRef, SeedMode};
+use crate::toolkit::{download, upload};
 use crate::{CaseResult, Size};
 
 /// Runs one group by name, keeping the rows whose name matches `filter`.
@@ -172,18 +173,6 @@ pub(crate) fn layer<'a, B: Backend>(backend: &'a B, state: &LayerState) -> Resul
     KasminaLayer::from_state(backend, state.clone())
 }
 
-fn upload<B: Backend>(b: &B, data: &HostTensorData, rows: usize, cols: usize) -> Result<B::Tensor, Error> {
-    let mut t = b.alloc(rows, cols, data::dtype(data))?;
-    b.write(&mut t, data.view())?;
-    Ok(t)
-}
-
-fn download<B: Backend>(b: &B, t: &B::Tensor, len: usize, dtype: DType) -> Result<HostTensorData, Error> {
-    let mut out = HostTensorData::zeros(dtype, len);
-    b.read(t, out.view_mut())?;
-    Ok(out)
-}
-
 /// `y = layer(x)` through device tensors, `y` filled with poison first.
 pub(crate) fn run_forward<B: Backend>(
     layer: &mut Layer<'_, B>,
@@ -195,7 +184,7 @@ pub(crate) fn run_forward<B: Backend>(
     let xt = upload(layer.backend(), x, rows, h)?;
     let mut yt = upload(layer.backend(), &data::poison(dtype, rows * h), rows, h)?;
     layer.forward(&xt, &mut yt)?;
-    download(layer.backend(), &yt, rows * h, dtype)
+    download(layer.backend(), &yt)
 }
 
 /// `dx` and the parameter gradients through device tensors, `dx` filled with poison first.
@@ -211,7 +200,7 @@ pub(crate) fn run_backward<B: Backend>(
     let gt = upload(layer.backend(), g, rows, h)?;
     let mut dxt = upload(layer.backend(), &data::poison(dtype, rows * h), rows, h)?;
     let grads = layer.backward(&xt, &gt, &mut dxt)?;
-    Ok((download(layer.backend(), &dxt, rows * h, dtype)?, grads))
+    Ok((download(layer.backend(), &dxt)?, grads))
 }
 
 // ---------------------------------------------------------------- states
