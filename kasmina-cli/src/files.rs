@@ -406,6 +406,49 @@ mod tests {
         assert!(read_npy_matrix(&p, 3).is_err());
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 600, ..Default::default() })]
+
+        /// Whatever shape an NPY header declares (up to u64::MAX per axis, one or two axes, every
+        /// float size) and however many data bytes follow, the reader accepts the file exactly when
+        /// its width is the layer's and its data are the bytes the shape needs; otherwise it is an
+        /// error, before anything of the shape's size is allocated.
+        #[test]
+        fn an_npy_file_is_read_exactly_when_its_shape_matches_its_bytes(
+            rows in proptest::prop_oneof![0u64..6, proptest::prelude::any::<u64>(), (u64::MAX - 2)..=u64::MAX],
+            cols in proptest::prop_oneof![proptest::strategy::Just(8u64), 0u64..20, proptest::prelude::any::<u64>()],
+            one_axis in proptest::prelude::any::<bool>(),
+            size in proptest::sample::select(vec![2u64, 4, 8]),
+            fortran in proptest::prelude::any::<bool>(),
+            len in 0usize..160,
+            exact in proptest::prelude::any::<bool>(),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let p = dir.path().join("x.npy");
+            let shape = if one_axis { format!("({cols},)") } else { format!("({rows}, {cols})") };
+            let order = if fortran { "True" } else { "False" };
+            let header = format!("{{'descr': '<f{size}', 'fortran_order': {order}, 'shape': {shape}, }}");
+            let rows = if one_axis { 1 } else { rows };
+            let need = (rows as u128).checked_mul(cols as u128).and_then(|n| n.checked_mul(size as u128));
+            // Half the cases carry exactly the bytes the shape needs, where that is small.
+            let len = match need {
+                Some(n) if exact && n <= 4096 => n as usize,
+                _ => len,
+            };
+            std::fs::write(&p, npy_with(&header, &vec![0u8; len])).unwrap();
+            let fits = usize::try_from(rows).is_ok() && usize::try_from(cols).is_ok();
+            let ok = fits && cols == 8 && need == Some(len as u128);
+            match read_npy_matrix(&p, 8) {
+                Ok(m) => {
+                    proptest::prop_assert!(ok, "{header} with {len} bytes was read");
+                    proptest::prop_assert_eq!((m.rows as u64, m.cols), (rows, 8));
+                    proptest::prop_assert_eq!(Some(m.data.view().len() as u128 * size as u128), need);
+                }
+                Err(e) => proptest::prop_assert!(!ok, "{header} with {len} bytes: {e}"),
+            }
+        }
+    }
+
     /// An NPY file with `header` (a Python dict literal) and `data` bytes, version 1.
     fn npy_with(header: &str, data: &[u8]) -> Vec<u8> {
         let mut h = header.to_string();

@@ -128,7 +128,8 @@ impl BlueprintParams {
     pub fn try_fresh(num_seeds: usize, chunk_size: usize) -> Result<Self> {
         let n = num_seeds.checked_mul(chunk_size).ok_or_else(|| Error::OutOfMemory {
             what: format!("weights [{num_seeds}, {chunk_size}]"),
-            bytes: num_seeds as u128 * chunk_size as u128 * 4,
+            // Saturating: S * C * 4 may pass even u128 for sizes near usize::MAX.
+            bytes: (num_seeds as u128 * chunk_size as u128).saturating_mul(4),
         })?;
         Ok(Self {
             chunk_size,

@@ -456,3 +456,26 @@ fn padded_rows(w: &[f32], scale: f32) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     pad(&mut pp);
     (wp, wsp, pp)
 }
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The row blocks of a call cover its `B` rows in at most [`MAX_BLOCKS`] blocks of at
+        /// least one row, and a block's element count `rows * H` never wraps, for any `B` and
+        /// `H` a call can have (`B * H` elements fit the address space).
+        #[test]
+        fn row_blocks_cover_every_batch_without_wrapping(h in 1usize..=u32::MAX as usize, b in any::<usize>()) {
+            let b = b % (isize::MAX as usize / h + 1);
+            let rpb = rows_per_block(b, h);
+            prop_assert!(rpb >= 1);
+            prop_assert!(b.div_ceil(rpb) <= MAX_BLOCKS);
+            // A block's elements: at most the call's, or the target block size when B is small.
+            let elems = rpb.checked_mul(h);
+            prop_assert!(elems.is_some());
+            prop_assert!(rpb <= b.max(TARGET_BLOCK_ELEMS.div_ceil(h)));
+        }
+    }
+}
