@@ -263,6 +263,9 @@ struct Inner {
     /// (a state upload wrote the host copy's since the last forward): the next backward
     /// then takes the parameters again before it runs.
     params_stale: bool,
+    /// Where [`Layer::identity_backward`] lets the CPU kernel write the `dx` it does not need
+    /// (grow-only, 4-byte aligned words).
+    scratch: Vec<u32>,
 }
 
 /// Opens `place`'s backend (on `stream` for CUDA) and builds a layer holding `state`.
@@ -698,6 +701,44 @@ impl Layer {
         py.detach(|| call.run(&mut self.inner())).py()
     }
 
+    /// The backward of a CPU layer whose seeds are all identities, from `g` (`rows * H`
+    /// elements of `dtype` at host address `g`) alone: adds `Σ g²` to the accumulators. `dx = g`
+    /// is the caller's to pass on; the kernel's own copy goes to scratch memory and its (zero)
+    /// parameter gradients to the layer. Identity seeds do not read `x`, so `g` stands in for it.
+    #[pyo3(signature = (g, rows, dtype))]
+    fn identity_backward(&self, py: Python<'_>, g: usize, rows: usize, dtype: u8) -> PyRes<()> {
+        let dtype = dtype_of(dtype).py()?;
+        py.detach(|| {
+            let mut guard = self.inner();
+            let Inner { engine, scratch, .. } = &mut *guard;
+            let Engine::Cpu(l) = engine else {
+                return Err(invalid("identity_backward", "only CPU layers take this path"));
+            };
+            let h = l.config().hidden_dim;
+            let n = rows.checked_mul(h).ok_or_else(|| invalid("rows", format!("{rows} x {h} overflows")))?;
+            let es = dtype.size_bytes();
+            let g = Buf::new("g", g, n, es)?;
+            let words = (n * es).div_ceil(4);
+            if scratch.len() < words {
+                scratch.clear();
+                scratch.try_reserve_exact(words).map_err(|_| CoreError::OutOfMemory {
+                    what: "identity backward scratch".into(),
+                    bytes: words as u128 * 4,
+                })?;
+                scratch.resize(words, 0);
+            }
+            let (b, dev) = l.parts_mut();
+            // SAFETY: `g` is a live, contiguous tensor of `n` elements of `dtype` (the Python side
+            // checked it; null and alignment checked above) that stays alive during this call;
+            // the scratch holds at least `n` elements, 4-byte aligned, and is not `g`.
+            unsafe {
+                let gd = host_in(g.addr, n, dtype);
+                b.backward_slices(dev, gd, gd, host_out(scratch.as_mut_ptr() as usize, n, dtype), None)
+            }
+        })
+        .py()
+    }
+
     /// Whether every seed is an identity seed now (SPEC 5.1: the forward is `y = x` bit for
     /// bit, the backward `dx = g` with zero parameter gradients).
     fn identity(&self) -> bool {
@@ -867,7 +908,7 @@ impl Layer {
 impl Layer {
     fn with_state(py: Python<'_>, place: Place, state: LayerState, stream: usize) -> PyRes<Self> {
         let engine = py.detach(|| open(place, state, stream)).py()?;
-        Ok(Self { engine: Mutex::new(Inner { engine, params_stale: true }), place })
+        Ok(Self { engine: Mutex::new(Inner { engine, params_stale: true, scratch: Vec::new() }), place })
     }
 
     fn inner(&self) -> MutexGuard<'_, Inner> {

@@ -223,9 +223,8 @@ def identity_forward_cuda(layer: KasminaLayer, x: Tensor) -> Tensor:
 def identity_grad(layer: KasminaLayer, g: Tensor) -> None:
     """The backward of :func:`identity_forward`: adds ``Σ g²`` of ``g`` to the telemetry and
     leaves the gradient as it is (``dx = g``)."""
-    # Identity seeds do not read x, so g stands in for it; the returned dx and parameter
-    # gradients (g and zeros) are dropped.
-    backward_impl(g, g, layer.weight, layer.scale, layer._handle)
+    g = g.contiguous()
+    layer._core.identity_backward(g.data_ptr(), g.shape[0], DTYPE_CODES[g.dtype])
 
 
 def kasmina_forward(x: Tensor, weight: Tensor, scale: Tensor, handle: int) -> Tensor:
