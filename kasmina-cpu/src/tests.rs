@@ -256,7 +256,7 @@ fn nonfinite_inputs_only_count_as_nonfinite() {
 #[test]
 fn variance_keeps_relative_1e_4_when_mean_is_1e4_std() {
     let (h, rows) = (256, 3000);
-    // Uniform of std 1 around 1e4, added in f32.
+    // Uniform of std 1 centred on 1e4, added in f32.
     let v: Vec<f32> = Gen::new(3).f32s(rows * h, -1.7320508, 1.7320508).iter().map(|u| 1e4 + u).collect();
     let mut want = Moments::empty();
     for r in 0..rows {
