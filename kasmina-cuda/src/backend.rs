@@ -1492,6 +1492,12 @@ impl CudaBackend {
         }
     }
 
+    /// The layer header as the device holds it (schema version, H, S, epoch).
+    fn read_header(&self, layer: &CudaLayer) -> CudaResult<RawHeader> {
+        let h = self.read_vec(&layer.header, "reading the layer header")?;
+        Ok(RawHeader { schema_version: h[0] as u8, hidden_dim: h[1], num_seeds: h[2], epoch: h[3] })
+    }
+
     fn read_vec<T: cudarc::driver::DeviceRepr + Default + Clone>(
         &self,
         src: &CudaSlice<T>,
@@ -1502,6 +1508,12 @@ impl CudaBackend {
         self.sync()?;
         Ok(out)
     }
+}
+
+/// The first `n` values of `T` in bytes read back from the device, copied into aligned values
+/// (a byte buffer has no alignment to view it in place).
+fn pods<T: bytemuck::Pod>(bytes: &[u8], n: usize) -> Vec<T> {
+    bytes.chunks_exact(std::mem::size_of::<T>()).take(n).map(bytemuck::pod_read_unaligned::<T>).collect()
 }
 
 impl Backend for CudaBackend {
@@ -1639,22 +1651,10 @@ impl Backend for CudaBackend {
     }
 
     fn checksum(&self, layer: &CudaLayer) -> Result<u32> {
-        let header = self.read_vec(&layer.header, "reading the layer header")?;
-        let raw = self.read_vec(&layer.records, "reading seed records")?;
+        let header = self.read_header(layer)?;
+        let recs: Vec<SeedRecord> = pods(&self.read_vec(&layer.records, "reading seed records")?, layer.s);
         let weights = self.read_vec(&layer.weights, "reading weights")?;
-        let n = layer.s * std::mem::size_of::<SeedRecord>();
-        // The device buffer is bytes: copy into an aligned vector before viewing it as records.
-        let recs: Vec<SeedRecord> = raw[..n]
-            .chunks_exact(std::mem::size_of::<SeedRecord>())
-            .map(bytemuck::pod_read_unaligned::<SeedRecord>)
-            .collect();
         let seeds: Vec<RawSeed> = recs.iter().map(SeedRecord::raw).collect();
-        let header = RawHeader {
-            schema_version: header[0] as u8,
-            hidden_dim: header[1],
-            num_seeds: header[2],
-            epoch: header[3],
-        };
         Ok(crc32_of_seeds(header, &seeds, &weights[..layer.s * layer.c]))
     }
 
@@ -1663,53 +1663,38 @@ impl Backend for CudaBackend {
         if let Some(&bad) = seeds.iter().find(|&&i| i >= s) {
             return Err(Error::SeedOutOfRange { seed_id: bad, num_seeds: s });
         }
-        let header = self.read_vec(&layer.header, "reading the layer header")?;
-        let records = self.read_vec(&layer.records, "reading seed records")?;
-        let consts = self.read_vec(&layer.consts, "reading seed constants")?;
+        let header = self.read_header(layer)?;
+        let records: Vec<SeedRecord> = pods(&self.read_vec(&layer.records, "reading seed records")?, s);
+        let consts: Vec<SeedConst> = pods(&self.read_vec(&layer.consts, "reading seed constants")?, s);
         let weights = self.read_vec(&layer.weights, "reading weights")?;
         let coef = self.read_vec(&layer.coef, "reading coefficients")?;
-        let colc = self.read_vec(&layer.colc, "reading column coefficients")?;
-        // The device buffers are bytes: copy into aligned structs before viewing them.
-        fn pods<T: bytemuck::Pod>(bytes: &[u8], n: usize) -> Vec<T> {
-            bytes.chunks_exact(std::mem::size_of::<T>()).take(n).map(bytemuck::pod_read_unaligned::<T>).collect()
-        }
-        let records: Vec<SeedRecord> = pods(&records, s);
-        let consts: Vec<SeedConst> = pods(&consts, s);
-        let colc: Vec<ColCoef> = pods(&colc, s * c);
-        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+        let colc: Vec<ColCoef> = pods(&self.read_vec(&layer.colc, "reading column coefficients")?, s * c);
         let mut kernel_seeds = Vec::with_capacity(seeds.len());
         for &i in seeds {
             let (w, k) = (&weights[i * c..(i + 1) * c], &coef[i * c..(i + 1) * c]);
             let plan = plan_of(&consts[i]);
-            // The coefficient rows are derived further from the plan and the weights: they must
-            // be what those derive to.
+            // The flags, coefficients and column coefficients are derived further from the plan
+            // and the weights: the device's must be, byte for byte, what those derive to.
             let want = derive(&plan, w);
-            let colc_bits = |v: &[ColCoef]| v.iter().flat_map(|x| bits(&[x.p, x.q, x.w, x.r])).collect::<Vec<u32>>();
-            let mismatch = if want.sc.flags != consts[i].flags {
-                Some("constant flags")
-            } else if bits(&want.coef) != bits(k) {
-                Some("coefficients")
-            } else if colc_bits(&want.colc) != colc_bits(&colc[i * c..(i + 1) * c]) {
-                Some("column coefficients")
-            } else {
-                None
-            };
-            if let Some(what) = mismatch {
+            let rows: [(&str, &[u8], &[u8]); 3] = [
+                ("constant flags", bytemuck::bytes_of(&want.sc.flags), bytemuck::bytes_of(&consts[i].flags)),
+                ("coefficients", bytemuck::cast_slice(&want.coef), bytemuck::cast_slice(k)),
+                (
+                    "column coefficients",
+                    bytemuck::cast_slice(&want.colc),
+                    bytemuck::cast_slice(&colc[i * c..(i + 1) * c]),
+                ),
+            ];
+            if let Some((what, host, device)) = rows.into_iter().find(|(_, host, device)| host != device) {
                 return Err(Error::DeviceIntegrity {
                     backend: "cuda",
                     what: format!("the {what} of seed {i} are not what its weights and constants derive to"),
-                    device: crc32fast::hash(bytemuck::cast_slice(k)),
-                    host: crc32fast::hash(bytemuck::cast_slice(&want.coef)),
+                    device: crc32fast::hash(device),
+                    host: crc32fast::hash(host),
                 });
             }
             kernel_seeds.push(KernelSeed { seed_id: i, record: records[i].raw(), weights: w, plan, softmax: k });
         }
-        let header = RawHeader {
-            schema_version: header[0] as u8,
-            hidden_dim: header[1],
-            num_seeds: header[2],
-            epoch: header[3],
-        };
         Ok(kernel_crc(header, kernel_seeds))
     }
 
